@@ -1,0 +1,57 @@
+"""The FastAPI application: ``create_app(settings)`` builds it, the lifespan owns the engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.middleware import BodySizeLimit
+from api.routes import accounts, health, providers
+from metering.config import Settings, get_settings, set_settings
+from metering.db import Database
+from metering.migrate import upgrade
+
+ROUTERS = [
+    health.router,
+    accounts.router,
+    providers.internal_router,
+    providers.public_router,
+]
+
+
+def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
+    """Build the app. A given ``database`` is used as is (tests); otherwise the lifespan makes one."""
+    settings = settings or get_settings()
+    set_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = database is None
+        if owned:
+            if settings.is_sqlite:
+                await upgrade(settings.database_url)
+            app.state.database = Database(settings.database_url)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.database.dispose()
+
+    app = FastAPI(
+        title="Metering",
+        version="0.1.0",
+        description="Billing and usage metering for an inference router. Money is integer nano-USD.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service_tokens = [token.encode() for token in settings.service_token_list]
+    if database is not None:
+        app.state.database = database
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

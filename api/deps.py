@@ -1,0 +1,40 @@
+"""Request-scoped dependencies: the database, the settings, and service-token authentication."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from metering.config import Settings
+from metering.db import Database
+from metering.errors import Unauthenticated
+
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+_bearer = HTTPBearer(auto_error=False, description="Service token (internal routes)")
+
+
+def require_service_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Compares against every configured token in constant time; 401 otherwise."""
+    presented = credentials.credentials.encode() if credentials else b""
+    valid = False
+    for token in request.app.state.service_tokens:
+        valid |= hmac.compare_digest(presented, token)
+    if not valid:
+        raise Unauthenticated("a valid service token is required")
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+ServiceAuth = Depends(require_service_token)

@@ -1,0 +1,58 @@
+"""The one table from error class to HTTP status, and the handlers that render ``{"error", "detail"}``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from api.responses import OrjsonResponse
+
+from metering import errors
+
+# Most specific first: the first class an error is an instance of decides its status.
+STATUS_BY_ERROR: list[tuple[type[errors.MeteringError], int]] = [
+    (errors.Unauthenticated, 401),
+    (errors.NotFound, 404),
+    (errors.Forbidden, 403),
+    (errors.InvalidInput, 422),
+    (errors.Conflict, 409),
+    (errors.ServiceUnavailable, 503),
+]
+
+
+def status_for(error: errors.MeteringError) -> int:
+    for error_class, status in STATUS_BY_ERROR:
+        if isinstance(error, error_class):
+            return status
+    return 500
+
+
+def error_body(error: str, detail: str, **extra: object) -> dict:
+    return {"error": error, "detail": detail, **extra}
+
+
+def describe_validation_errors(raw_errors: list[dict]) -> str:
+    """``body.records.0.user: Field required; body: JSON decode error``: one line naming each problem."""
+    parts = []
+    for item in raw_errors:
+        location = ".".join(str(part) for part in item.get("loc", ()))
+        parts.append(f"{location}: {item.get('msg', 'invalid')}" if location else item.get("msg", "invalid"))
+    return "; ".join(parts) or "invalid request"
+
+
+async def _metering_error(_request: Request, exc: errors.MeteringError) -> OrjsonResponse:
+    return OrjsonResponse(error_body(type(exc).__name__, exc.detail), status_code=status_for(exc))
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> OrjsonResponse:
+    raw = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return OrjsonResponse(
+        error_body("ValidationError", describe_validation_errors(raw), errors=raw), status_code=422
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(errors.MeteringError, _metering_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

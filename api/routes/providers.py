@@ -1,0 +1,58 @@
+"""Provider registration (internal) and the public provider list (SPEC §4, §5.3)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from api.deps import DatabaseDep, ServiceAuth
+from api.schemas.providers import PROVIDER_ID_PATTERN, ProviderRead, ProviderUpdate
+from metering.models import Provider
+from metering.providers.service import ModelPrice, ProviderRegistration, provider_service
+
+internal_router = APIRouter(prefix="/internal/v1", tags=["internal"], dependencies=[ServiceAuth])
+public_router = APIRouter(prefix="/v1", tags=["providers"])
+
+ProviderId = Annotated[str, Path(pattern=PROVIDER_ID_PATTERN)]
+
+
+def _read(provider: Provider) -> ProviderRead:
+    return ProviderRead(
+        id=provider.id,
+        url=provider.url,
+        pricing=provider.pricing,
+        request_id_header=provider.request_id_header,
+        credit_eligible=provider.credit_eligible,
+        models=provider.models or {},
+    )
+
+
+@internal_router.put("/providers/{provider_id}", response_model=ProviderRead)
+async def put_provider(provider_id: ProviderId, body: ProviderUpdate, db: DatabaseDep) -> ProviderRead:
+    registration = ProviderRegistration(
+        url=body.url,
+        pricing=body.pricing,
+        request_id_header=body.request_id_header,
+        cost_endpoint=body.cost_endpoint,
+        cost_token=body.cost_token,
+        credit_eligible=body.credit_eligible,
+        default_estimate_nano_usd=body.default_estimate_nano_usd,
+        hardware_prices_nano_usd_per_second=body.hardware_prices_nano_usd_per_second,
+        models={name: ModelPrice(**price.model_dump()) for name, price in body.models.items()},
+    )
+    async with db.session_scope() as session:
+        provider, _ = await provider_service.upsert(session, provider_id=provider_id, registration=registration)
+        return _read(provider)
+
+
+@public_router.get("/providers", response_model=list[ProviderRead])
+async def list_providers(db: DatabaseDep) -> list[ProviderRead]:
+    async with db.session_scope() as session:
+        return [_read(p) for p in await provider_service.list_all(session)]
+
+
+@public_router.get("/providers/{provider_id}", response_model=ProviderRead)
+async def get_provider(provider_id: str, db: DatabaseDep) -> ProviderRead:
+    async with db.session_scope() as session:
+        return _read(await provider_service.get(session, provider_id))

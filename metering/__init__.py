@@ -1,0 +1,1 @@
+"""Metering: billing and usage metering for an inference router."""

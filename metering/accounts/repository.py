@@ -1,0 +1,70 @@
+"""SQL of accounts, memberships and disabled providers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.models import Account, DisabledProvider, Membership
+
+
+def dialect_insert(session: AsyncSession, table):  # noqa: ANN001, ANN201
+    """INSERT with ON CONFLICT support for the session's dialect."""
+    return (sqlite_insert if session.bind.dialect.name == "sqlite" else pg_insert)(table)
+
+
+class AccountRepository:
+    async def get(self, session: AsyncSession, name: str) -> Account | None:
+        return await session.get(Account, name)
+
+    async def get_many(self, session: AsyncSession, names: Iterable[str]) -> dict[str, Account]:
+        names = list(set(names))
+        if not names:
+            return {}
+        rows = await session.scalars(select(Account).where(Account.name.in_(names)))
+        return {row.name: row for row in rows}
+
+    async def insert_missing_users(self, session: AsyncSession, names: Iterable[str], *, plan: str, now: datetime) -> None:
+        """Create users never seen before; existing accounts are left untouched."""
+        rows = [
+            {"name": n, "kind": "user", "plan": plan, "seats": 1, "status": "active", "created_at": now, "updated_at": now}
+            for n in sorted(set(names))
+        ]
+        if rows:
+            await session.execute(dialect_insert(session, Account).values(rows).on_conflict_do_nothing())
+
+    async def membership(self, session: AsyncSession, *, org: str, user: str) -> Membership | None:
+        return await session.get(Membership, (org, user))
+
+    async def memberships_of(self, session: AsyncSession, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (org, user) pairs are memberships."""
+        pairs = set(pairs)
+        if not pairs:
+            return set()
+        orgs = {org for org, _ in pairs}
+        rows = await session.execute(
+            select(Membership.org_name, Membership.user_name).where(Membership.org_name.in_(orgs))
+        )
+        return {(org, user) for org, user in rows if (org, user) in pairs}
+
+    async def delete_membership(self, session: AsyncSession, *, org: str, user: str) -> bool:
+        result = await session.execute(
+            delete(Membership).where(Membership.org_name == org, Membership.user_name == user)
+        )
+        return result.rowcount > 0
+
+    async def disabled_providers(self, session: AsyncSession, account: str) -> list[str]:
+        rows = await session.scalars(
+            select(DisabledProvider.provider_id)
+            .where(DisabledProvider.account_name == account)
+            .order_by(DisabledProvider.provider_id)
+        )
+        return list(rows)
+
+
+account_repository = AccountRepository()

@@ -1,0 +1,26 @@
+"""Every table, imported so Alembic and the tests see one complete MetaData."""
+
+from metering.models.accounts import Account, AuditEvent, DisabledProvider, Membership
+from metering.models.base import Base
+from metering.models.billing import AccountPeriod, Hold, Period
+from metering.models.ledger import LedgerAccount, LedgerEntry, LedgerTransaction
+from metering.models.providers import CostEstimate, Provider, ProviderCollectionState
+from metering.models.usage import UsageRecord
+
+__all__ = [
+    "Account",
+    "AccountPeriod",
+    "AuditEvent",
+    "Base",
+    "CostEstimate",
+    "DisabledProvider",
+    "Hold",
+    "LedgerAccount",
+    "LedgerEntry",
+    "LedgerTransaction",
+    "Membership",
+    "Period",
+    "Provider",
+    "ProviderCollectionState",
+    "UsageRecord",
+]

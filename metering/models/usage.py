@@ -1,0 +1,75 @@
+"""Usage records: one row per routed request, keyed by (provider, request_id)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from metering.models.base import Base, BigIntPK, UTCDateTime
+
+USAGE_STATUSES = ("pending", "priced", "custom_key", "unpriced", "quarantined")
+
+
+class UsageRecord(Base):
+    """A request the router sent to a provider.
+
+    Lifecycle: ``pending`` → ``priced`` (cost known, posted to the ledger once),
+    ``quarantined`` (the provider's answer was invalid; never charged), or
+    ``unpriced`` (no answer past the maximum age). ``custom_key`` requests are
+    recorded for usage views and never priced.
+    """
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        UniqueConstraint("provider_id", "request_id"),
+        CheckConstraint(
+            "status IN ('pending', 'priced', 'custom_key', 'unpriced', 'quarantined')", name="status"
+        ),
+        CheckConstraint("cost_nano_usd IS NULL OR cost_nano_usd >= 0", name="cost_non_negative"),
+        CheckConstraint("(status = 'priced') = (cost_nano_usd IS NOT NULL)", name="priced_has_cost"),
+        CheckConstraint("estimate_nano_usd >= 0", name="estimate_non_negative"),
+        # The claim query of cost collection: pending requests of a provider, due first.
+        Index("ix_usage_records_collect", "provider_id", "status", "next_attempt_at"),
+        Index("ix_usage_records_billing_time", "billing_account", "started_at"),
+        Index("ix_usage_records_billing_period_status", "billing_account", "period", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))
+    request_id: Mapped[str] = mapped_column(String(256))
+    user_name: Mapped[str] = mapped_column(ForeignKey("accounts.name"), index=True)
+    # The raw X-HF-Bill-To value as the router saw it.
+    bill_to: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    # Who pays: the bill_to org when it was valid at record time, else the user.
+    billing_account: Mapped[str] = mapped_column(ForeignKey("accounts.name"))
+    # Set when bill_to named an account that could not be billed; the record is kept, billed to the user.
+    bill_to_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    bill_to_flag_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str] = mapped_column(String(256))
+    task: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    custom_key: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # YYYY-MM of started_at, stored so period queries use an index.
+    period: Mapped[str] = mapped_column(String(7))
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    hardware: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    hold_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    # Hash of the record's content as sent: equal hash = duplicate, different = conflict.
+    content_hash: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # In-flight estimate while pending (counts against credits and limits); 0 once settled.
+    estimate_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The provider's price, set exactly once when status becomes 'priced'.
+    cost_nano_usd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quarantine_reason: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    priced_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Cost collection: attempts, back-off and the lease of the worker asking for it.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
