@@ -1,0 +1,46 @@
+"""Plain values passed between usage ingest and the billing services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedUsage:
+    """A usage record just stored by ingest (status ``pending`` or ``custom_key``)."""
+
+    id: int
+    provider_id: str
+    request_id: str
+    user_name: str
+    billing_account: str
+    model: str
+    period: str
+    started_at: datetime
+    custom_key: bool
+    hold_id: str | None
+    duration_ms: int | None
+    hardware: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PricedRequest:
+    usage_record_id: int
+    cost_nano_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRequest:
+    usage_record_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    priced: int
+    replayed: int
+    quarantined: int
+    unpriced: int
