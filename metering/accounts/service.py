@@ -13,6 +13,22 @@ from metering.models import Account, Membership
 from metering.periods import utcnow
 
 DEFAULT_USER_PLAN = "free"
+BILL_TO_PLANS = ("team", "enterprise")
+
+
+def bill_to_refusal(*, user: str, org: Account | None, is_member: bool) -> str | None:
+    """Why ``org`` may not pay for ``user``'s request, or None when it may (SPEC §3).
+
+    The one rule shared by authorize (which refuses) and ingest (which stores the record
+    against the user, flagged with this reason).
+    """
+    if org is None:
+        return "unknown_account"
+    if org.kind != "org" or org.plan not in BILL_TO_PLANS:
+        return "bill_to_not_eligible"
+    if not is_member:
+        return "not_a_member"
+    return None
 
 
 @dataclass(frozen=True)

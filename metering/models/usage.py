@@ -61,7 +61,8 @@ class UsageRecord(Base):
     # Hash of the record's content as sent: equal hash = duplicate, different = conflict.
     content_hash: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    # In-flight estimate while pending (counts against credits and limits); 0 once settled.
+    # The estimate used for this request (from its hold, else the estimator). While status is
+    # 'pending' it counts against credits and limits; kept after settling for the drift report.
     estimate_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     # The provider's price, set exactly once when status becomes 'priced'.
     cost_nano_usd: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
