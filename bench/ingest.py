@@ -1,0 +1,234 @@
+"""Usage ingest throughput through a real ``metering serve`` (uvicorn, HTTP on loopback).
+
+Posts N records in batches of 1,000 from a few concurrent senders, on SQLite and on
+PostgreSQL, and prints records/s. On PostgreSQL the same rows are then written by a raw
+asyncpg ``unnest`` INSERT … ON CONFLICT DO NOTHING into a fresh copy of the table (same
+indexes, checks and foreign keys), the floor any ingest path pays; the ratio of the two is
+the cost of Metering's checks, accounting and HTTP on top of it.
+
+    python bench/ingest.py [--records 200000] [--quick] [--senders 4] [--users 1000] [--workers 1]
+
+Targets: PostgreSQL >= 50,000 records/s and >= 0.3 of raw; SQLite >= 20,000 records/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+from _common import Row, pg_database, postgres_reachable, print_table, serve  # noqa: E402
+
+PG_TARGET = 50_000
+PG_RATIO_TARGET = 0.3
+SQLITE_TARGET = 20_000
+PROVIDER_ID = "together"
+REGISTRATION = {
+    "url": "https://api.together.example",
+    "pricing": "cost_endpoint",
+    "cost_endpoint": "https://api.together.example/billing/costs",
+    "cost_token": "bench-provider-token",
+    "default_estimate_nano_usd": 100_000,
+}
+
+
+def make_records(count: int, *, users: int = 1_000) -> list[dict]:
+    """Distinct requests from a pool of users, started over the last hour (one period)."""
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    return [
+        {
+            "request_id": f"req-{i:010d}",
+            "provider": PROVIDER_ID,
+            "user": f"user-{i % users:05d}",
+            "bill_to": None,
+            "model": "meta-llama/Llama-3.3-70B-Instruct",
+            "task": "conversational",
+            "custom_key": False,
+            "started_at": (start + timedelta(milliseconds=i % 3_600_000)).isoformat(),
+            "input_tokens": 512 + i % 100,
+            "output_tokens": 128 + i % 50,
+        }
+        for i in range(count)
+    ]
+
+
+def batches_of(records: list[dict], size: int) -> list[list[dict]]:
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+async def _post_all(base_url: str, bodies: list[bytes], senders: int) -> tuple[float, int]:
+    """Seconds to deliver every body with ``senders`` concurrent connections; and records accepted."""
+    headers = {"Authorization": f"Bearer {_common.SERVICE_TOKEN}", "Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120, limits=limits) as client:
+        (await client.put(f"/internal/v1/providers/{PROVIDER_ID}", json=REGISTRATION)).raise_for_status()
+        pending = iter(bodies)
+        accepted = 0
+
+        async def sender() -> None:
+            nonlocal accepted
+            for body in pending:
+                response = await client.post("/internal/v1/usage", content=body)
+                response.raise_for_status()
+                answer = response.json()
+                if answer["rejected"]:
+                    raise RuntimeError(f"records rejected: {answer['rejected'][:3]}")
+                accepted += answer["accepted"]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(senders)))
+        return time.perf_counter() - started, accepted
+
+
+def ingest_rate(database_url: str | None, records: list[dict], args: argparse.Namespace) -> float:
+    bodies = [orjson.dumps({"records": batch}) for batch in batches_of(records, args.batch)]
+    with serve(database_url, workers=args.workers) as base_url:
+        seconds, accepted = asyncio.run(_post_all(base_url, bodies, args.senders))
+    if accepted != len(records):
+        raise RuntimeError(f"{accepted} of {len(records)} records accepted")
+    return len(records) / seconds
+
+
+# The columns ingest writes, with the same constants; only the table differs.
+_RAW_COLUMNS = (
+    ("provider_id", "varchar"), ("request_id", "varchar"), ("user_name", "varchar"), ("bill_to", "varchar"),
+    ("billing_account", "varchar"), ("bill_to_flag_reason", "varchar"), ("model", "varchar"), ("task", "varchar"),
+    ("custom_key", "boolean"), ("started_at", "timestamptz"), ("period", "varchar"), ("duration_ms", "bigint"),
+    ("hardware", "varchar"), ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("hold_id", "varchar"),
+    ("content_hash", "varchar"),
+)
+
+
+def _raw_insert_sql(table: str) -> str:
+    names = ", ".join(name for name, _ in _RAW_COLUMNS)
+    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_RAW_COLUMNS, start=1))
+    now = len(_RAW_COLUMNS) + 1
+    return (
+        f"INSERT INTO {table} ({names}, bill_to_flagged, status, estimate_nano_usd, received_at, attempts, "
+        f"next_attempt_at) SELECT {names}, bill_to_flag_reason IS NOT NULL, "
+        f"CASE WHEN custom_key THEN 'custom_key' ELSE 'pending' END, 0, ${now}, 0, ${now} "
+        f"FROM unnest({arrays}) AS batch({names}) "
+        "ON CONFLICT (provider_id, request_id) DO NOTHING RETURNING id, provider_id, request_id"
+    )
+
+
+def _raw_arrays(batch: list[dict]) -> list[list]:
+    started = [datetime.fromisoformat(r["started_at"]).astimezone(UTC) for r in batch]
+    return [
+        [r["provider"] for r in batch], [r["request_id"] for r in batch], [r["user"] for r in batch],
+        [None] * len(batch), [r["user"] for r in batch], [None] * len(batch), [r["model"] for r in batch],
+        [r["task"] for r in batch], [False] * len(batch), started, [f"{s.year:04d}-{s.month:02d}" for s in started],
+        [None] * len(batch), [None] * len(batch), [r["input_tokens"] for r in batch],
+        [r["output_tokens"] for r in batch], [None] * len(batch),
+        [hashlib.blake2b(orjson.dumps(r), digest_size=16).hexdigest() for r in batch],
+    ]
+
+
+async def raw_unnest_rate(dsn: str, records: list[dict], args: argparse.Namespace) -> float:
+    """Rows/s of the bare statement into ``usage_records_raw``, a fresh copy of the table."""
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute("CREATE TABLE usage_records_raw (LIKE usage_records INCLUDING ALL)")
+        # LIKE copies columns, defaults, checks and indexes but not foreign keys; the copy gets
+        # them too, so both inserts pay for the same checks.
+        foreign_keys = await admin.fetch(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'usage_records'::regclass AND contype = 'f'"
+        )
+        for (definition,) in foreign_keys:
+            await admin.execute(f"ALTER TABLE usage_records_raw ADD {definition}")
+    finally:
+        await admin.close()
+    sql = _raw_insert_sql("usage_records_raw")
+    prepared = [_raw_arrays(batch) for batch in batches_of(records, args.batch)]
+    now = datetime.now(UTC)
+    pool = await asyncpg.create_pool(dsn, min_size=args.senders, max_size=args.senders)
+    try:
+        pending = iter(prepared)
+        inserted = 0
+
+        async def sender() -> None:
+            nonlocal inserted
+            for arrays in pending:
+                async with pool.acquire() as connection:
+                    returned = await connection.fetch(sql, *arrays, now)
+                inserted += len(returned)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(args.senders)))
+        seconds = time.perf_counter() - started
+    finally:
+        await pool.close()
+    if inserted != len(records):
+        raise RuntimeError(f"raw insert stored {inserted} of {len(records)} rows")
+    return len(records) / seconds
+
+
+def sqlite_figures(args: argparse.Namespace) -> list[Row]:
+    rate = ingest_rate(None, make_records(args.records, users=args.users), args)
+    return [Row("ingest sqlite", rate, "records/s", f">= {SQLITE_TARGET:,}", _verdict(rate >= SQLITE_TARGET))]
+
+
+def postgres_figures(args: argparse.Namespace) -> list[Row]:
+    if not postgres_reachable():
+        return [Row("ingest postgres", 0, "records/s", f">= {PG_TARGET:,}", "skipped: PostgreSQL not reachable")]
+    records = make_records(args.records, users=args.users)
+    with pg_database() as (_name, url):
+        rate = ingest_rate(url, records, args)
+        raw = asyncio.run(raw_unnest_rate(_common.asyncpg_dsn(url), records, args))
+    ratio = rate / raw
+    return [
+        Row("ingest postgres", rate, "records/s", f">= {PG_TARGET:,}", _verdict(rate >= PG_TARGET)),
+        Row("raw asyncpg unnest (baseline)", raw, "rows/s"),
+        Row("ingest postgres / raw", ratio, "ratio", f">= {PG_RATIO_TARGET}", _verdict(ratio >= PG_RATIO_TARGET)),
+    ]
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+# One function per figure group; each returns rows of the table. Add new figures here.
+FIGURES: list[Callable[[argparse.Namespace], list[Row]]] = [postgres_figures, sqlite_figures]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=200_000, help="records per backend (default 200,000)")
+    parser.add_argument("--quick", action="store_true", help="20,000 records: a fast check that it all runs")
+    parser.add_argument("--batch", type=int, default=1_000, help="records per POST (default 1,000)")
+    parser.add_argument("--senders", type=int, default=4, help="concurrent senders (default 4)")
+    parser.add_argument("--users", type=int, default=1_000, help="distinct users the records come from (default 1,000)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.records = min(args.records, 20_000)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows: list[Row] = []
+    for figures in FIGURES:
+        rows.extend(figures(args))
+    print_table(
+        f"usage ingest: {args.records:,} records from {args.users:,} users, batches of {args.batch:,}, "
+        f"{args.senders} senders, {args.workers} uvicorn worker(s)",
+        rows,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

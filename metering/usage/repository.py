@@ -1,0 +1,213 @@
+"""SQL of usage ingest: batch look-ups and the bulk idempotent INSERT of usage records.
+
+Every method takes whole batches (sets of names or keys) so one POST costs a fixed handful
+of statements whatever its size. On PostgreSQL values travel as one array per column
+(``= ANY(array)``, ``unnest``), so each statement is prepared once and reused; on SQLite as
+multi-row VALUES of positional parameters, without per-value ORM processing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import literal, select, text, tuple_, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.db import is_sqlite
+from metering.models import Account, Membership, Provider, UsageRecord
+
+Key = tuple[str, str]  # (provider_id, request_id)
+
+# Columns the ingest writes, in the order of NewUsageRow's fields.
+INSERT_COLUMNS = (
+    "provider_id", "request_id", "user_name", "bill_to", "billing_account", "bill_to_flag_reason",
+    "model", "task", "custom_key", "started_at", "period", "duration_ms", "hardware",
+    "input_tokens", "output_tokens", "hold_id", "content_hash",
+)
+# Written with the same value on every new row (status follows custom_key).
+_FIXED_COLUMNS = ("bill_to_flagged", "status", "estimate_nano_usd", "received_at", "attempts", "next_attempt_at")
+_PG_ARRAY_TYPES = {
+    "custom_key": "boolean[]", "started_at": "timestamptz[]",
+    "duration_ms": "bigint[]", "input_tokens": "bigint[]", "output_tokens": "bigint[]",
+}
+# SQLite binds at most 32,766 values per statement: 1,000 rows of 23 columns stay under it.
+_SQLITE_ROWS_PER_INSERT = 1_000
+_SQLITE_KEYS_PER_SELECT = 5_000
+
+
+@dataclass(slots=True)
+class NewUsageRow:
+    """One usage record ready for the INSERT; everything the ingest decides is already in it."""
+
+    provider_id: str
+    request_id: str
+    user_name: str
+    bill_to: str | None
+    billing_account: str
+    bill_to_flag_reason: str | None
+    model: str
+    task: str | None
+    custom_key: bool
+    started_at: datetime
+    period: str
+    duration_ms: int | None
+    hardware: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    hold_id: str | None
+    content_hash: str
+
+    @property
+    def key(self) -> Key:
+        return self.provider_id, self.request_id
+
+
+@dataclass(frozen=True, slots=True)
+class AccountTerms:
+    """The columns of an account that ingest decides with."""
+
+    name: str
+    kind: str
+    plan: str
+
+
+def _pg_insert_sql() -> str:
+    arrays = ", ".join(f"CAST(:{c} AS {_PG_ARRAY_TYPES.get(c, 'varchar[]')})" for c in INSERT_COLUMNS)
+    columns = ", ".join(INSERT_COLUMNS)
+    return (
+        f"INSERT INTO usage_records ({columns}, {', '.join(_FIXED_COLUMNS)}) "
+        f"SELECT {columns}, bill_to_flag_reason IS NOT NULL, "
+        "CASE WHEN custom_key THEN 'custom_key' ELSE 'pending' END, 0, "
+        ":received_at, 0, :received_at "
+        f"FROM unnest({arrays}) AS batch({columns}) "
+        "ON CONFLICT (provider_id, request_id) DO NOTHING "
+        "RETURNING id, provider_id, request_id"
+    )
+
+
+_PG_INSERT = text(_pg_insert_sql())
+_PG_LOOKUP = text(
+    "SELECT 'provider', id, '' FROM providers WHERE id = ANY(CAST(:provider_ids AS varchar[])) "
+    "UNION ALL SELECT kind, name, plan FROM accounts WHERE name = ANY(CAST(:names AS varchar[]))"
+)
+_PG_MEMBERSHIPS = text(
+    "SELECT org_name, user_name FROM memberships "
+    "WHERE org_name = ANY(CAST(:orgs AS varchar[])) AND user_name = ANY(CAST(:users AS varchar[]))"
+)
+_PG_STORED_HASHES = text(
+    "SELECT u.provider_id, u.request_id, u.content_hash FROM usage_records AS u "
+    "JOIN unnest(CAST(:provider_ids AS varchar[]), CAST(:request_ids AS varchar[])) AS k(provider_id, request_id) "
+    "ON u.provider_id = k.provider_id AND u.request_id = k.request_id"
+)
+_SQLITE_INSERT_HEAD = (
+    f"INSERT INTO usage_records ({', '.join(INSERT_COLUMNS + _FIXED_COLUMNS)}) VALUES "
+)
+_SQLITE_INSERT_TAIL = " ON CONFLICT (provider_id, request_id) DO NOTHING RETURNING id, provider_id, request_id"
+_SQLITE_ROW = "(" + ", ".join("?" * (len(INSERT_COLUMNS) + len(_FIXED_COLUMNS))) + ")"
+
+
+class UsageRepository:
+    async def lookup(
+        self, session: AsyncSession, *, provider_ids: Iterable[str], names: Iterable[str]
+    ) -> tuple[set[str], dict[str, AccountTerms]]:
+        """The registered providers among ``provider_ids`` and the accounts among ``names``, in one statement."""
+        provider_ids, names = sorted(set(provider_ids)), sorted(set(names))
+        if is_sqlite(session):
+            statement = union_all(
+                select(literal("provider"), Provider.id, literal("")).where(Provider.id.in_(provider_ids)),
+                select(Account.kind, Account.name, Account.plan).where(Account.name.in_(names)),
+            )
+            rows = await session.execute(statement)
+        else:
+            rows = await session.execute(_PG_LOOKUP, {"provider_ids": provider_ids, "names": names})
+        providers: set[str] = set()
+        accounts: dict[str, AccountTerms] = {}
+        for kind, name, plan in rows:
+            if kind == "provider":
+                providers.add(name)
+            else:
+                accounts[name] = AccountTerms(name, kind, plan)
+        return providers, accounts
+
+    async def memberships(self, session: AsyncSession, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (org, user) pairs are memberships; reads only the members named, not whole orgs."""
+        pairs = set(pairs)
+        if not pairs:
+            return set()
+        orgs = sorted({org for org, _ in pairs})
+        users = sorted({user for _, user in pairs})
+        if is_sqlite(session):
+            rows = await session.execute(
+                select(Membership.org_name, Membership.user_name).where(
+                    Membership.org_name.in_(orgs), Membership.user_name.in_(users)
+                )
+            )
+        else:
+            rows = await session.execute(_PG_MEMBERSHIPS, {"orgs": orgs, "users": users})
+        return {(org, user) for org, user in rows} & pairs
+
+    async def insert_new(self, session: AsyncSession, rows: Sequence[NewUsageRow], *, received_at: datetime) -> dict[Key, int]:
+        """INSERT … ON CONFLICT DO NOTHING; returns ``{key: id}`` of the rows this call inserted.
+
+        Rows are inserted in key order so two batches sharing keys wait on each other in the
+        same order on PostgreSQL's unique index rather than deadlocking.
+        """
+        if not rows:
+            return {}
+        rows = sorted(rows, key=lambda row: (row.provider_id, row.request_id))
+        if is_sqlite(session):
+            return await self._insert_sqlite(session, rows, received_at=received_at)
+        params: dict[str, object] = {c: [getattr(row, c) for row in rows] for c in INSERT_COLUMNS}
+        params["received_at"] = received_at
+        result = await session.execute(_PG_INSERT, params)
+        return {(provider_id, request_id): id_ for id_, provider_id, request_id in result}
+
+    async def _insert_sqlite(self, session: AsyncSession, rows: Sequence[NewUsageRow], *, received_at: datetime) -> dict[Key, int]:
+        connection = await session.connection()
+        # The column type's own processor, so timestamps are stored exactly as the ORM stores them.
+        to_db_time = UsageRecord.__table__.c.started_at.type.bind_processor(connection.dialect)
+        received = to_db_time(received_at)
+        inserted: dict[Key, int] = {}
+        for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+            chunk = rows[start : start + _SQLITE_ROWS_PER_INSERT]
+            params: list[object] = []
+            for r in chunk:
+                params += (
+                    r.provider_id, r.request_id, r.user_name, r.bill_to, r.billing_account, r.bill_to_flag_reason,
+                    r.model, r.task, r.custom_key, to_db_time(r.started_at), r.period, r.duration_ms, r.hardware,
+                    r.input_tokens, r.output_tokens, r.hold_id, r.content_hash,
+                    r.bill_to_flag_reason is not None, "custom_key" if r.custom_key else "pending", 0,
+                    received, 0, received,
+                )
+            sql = _SQLITE_INSERT_HEAD + ", ".join([_SQLITE_ROW] * len(chunk)) + _SQLITE_INSERT_TAIL
+            result = await connection.exec_driver_sql(sql, tuple(params))
+            inserted.update({(provider_id, request_id): id_ for id_, provider_id, request_id in result})
+        return inserted
+
+    async def stored_hashes(self, session: AsyncSession, keys: Iterable[Key]) -> dict[Key, str]:
+        """``{key: content_hash}`` of the stored records among ``keys``."""
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+        if not is_sqlite(session):
+            result = await session.execute(
+                _PG_STORED_HASHES,
+                {"provider_ids": [p for p, _ in keys], "request_ids": [r for _, r in keys]},
+            )
+            return {(p, r): h for p, r, h in result}
+        table = UsageRecord.__table__
+        stored: dict[Key, str] = {}
+        for start in range(0, len(keys), _SQLITE_KEYS_PER_SELECT):
+            chunk = keys[start : start + _SQLITE_KEYS_PER_SELECT]
+            result = await session.execute(
+                select(table.c.provider_id, table.c.request_id, table.c.content_hash).where(
+                    tuple_(table.c.provider_id, table.c.request_id).in_(chunk)
+                )
+            )
+            stored.update({(p, r): h for p, r, h in result})
+        return stored
+
+
+usage_repository = UsageRepository()

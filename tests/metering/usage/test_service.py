@@ -1,0 +1,108 @@
+"""Usage ingest service and repository on SQLite and PostgreSQL: batches, repeats, big batches."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from metering.db import Database
+from metering.models import Account, UsageRecord
+from metering.usage.repository import NewUsageRow, usage_repository
+from metering.usage.service import CONFLICT, usage_service
+from metering.usage.validation import Rejection
+from tests.factories.providers import create_provider
+
+STARTED = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+def record(request_id: str, **overrides: object) -> dict:
+    return {
+        "request_id": request_id, "provider": "together", "user": "alice", "model": "org/name",
+        "started_at": "2026-11-20T08:00:00Z", "input_tokens": 10, "output_tokens": 20,
+    } | overrides
+
+
+def row(request_id: str, content_hash: str = "0" * 32) -> NewUsageRow:
+    return NewUsageRow(
+        provider_id="together", request_id=request_id, user_name="alice", bill_to=None, billing_account="alice",
+        bill_to_flag_reason=None, model="org/name", task=None, custom_key=False, started_at=STARTED, period="2026-11",
+        duration_ms=None, hardware=None, input_tokens=None, output_tokens=None, hold_id=None, content_hash=content_hash,
+    )
+
+
+async def ingest(db: Database, records: list) -> tuple[int, int, list[Rejection]]:
+    async with db.session_scope() as session:
+        result = await usage_service.ingest_records(session, records=records)
+    return result.accepted, result.duplicates, result.rejected
+
+
+async def setup(db: Database) -> None:
+    async with db.session_scope() as session:
+        await create_provider(session, "together")
+
+
+class TestIngestRecords:
+    async def test_repeats_in_a_batch_are_judged_against_the_stored_row(self, db: Database) -> None:
+        await setup(db)
+        await ingest(db, [record("r1", output_tokens=20)])
+        # r1 is already stored with output_tokens=20: the first r1 here conflicts, the second duplicates.
+        accepted, duplicates, rejected = await ingest(
+            db, [record("r1", output_tokens=21), record("r1", output_tokens=20), record("r2"), record("r2", model="x")]
+        )
+        assert (accepted, duplicates) == (1, 1)
+        assert rejected == [Rejection(0, "r1", CONFLICT), Rejection(3, "r2", CONFLICT)]
+
+    async def test_rejections_come_back_in_index_order(self, db: Database) -> None:
+        await setup(db)
+        records = [record("r0", provider="nope"), record("r1", user="acme org"), record("r2"), record("r2", model="m2")]
+        accepted, duplicates, rejected = await ingest(db, records)
+        assert (accepted, duplicates) == (1, 0)
+        assert [r.index for r in rejected] == [0, 1, 3]
+        assert rejected[0].error == "provider: unknown provider 'nope'"
+
+    async def test_a_full_batch_of_new_users_is_stored(self, db: Database) -> None:
+        """5,000 records from 5,000 unseen users: more bound values than one statement may carry."""
+        await setup(db)
+        # custom_key records: created users and stored rows, without pricing work that would slow the test.
+        records = [record(f"req-{i:05d}", user=f"user-{i:05d}", input_tokens=i, custom_key=True) for i in range(5_000)]
+        assert await ingest(db, records) == (5_000, 0, [])
+        async with db.session_scope() as session:
+            users = await session.scalar(select(func.count()).select_from(Account).where(Account.plan == "free"))
+            tokens = await session.scalar(select(func.sum(UsageRecord.input_tokens)))
+        assert (users, tokens) == (5_000, sum(range(5_000)))
+        assert await ingest(db, records) == (0, 5_000, [])
+
+
+class TestRepository:
+    async def test_insert_returns_ids_of_new_rows_only(self, db: Database) -> None:
+        await setup(db)
+        async with db.session_scope() as session:
+            await usage_service.ingest_records(session, records=[record("seed")])  # creates alice
+        async with db.session_scope() as session:
+            first = await usage_repository.insert_new(session, [row("a", "1" * 32), row("b")], received_at=STARTED)
+            second = await usage_repository.insert_new(session, [row("b", "2" * 32), row("c")], received_at=STARTED)
+            hashes = await usage_repository.stored_hashes(session, [("together", "a"), ("together", "b"), ("together", "zz")])
+        assert set(first) == {("together", "a"), ("together", "b")}
+        assert set(second) == {("together", "c")}
+        assert len(set(first.values()) | set(second.values())) == 3
+        assert hashes == {("together", "a"): "1" * 32, ("together", "b"): "0" * 32}
+
+    async def test_inserted_rows_start_pending_and_due_now(self, db: Database) -> None:
+        await setup(db)
+        async with db.session_scope() as session:
+            await usage_service.ingest_records(session, records=[record("seed")])
+        async with db.session_scope() as session:
+            custom = row("k")
+            custom.custom_key = True
+            await usage_repository.insert_new(session, [row("p"), custom], received_at=STARTED)
+        async with db.session_scope() as session:
+            stored = {
+                r.request_id: r
+                for r in await session.scalars(select(UsageRecord).where(UsageRecord.request_id.in_(["p", "k"])))
+            }
+        assert [(r.status, r.attempts, r.next_attempt_at, r.received_at, r.estimate_nano_usd, r.bill_to_flagged)
+                for r in (stored["p"], stored["k"])] == [
+            ("pending", 0, STARTED, STARTED, 0, False),
+            ("custom_key", 0, STARTED, STARTED, 0, False),
+        ]
