@@ -1,23 +1,244 @@
-"""How usage moves money: estimates for new records, and settling priced/quarantined/unpriced ones."""
+"""How usage moves money: estimates for new records, and settling priced/quarantined/unpriced ones.
+
+Both entry points are batched (a few statements per batch, not per row) and run inside the
+caller's transaction: ingest calls ``account_for_new_usage`` with the rows it just inserted,
+cost collection calls ``settle`` with a provider's answer. A request's cost is split
+credits first (credit-eligible providers only), then pay-as-you-go when the plan has it,
+else written off; it is posted once, keyed ``cost:<usage_record_id>``.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering import metrics
+from metering.accounts.repository import account_repository
+from metering.credits.repository import PeriodTotals, credits_repository
+from metering.credits.service import credits_service, pays_as_you_go
+from metering.holds.estimates import estimates_service
+from metering.holds.service import holds_service
+from metering.ledger import codes
+from metering.ledger.service import Posting, ledger_service
+from metering.models import Provider
+from metering.money import duration_cost_nano
+from metering.periods import current_period, next_period, utcnow
+from metering.providers.repository import provider_repository
+from metering.usage.accounting_repository import SettledRow, accounting_repository
 from metering.usage.types import AcceptedUsage, PricedRequest, QuarantinedRequest, SettleResult
+
+logger = logging.getLogger(__name__)
 
 
 async def account_for_new_usage(session: AsyncSession, accepted: list[AcceptedUsage]) -> None:
-    """Called by ingest in the same transaction as the insert of ``accepted`` (new rows only)."""
-    raise NotImplementedError
+    """Called by ingest in the same transaction as the insert of ``accepted`` (new rows only).
+
+    Each billable record gets its estimate (its hold's amount when the hold was still held,
+    else the estimator's) added to its period's pending estimate; ``compute_time`` records
+    are priced now, or quarantined when they cannot be.
+    """
+    billable = [usage for usage in accepted if not usage.custom_key]
+    if not billable:
+        return
+    providers = await provider_repository.get_many(session, {u.provider_id for u in billable})
+    accounts = await account_repository.get_many(session, {u.billing_account for u in billable})
+    # Holds first (attaching locks the holds' period rows, as the holds service asks).
+    # A hold pays into one record's estimate: the first in the batch that names it.
+    hold_owner: dict[str, int] = {}
+    for usage in billable:
+        if usage.hold_id:
+            hold_owner.setdefault(usage.hold_id, usage.id)
+    held_amounts = await holds_service.attach_holds(session, dict(hold_owner))
+    held = {hold_owner[hold_id]: amount for hold_id, amount in held_amounts.items()}
+    priced: dict[int, int] = {}
+    quarantined: dict[int, tuple[str, str]] = {}
+    for usage in billable:
+        provider = providers[usage.provider_id]
+        if provider.pricing == "compute_time":
+            cost, problem = _compute_time_cost(usage, provider)
+            if problem is None:
+                priced[usage.id] = cost
+            else:
+                quarantined[usage.id] = problem
+    needs_estimate = {
+        (u.provider_id, u.model) for u in billable if u.id not in held and u.id not in priced and u.id not in quarantined
+    }
+    estimated = await estimates_service.estimate_for_many(session, needs_estimate)
+    estimates: dict[int, int] = {}
+    for usage in billable:
+        if usage.id in held:
+            estimates[usage.id] = held[usage.id]
+        elif usage.id in priced:
+            estimates[usage.id] = priced[usage.id]
+        elif usage.id in quarantined:
+            estimates[usage.id] = 0
+        else:
+            estimates[usage.id] = estimated.get((usage.provider_id, usage.model), 0)
+    await accounting_repository.set_estimates(session, {i: e for i, e in estimates.items() if e})
+    # The account rows are locked last: concurrent batches of the same accounts wait on these
+    # locks until commit, so everything that needs no lock is done before taking them.
+    rows = await credits_service.lock_account_periods(
+        session, keys={(u.billing_account, u.period) for u in billable}, accounts=accounts
+    )
+    for usage in billable:
+        rows[(usage.billing_account, usage.period)].pending_estimate_nano_usd += estimates[usage.id]
+    await credits_repository.save_totals(session, list(rows.values()))
+    if priced or quarantined:
+        await settle(
+            session,
+            priced=[PricedRequest(i, c) for i, c in priced.items()],
+            quarantined=[QuarantinedRequest(i, detail) for i, (_, detail) in quarantined.items()],
+        )
+        for usage in billable:
+            if usage.id in priced:
+                metrics.requests_priced.labels(usage.provider_id).inc()
+            elif usage.id in quarantined:
+                metrics.requests_quarantined.labels(usage.provider_id, quarantined[usage.id][0]).inc()
+
+
+def _compute_time_cost(usage: AcceptedUsage, provider: Provider) -> tuple[int, tuple[str, str] | None]:
+    """Duration × the hardware's price per second, or (metric label, reason) it cannot be priced."""
+    if usage.duration_ms is None:
+        return 0, ("missing_duration", "compute_time: missing duration_ms")
+    if not usage.hardware:
+        return 0, ("missing_hardware", "compute_time: missing hardware")
+    price = (provider.hardware_prices_nano_usd_per_second or {}).get(usage.hardware)
+    if not isinstance(price, int) or isinstance(price, bool) or price < 0:
+        return 0, ("unknown_hardware", f"compute_time: unknown hardware {usage.hardware[:64]!r}")
+    return duration_cost_nano(usage.duration_ms, price), None
 
 
 async def settle(
     session: AsyncSession,
     *,
-    priced: list[PricedRequest] = (),
-    quarantined: list[QuarantinedRequest] = (),
-    unpriced: list[int] = (),
+    priced: Sequence[PricedRequest] = (),
+    quarantined: Sequence[QuarantinedRequest] = (),
+    unpriced: Sequence[int] = (),
 ) -> SettleResult:
-    """Called by cost collection in the batch's transaction."""
-    raise NotImplementedError
+    """Called by cost collection in the batch's transaction.
+
+    Only records still ``pending`` move (exactly once, whoever else is settling them);
+    the rest are replays, or conflicts when already priced at another cost.
+    """
+    costs: dict[int, int] = {}
+    conflicts = replayed = 0
+    for request in priced:
+        cost = request.cost_nano_usd
+        if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
+            # Pricing validates answers before settling; this is the last guard of the ledger.
+            raise ValueError(f"cost of usage record {request.usage_record_id} is not a nano-USD int >= 0: {cost!r}")
+        earlier = costs.setdefault(request.usage_record_id, request.cost_nano_usd)
+        if earlier != request.cost_nano_usd:
+            conflicts += 1
+    reasons = {q.usage_record_id: q.reason[:256] for q in quarantined if q.usage_record_id not in costs}
+    gone = {i: None for i in unpriced if i not in costs and i not in reasons}
+
+    now = utcnow()
+    moved_priced = await accounting_repository.mark_priced(session, costs, now=now) if costs else []
+    moved_quarantined = await accounting_repository.mark_settled(session, reasons, status="quarantined") if reasons else []
+    moved_unpriced = await accounting_repository.mark_settled(session, gone, status="unpriced") if gone else []
+
+    moved_ids = {row.id for row in moved_priced}
+    not_moved = [i for i in costs if i not in moved_ids]
+    states = await accounting_repository.states(session, not_moved) if not_moved else {}
+    for record_id in not_moved:
+        status, stored_cost = states.get(record_id, (None, None))
+        if status == "priced" and stored_cost != costs[record_id]:
+            conflicts += 1
+            logger.warning(
+                "usage record %s already priced at %s nano-USD; a different cost of %s was refused",
+                record_id, stored_cost, costs[record_id],
+            )
+        else:
+            replayed += 1
+    replayed += len(reasons) - len(moved_quarantined) + len(gone) - len(moved_unpriced)
+
+    if moved_priced or moved_quarantined or moved_unpriced:
+        await _move_money(session, moved_priced, costs, moved_quarantined + moved_unpriced)
+    if moved_priced:
+        # Last, as the estimator asks: after every account row this transaction locks.
+        await estimates_service.observe_costs(session, [(row.provider_id, row.model, costs[row.id]) for row in moved_priced])
+    return SettleResult(
+        priced=len(moved_priced),
+        replayed=replayed,
+        quarantined=len(moved_quarantined),
+        unpriced=len(moved_unpriced),
+        conflicts=conflicts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    credits: int
+    payg: int
+    written_off: int
+
+
+async def _move_money(
+    session: AsyncSession, priced_rows: list[SettledRow], costs: dict[int, int], released_rows: list[SettledRow]
+) -> None:
+    """Post the costs of ``priced_rows`` and release every moved record's pending estimate."""
+    # Late costs go to the current period, or the next open one after a forced early close.
+    candidates = [current_period()]
+    for _ in range(2):
+        candidates.append(next_period(candidates[-1]))
+    closed = await credits_repository.closed_periods(session, {row.period for row in priced_rows} | set(candidates))
+    open_period = next((period for period in candidates if period not in closed), candidates[-1])
+
+    def posting_period(row: SettledRow) -> str:
+        return open_period if row.period in closed else row.period
+
+    all_rows = priced_rows + released_rows
+    keys = {(row.billing_account, row.period) for row in all_rows}
+    keys |= {(row.billing_account, posting_period(row)) for row in priced_rows}
+    accounts = await account_repository.get_many(session, {row.billing_account for row in all_rows})
+    providers = await provider_repository.get_many(session, {row.provider_id for row in priced_rows})
+    locked = await credits_service.lock_account_periods(session, keys=keys, accounts=accounts)
+
+    postings: list[Posting] = []
+    for row in sorted(priced_rows, key=lambda r: r.id):
+        period = posting_period(row)
+        state = locked[(row.billing_account, period)]
+        split = _split(
+            costs[row.id], state, eligible=providers[row.provider_id].credit_eligible,
+            payg=pays_as_you_go(accounts[row.billing_account]),
+        )
+        state.credits_used_nano_usd += split.credits
+        state.payg_nano_usd += split.payg
+        state.written_off_nano_usd += split.written_off
+        late = row.period != period
+        postings.append(
+            Posting(
+                kind=codes.LATE_REQUEST_COST if late else codes.REQUEST_COST,
+                idempotency_key=f"cost:{row.id}",
+                period=period,
+                original_period=row.period if late else None,
+                account_name=row.billing_account,
+                provider_id=row.provider_id,
+                usage_record_id=row.id,
+                entries=(
+                    (codes.credits(row.billing_account, period), split.credits),
+                    (codes.receivable(row.billing_account, period), split.payg),
+                    (codes.write_off(period), split.written_off),
+                    (codes.payable(row.provider_id, period), -costs[row.id]),
+                ),
+            )
+        )
+    for row in all_rows:
+        state = locked[(row.billing_account, row.period)]
+        # Never below zero: a drifted cache must not wedge pricing; verify reports the drift.
+        state.pending_estimate_nano_usd = max(0, state.pending_estimate_nano_usd - row.estimate_nano_usd)
+    if postings:
+        await ledger_service.post_many(session, postings)
+    await credits_repository.save_totals(session, list(locked.values()))
+
+
+def _split(cost: int, state: PeriodTotals, *, eligible: bool, payg: bool) -> _Split:
+    """Credits first (eligible providers only), then pay-as-you-go, else written off."""
+    available = max(0, state.credits_granted_nano_usd - state.credits_used_nano_usd)
+    from_credits = min(cost, available) if eligible else 0
+    rest = cost - from_credits
+    return _Split(credits=from_credits, payg=rest if payg else 0, written_off=0 if payg else rest)

@@ -40,7 +40,15 @@ class QuarantinedRequest:
 
 @dataclass(frozen=True, slots=True)
 class SettleResult:
+    """Counts of one ``settle`` call.
+
+    ``replayed``: requests that were no longer pending (already settled the same way, or
+    in another state), a no-op. ``conflicts``: already priced at a different cost; refused,
+    never applied (the first price stands).
+    """
+
     priced: int
     replayed: int
     quarantined: int
     unpriced: int
+    conflicts: int = 0

@@ -1,0 +1,61 @@
+"""``metering verify``: check the ledger's invariants and print a report; non-zero exit on any breach."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from metering.config import get_settings
+from metering.db import Database
+from metering.ledger.verify import VerifyReport, verify as run_verify
+from metering.migrate import upgrade_sync
+
+
+def verify() -> None:
+    """Check every ledger invariant (SPEC §7); exit 1 when money does not add up."""
+    settings = get_settings()
+    if settings.is_sqlite:
+        upgrade_sync(settings.database_url)
+    report = asyncio.run(_verify(settings.database_url))
+    print_report(report, Console())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+async def _verify(database_url: str) -> VerifyReport:
+    database = Database(database_url, pool_size=1)
+    try:
+        return await run_verify(database)
+    finally:
+        await database.dispose()
+
+
+def print_report(report: VerifyReport, console: Console) -> None:
+    table = Table(title="metering verify", show_lines=False)
+    table.add_column("check")
+    table.add_column("invariant")
+    table.add_column("result")
+    for check in report.checks:
+        if not check.ok:
+            result = f"[bold red]BREACH ×{check.breach_count}[/bold red]"
+        elif check.warning_count:
+            result = f"[yellow]ok, {check.warning_count} warning(s)[/yellow]"
+        else:
+            result = "[green]ok[/green]"
+        table.add_row(check.name, check.description, result)
+    console.print(table)
+    for check in report.checks:
+        for line in check.breaches:
+            console.print(f"[red]BREACH[/red] {check.name}: {line}", markup=True, highlight=False)
+        if check.breach_count > len(check.breaches):
+            console.print(f"[red]BREACH[/red] {check.name}: … {check.breach_count - len(check.breaches)} more")
+        for line in check.warnings:
+            console.print(f"[yellow]warning[/yellow] {check.name}: {line}", highlight=False)
+        if check.warning_count > len(check.warnings):
+            console.print(f"[yellow]warning[/yellow] {check.name}: … {check.warning_count - len(check.warnings)} more")
+    if report.ok:
+        console.print(f"[bold green]ledger OK[/bold green] ({report.warning_count} warning(s))")
+    else:
+        console.print(f"[bold red]ledger BREACHED[/bold red]: {report.breach_count} breach(es)")

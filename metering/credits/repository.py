@@ -1,0 +1,202 @@
+"""SQL of per-account period state (``account_periods``) and of period lifecycle lookups."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+
+from metering.accounts.repository import dialect_insert
+from metering.db import is_sqlite
+from metering.invoicing.repository import period_lock_key
+from metering.ledger.repository import chunks
+from metering.models import Account, AccountPeriod, Period
+
+EMPTY_ROW = {
+    "granted_seats": 0,
+    "credits_granted_nano_usd": 0,
+    "credits_used_nano_usd": 0,
+    "payg_nano_usd": 0,
+    "written_off_nano_usd": 0,
+    "pending_estimate_nano_usd": 0,
+    "held_nano_usd": 0,
+}
+
+
+# The totals this package keeps; ``held_nano_usd`` belongs to holds, which move it by deltas.
+TOTALS = (
+    "granted_seats",
+    "credits_granted_nano_usd",
+    "credits_used_nano_usd",
+    "payg_nano_usd",
+    "written_off_nano_usd",
+    "pending_estimate_nano_usd",
+)
+
+
+@dataclass(slots=True)
+class PeriodTotals:
+    """An ``account_periods`` row as plain values: the batched paths lock hundreds of rows per
+    call and need neither ORM identity nor change tracking for them."""
+
+    account_name: str
+    period: str
+    granted_seats: int
+    credits_granted_nano_usd: int
+    credits_used_nano_usd: int
+    payg_nano_usd: int
+    written_off_nano_usd: int
+    pending_estimate_nano_usd: int
+    held_nano_usd: int
+
+
+_COLUMNS = tuple(field.name for field in fields(PeriodTotals))
+
+
+class CreditsRepository:
+    async def lock_rows(
+        self, session: AsyncSession, keys: Iterable[tuple[str, str]], *, plain: bool = False
+    ) -> dict[tuple[str, str], AccountPeriod | PeriodTotals]:
+        """The ``account_periods`` rows of ``(account, period)`` keys, created when missing, locked.
+
+        PostgreSQL: SELECT … FOR UPDATE in (period, account) order, the one lock order every
+        writer uses; rows still missing are then created (INSERT … ON CONFLICT DO NOTHING) and
+        locked the same way. SQLite: the BEGIN IMMEDIATE transaction is the lock.
+        Rows come back fresh from the database even if the session already holds them: ORM
+        objects, or ``PeriodTotals`` when ``plain``.
+        """
+        ordered = sorted(set(keys), key=lambda key: (key[1], key[0]))
+        if not ordered:
+            return {}
+        # Most rows exist (an account's first request of a period creates its row): lock those
+        # first, then create and lock only the missing ones.
+        rows = await self._select_locked(session, ordered, plain=plain)
+        missing = [key for key in ordered if key not in rows]
+        if missing:
+            await self._insert_missing(session, missing)
+            rows.update(await self._select_locked(session, missing, plain=plain))
+        return rows
+
+    async def _insert_missing(self, session: AsyncSession, keys: list[tuple[str, str]]) -> None:
+        if is_sqlite(session):
+            await session.execute(
+                dialect_insert(session, AccountPeriod.__table__).on_conflict_do_nothing(index_elements=["account_name", "period"]),
+                [{"account_name": a, "period": p, **EMPTY_ROW} for a, p in keys],
+            )
+            return
+        await session.execute(
+            text(
+                "INSERT INTO account_periods (account_name, period, granted_seats, credits_granted_nano_usd, "
+                "credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd, held_nano_usd) "
+                "SELECT a, p, 0, 0, 0, 0, 0, 0, 0 FROM unnest(CAST(:accounts AS VARCHAR[]), CAST(:periods AS VARCHAR[])) "
+                "AS v(a, p) ON CONFLICT (account_name, period) DO NOTHING"
+            ),
+            {"accounts": [a for a, _ in keys], "periods": [p for _, p in keys]},
+        )
+
+    async def _select_locked(
+        self, session: AsyncSession, ordered: list[tuple[str, str]], *, plain: bool
+    ) -> dict[tuple[str, str], AccountPeriod | PeriodTotals]:
+        by_period: dict[str, list[str]] = defaultdict(list)
+        for account, period in ordered:
+            by_period[period].append(account)
+        rows: dict[tuple[str, str], AccountPeriod | PeriodTotals] = {}
+        table = AccountPeriod.__table__
+        for period in sorted(by_period):
+            for part in chunks(by_period[period]):
+                if plain:
+                    result = await session.execute(
+                        select(*(table.c[name] for name in _COLUMNS))
+                        .where(table.c.period == period, table.c.account_name.in_(part))
+                        .order_by(table.c.account_name)
+                        .with_for_update()
+                    )
+                    rows.update({(r[0], r[1]): PeriodTotals(*r) for r in result})
+                    continue
+                result = await session.scalars(
+                    select(AccountPeriod)
+                    .where(AccountPeriod.period == period, AccountPeriod.account_name.in_(part))
+                    .order_by(AccountPeriod.account_name)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                )
+                rows.update({(row.account_name, row.period): row for row in result})
+        return rows
+
+    async def save_totals(self, session: AsyncSession, rows: list[AccountPeriod | PeriodTotals]) -> None:
+        """Write the ``TOTALS`` of rows this transaction holds locked, in one statement.
+
+        ORM objects are marked clean (a flush would issue one UPDATE per row); an ORM copy of a
+        plain row the session may hold is expired, so it reloads what was written.
+        """
+        rows = sorted({(r.period, r.account_name): r for r in rows}.values(), key=lambda r: (r.period, r.account_name))
+        if not rows:
+            return
+        if is_sqlite(session):
+            table = AccountPeriod.__table__
+            await session.execute(
+                update(table)
+                .where(table.c.account_name == bindparam("k_account"), table.c.period == bindparam("k_period"))
+                .values({name: bindparam(f"v_{name}") for name in TOTALS}),
+                [
+                    {"k_account": r.account_name, "k_period": r.period, **{f"v_{n}": getattr(r, n) for n in TOTALS}}
+                    for r in rows
+                ],
+            )
+        else:
+            assignments = ", ".join(f"{name} = v.{name}" for name in TOTALS)
+            arrays = ", ".join(f"CAST(:{name} AS BIGINT[])" for name in TOTALS)
+            await session.execute(
+                text(
+                    f"UPDATE account_periods AS t SET {assignments} "
+                    f"FROM unnest(CAST(:accounts AS VARCHAR[]), CAST(:periods AS VARCHAR[]), {arrays}) "
+                    f"AS v(account_name, period, {', '.join(TOTALS)}) "
+                    "WHERE t.account_name = v.account_name AND t.period = v.period"
+                ),
+                {
+                    "accounts": [r.account_name for r in rows],
+                    "periods": [r.period for r in rows],
+                    **{name: [getattr(r, name) for r in rows] for name in TOTALS},
+                },
+            )
+        mapper = AccountPeriod.__mapper__
+        for row in rows:
+            if isinstance(row, AccountPeriod):
+                for name in TOTALS:
+                    set_committed_value(row, name, getattr(row, name))
+                continue
+            held = session.identity_map.get(mapper.identity_key_from_primary_key((row.account_name, row.period)))
+            if held is not None:
+                session.expire(held)
+
+    async def closed_periods(self, session: AsyncSession, periods: Iterable[str]) -> set[str]:
+        """Which of ``periods`` are closed, read under each period's close lock taken shared.
+
+        PostgreSQL: closing a period holds its advisory lock exclusively, so a posting that
+        decides where to land cannot interleave with a close of that period (it waits, then
+        sees it closed). SQLite: the transaction already holds the one write lock.
+        """
+        periods = sorted(set(periods))
+        if not periods:
+            return set()
+        if not is_sqlite(session):
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock_shared(k) FROM unnest(CAST(:keys AS BIGINT[])) AS k"),
+                {"keys": sorted(period_lock_key(p) for p in periods)},
+            )
+        rows = await session.scalars(select(Period.period).where(Period.period.in_(periods), Period.status == "closed"))
+        return set(rows)
+
+    async def account_names_after(self, session: AsyncSession, *, after: str | None, limit: int) -> list[str]:
+        """Account names in name order, one page at a time (the grant job walks every account)."""
+        statement = select(Account.name).order_by(Account.name).limit(limit)
+        if after is not None:
+            statement = statement.where(Account.name > after)
+        return list(await session.scalars(statement))
+
+
+credits_repository = CreditsRepository()

@@ -1,0 +1,112 @@
+"""Period credits: each account's ``account_periods`` row, locked, with its credits granted lazily.
+
+Credits are granted once per account and period (SPEC §3) by a ledger transaction keyed
+``grant:<account>:<period>``; when an org's seats (or its plan) rise mid-period the
+difference is topped up by another keyed transaction. A decrease claws nothing back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.config import get_settings
+from metering.credits.repository import PeriodTotals, credits_repository
+from metering.ledger import codes
+from metering.ledger.service import Posting, ledger_service
+from metering.models import Account, AccountPeriod
+
+
+def credits_for(account: Account) -> int:
+    """The period's credits the account's plan and seats entitle it to."""
+    terms = get_settings().plans.get(account.plan)
+    if terms is None:
+        return 0
+    return terms.credits_nano_usd * (account.seats if terms.per_seat else 1)
+
+
+def pays_as_you_go(account: Account) -> bool:
+    terms = get_settings().plans.get(account.plan)
+    return bool(terms and terms.pay_as_you_go)
+
+
+class CreditsService:
+    async def lock_period(self, session: AsyncSession, *, account: Account, period: str) -> AccountPeriod:
+        """The account's row for ``period``, locked for the rest of the transaction, credits granted."""
+        return (await self.lock_periods(session, accounts=[account], period=period))[account.name]
+
+    async def lock_periods(
+        self, session: AsyncSession, *, accounts: Sequence[Account], period: str
+    ) -> dict[str, AccountPeriod]:
+        """``lock_period`` for many accounts at once, locked in name order."""
+        rows, _ = await self._lock_and_grant(
+            session, keys=[(a.name, period) for a in accounts], accounts={a.name: a for a in accounts}
+        )
+        return {account: row for (account, _), row in rows.items()}
+
+    async def lock_account_periods(
+        self,
+        session: AsyncSession,
+        *,
+        keys: Iterable[tuple[str, str]],
+        accounts: dict[str, Account],
+    ) -> dict[tuple[str, str], PeriodTotals]:
+        """Lock ``(account, period)`` rows of any periods; grant credits in those not closed.
+
+        The batched path of ingest and settling: plain rows, written back with
+        ``credits_repository.save_totals``.
+        """
+        rows, _ = await self._lock_and_grant(session, keys=keys, accounts=accounts, plain=True)
+        return rows
+
+    async def grant_period(self, session: AsyncSession, *, accounts: Sequence[Account], period: str) -> int:
+        """Lock and grant ``period`` for ``accounts``; returns the nano-USD granted by this call."""
+        _, granted = await self._lock_and_grant(
+            session, keys=[(a.name, period) for a in accounts], accounts={a.name: a for a in accounts}
+        )
+        return granted
+
+    async def _lock_and_grant(
+        self, session: AsyncSession, *, keys: Iterable[tuple[str, str]], accounts: dict[str, Account], plain: bool = False
+    ) -> tuple[dict, int]:
+        rows = await credits_repository.lock_rows(session, keys, plain=plain)
+        closed = await credits_repository.closed_periods(session, {period for _, period in rows})
+        granted = await self._grant(session, [row for key, row in rows.items() if key[1] not in closed], accounts)
+        return rows, granted
+
+    async def _grant(self, session: AsyncSession, rows: list, accounts: dict[str, Account]) -> int:
+        postings: list[Posting] = []
+        changed: list = []
+        for row in rows:
+            account = accounts[row.account_name]
+            target = credits_for(account)
+            if target <= row.credits_granted_nano_usd:
+                continue
+            amount = target - row.credits_granted_nano_usd
+            first = row.credits_granted_nano_usd == 0
+            key = f"grant:{row.account_name}:{row.period}" + ("" if first else f":to:{target}")
+            postings.append(
+                Posting(
+                    kind=codes.GRANT,
+                    idempotency_key=key,
+                    period=row.period,
+                    account_name=row.account_name,
+                    entries=(
+                        (codes.credits_expense(row.period), amount),
+                        (codes.credits(row.account_name, row.period), -amount),
+                    ),
+                    memo=f"{account.plan} plan, {account.seats} seat(s)",
+                )
+            )
+            row.credits_granted_nano_usd = target
+            row.granted_seats = max(row.granted_seats, account.seats)
+            changed.append(row)
+        if not postings:
+            return 0
+        fresh = await ledger_service.post_many(session, postings)
+        await credits_repository.save_totals(session, changed)
+        return sum(-p.entries[1][1] for p, posted in zip(postings, fresh, strict=True) if posted)
+
+
+credits_service = CreditsService()

@@ -1,0 +1,168 @@
+"""Balanced, idempotent postings to the double-entry ledger, one or many per call.
+
+A posting is a list of ``(ledger account code, signed amount)``; debit > 0, credit < 0
+(see ``metering/models/ledger.py``). Its idempotency key makes it happen at most once:
+the same key with the same entries is a replay (no-op), with other entries a
+``LedgerConflict``. Cached balances move in the same transaction as the entries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.ledger import codes
+from metering.ledger.errors import LedgerConflict, UnbalancedPosting, UnknownLedgerAccount
+from metering.ledger.repository import ledger_repository
+from metering.periods import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    kind: str
+    idempotency_key: str
+    period: str
+    entries: tuple[tuple[str, int], ...]
+    account_name: str | None = None
+    provider_id: str | None = None
+    usage_record_id: int | None = None
+    original_period: str | None = None
+    memo: str | None = None
+
+
+def normalized(entries: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    """Entries summed per account, zeros dropped, sorted: the form two postings are compared in."""
+    sums: dict[str, int] = defaultdict(int)
+    for code, amount in entries:
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise UnbalancedPosting(f"amount of {code!r} is not an integer of nano-USD: {amount!r}")
+        sums[code] += amount
+    return tuple(sorted((code, amount) for code, amount in sums.items() if amount))
+
+
+def _check(posting: Posting) -> tuple[tuple[str, int], ...]:
+    entries = normalized(posting.entries)
+    total = sum(amount for _, amount in entries)
+    if total != 0:
+        raise UnbalancedPosting(
+            f"posting {posting.idempotency_key!r} does not balance: entries sum to {total}", key=posting.idempotency_key
+        )
+    for code, _ in entries:
+        try:
+            codes.parse(code)
+        except ValueError as exc:
+            raise UnknownLedgerAccount(str(exc), code=code) from exc
+    return entries
+
+
+class LedgerService:
+    async def post(
+        self,
+        session: AsyncSession,
+        *,
+        kind: str,
+        idempotency_key: str,
+        period: str,
+        entries: Sequence[tuple[str, int]],
+        account_name: str | None = None,
+        provider_id: str | None = None,
+        usage_record_id: int | None = None,
+        original_period: str | None = None,
+        memo: str | None = None,
+    ) -> bool:
+        """Post one balanced transaction; True when written now, False for a replay."""
+        posting = Posting(
+            kind=kind, idempotency_key=idempotency_key, period=period, entries=tuple(entries),
+            account_name=account_name, provider_id=provider_id, usage_record_id=usage_record_id,
+            original_period=original_period, memo=memo,
+        )
+        return (await self.post_many(session, [posting]))[0]
+
+    async def post_many(self, session: AsyncSession, postings: Sequence[Posting]) -> list[bool]:
+        """Post many transactions in a few statements; per posting, True when written now.
+
+        Every posting is checked before anything is written; a conflict raises and the
+        caller's transaction rolls back whole.
+        """
+        checked = [_check(posting) for posting in postings]
+        first_of_key: dict[str, int] = {}
+        for index, posting in enumerate(postings):
+            earlier = first_of_key.setdefault(posting.idempotency_key, index)
+            if earlier != index and checked[earlier] != checked[index]:
+                raise LedgerConflict(
+                    f"two different postings for {posting.idempotency_key!r} in one batch", key=posting.idempotency_key
+                )
+        unique = sorted(first_of_key.values())
+        account_ids = await ledger_repository.ensure_accounts(
+            session, (code for index in unique for code, _ in checked[index])
+        )
+        now = utcnow()
+        inserted = await ledger_repository.insert_transactions(
+            session,
+            [
+                {
+                    "kind": postings[i].kind, "idempotency_key": postings[i].idempotency_key,
+                    "account_name": postings[i].account_name, "provider_id": postings[i].provider_id,
+                    "period": postings[i].period, "original_period": postings[i].original_period,
+                    "usage_record_id": postings[i].usage_record_id, "memo": postings[i].memo, "created_at": now,
+                }
+                for i in unique
+            ],
+        )
+        await self._check_replays(session, [i for i in unique if postings[i].idempotency_key not in inserted], postings, checked)
+        entry_rows: list[dict] = []
+        deltas: dict[int, int] = defaultdict(int)
+        for index in unique:
+            transaction_id = inserted.get(postings[index].idempotency_key)
+            if transaction_id is None:
+                continue
+            for code, amount in checked[index]:
+                account_id = account_ids[code]
+                entry_rows.append({"transaction_id": transaction_id, "ledger_account_id": account_id, "amount_nano_usd": amount})
+                deltas[account_id] += amount
+        await ledger_repository.insert_entries(session, entry_rows)
+        await ledger_repository.add_to_balances(session, deltas)
+        written_now: set[str] = set()
+        results = []
+        for index, posting in enumerate(postings):
+            fresh = posting.idempotency_key in inserted and posting.idempotency_key not in written_now
+            written_now.add(posting.idempotency_key)
+            results.append(fresh)
+        return results
+
+    async def _check_replays(
+        self, session: AsyncSession, indexes: list[int], postings: Sequence[Posting], checked: list[tuple]
+    ) -> None:
+        """Postings that were not inserted must be exact replays of what is stored."""
+        if not indexes:
+            return
+        stored = await ledger_repository.transactions_by_key(session, [postings[i].idempotency_key for i in indexes])
+        missing = [i for i in indexes if postings[i].idempotency_key not in stored]
+        if missing:
+            # Not inserted, yet no such key: another transaction already holds the request's cost.
+            posting = postings[missing[0]]
+            raise LedgerConflict(
+                f"usage record {posting.usage_record_id} already has a cost transaction; "
+                f"{posting.idempotency_key!r} refused",
+                key=posting.idempotency_key,
+            )
+        entries = await ledger_repository.entries_of(session, [row.id for row in stored.values()])
+        for index in indexes:
+            posting = postings[index]
+            row = stored[posting.idempotency_key]
+            same = (
+                normalized(entries[row.id]) == checked[index]
+                and row.kind == posting.kind
+                and row.period == posting.period
+                and row.usage_record_id == posting.usage_record_id
+            )
+            if not same:
+                raise LedgerConflict(
+                    f"{posting.idempotency_key!r} was already posted with different entries", key=posting.idempotency_key
+                )
+
+
+ledger_service = LedgerService()

@@ -1,0 +1,176 @@
+"""``metering verify``: the ledger's invariants, checked against the database as it is (SPEC §7).
+
+A breach is money that does not add up; a warning is something finance should see that is
+allowed (a spending limit passed by costs in flight when it was reached, or arriving late).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.config import get_settings
+from metering.db import Database
+from metering.ledger import codes
+from metering.ledger.verify_repository import LIMIT, verify_repository
+from metering.money import format_usd
+
+CACHE_FIELDS = (
+    "credits_granted_nano_usd",
+    "credits_used_nano_usd",
+    "payg_nano_usd",
+    "written_off_nano_usd",
+    "pending_estimate_nano_usd",
+    "held_nano_usd",
+)
+
+
+@dataclass
+class Check:
+    name: str
+    description: str
+    breaches: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # Exact counts; the lists hold at most LIMIT lines each.
+    breach_count: int = 0
+    warning_count: int = 0
+
+    def breach(self, line: str) -> None:
+        self.breach_count += 1
+        if len(self.breaches) < LIMIT:
+            self.breaches.append(line)
+
+    def warn(self, line: str) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < LIMIT:
+            self.warnings.append(line)
+
+    @property
+    def ok(self) -> bool:
+        return self.breach_count == 0
+
+
+@dataclass
+class VerifyReport:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    @property
+    def breach_count(self) -> int:
+        return sum(check.breach_count for check in self.checks)
+
+    @property
+    def warning_count(self) -> int:
+        return sum(check.warning_count for check in self.checks)
+
+    def check(self, name: str) -> Check:
+        return next(check for check in self.checks if check.name == name)
+
+
+async def verify(database: Database) -> VerifyReport:
+    """Run every check in one read transaction (a consistent snapshot on PostgreSQL)."""
+    async with database.session_scope() as session:
+        return await verify_session(session)
+
+
+async def verify_session(session: AsyncSession) -> VerifyReport:
+    return VerifyReport(
+        [
+            await _balanced(session),
+            await _balances(session),
+            await _priced_once(session),
+            await _free_not_invoiced(session),
+            await _period_caches(session),
+            await _spending_limits(session),
+        ]
+    )
+
+
+async def _balanced(session: AsyncSession) -> Check:
+    check = Check("balanced", "every transaction sums to zero")
+    for key, total in await verify_repository.unbalanced_transactions(session):
+        check.breach(f"transaction {key} sums to {total} nano-USD")
+    return check
+
+
+async def _balances(session: AsyncSession) -> Check:
+    check = Check("balances", "each ledger account's cached balance equals the sum of its entries")
+    for code, cached, summed in await verify_repository.balance_mismatches(session):
+        check.breach(f"{code}: cached {cached}, entries sum to {summed} (off by {cached - summed})")
+    return check
+
+
+async def _priced_once(session: AsyncSession) -> Check:
+    check = Check("priced_once", "each priced request has exactly one cost transaction, for its cost")
+    for record_id in await verify_repository.priced_without_cost_transaction(session):
+        check.breach(f"usage record {record_id} is priced but has no cost transaction")
+    for record_id, status in await verify_repository.cost_transactions_of_unpriced(session):
+        check.breach(f"usage record {record_id} is {status} but has a cost transaction")
+    for record_id, cost, owed in await verify_repository.cost_mismatches(session):
+        check.breach(f"usage record {record_id} costs {cost} but its transaction owes the provider {owed}")
+    return check
+
+
+async def _free_not_invoiced(session: AsyncSession) -> Check:
+    check = Check("free_not_invoiced", "no account on a plan without pay-as-you-go has a receivable")
+    plans = [name for name, terms in get_settings().plans.items() if not terms.pay_as_you_go]
+    for account, code, amount in await verify_repository.receivables_of_accounts_on(session, plans):
+        check.breach(f"{account} ({code}) would be invoiced {format_usd(amount)}")
+    return check
+
+
+async def _period_caches(session: AsyncSession) -> Check:
+    check = Check("period_caches", "account_periods totals equal their sums (ledger, pending requests, holds)")
+    ledger = await verify_repository.ledger_sums_by_account_period(session)
+    pending = await verify_repository.pending_estimates(session)
+    held = await verify_repository.held_amounts(session)
+    seen: set[tuple[str, str]] = set()
+    for row in await verify_repository.account_periods(session):
+        key = (row.account_name, row.period)
+        seen.add(key)
+        expected = {name: 0 for name in CACHE_FIELDS}
+        expected.update(ledger.get(key, {}))
+        expected["pending_estimate_nano_usd"] = pending.get(key, 0)
+        expected["held_nano_usd"] = held.get(key, 0)
+        for name in CACHE_FIELDS:
+            cached = getattr(row, name)
+            if cached != expected[name]:
+                check.breach(f"{row.account_name} {row.period} {name}: cached {cached}, sum {expected[name]}")
+    for key in sorted(set(ledger) | set(pending) | set(held)):
+        if key not in seen:
+            check.breach(f"{key[0]} {key[1]} has postings, pending requests or holds but no account_periods row")
+    return check
+
+
+async def _spending_limits(session: AsyncSession) -> Check:
+    """Posting never waits for a limit (the provider already served the request), so a period may
+    pass its cap by the costs of requests in flight when it was reached, or by late costs:
+    those are warnings. Pay-as-you-go charged for a request that started after the cap was
+    reached means authorize let it through: a breach."""
+    check = Check("spending_limits", "no period's pay-as-you-go over its spending limit, except by costs in flight")
+    for account, period, payg, limit in await verify_repository.over_limit(session):
+        postings = await verify_repository.payg_postings(session, account=account, period=period)
+        # A limit lowered below what was already charged is "reached" when it was set.
+        set_at = await verify_repository.limit_set_at(session, account)
+        running, reached_at, after_start = 0, None, []
+        for kind, posted_at, amount, started_at, original in postings:
+            if reached_at is not None and kind != codes.LATE_REQUEST_COST and started_at is not None and started_at > reached_at:
+                after_start.append(amount)
+            elif kind == codes.LATE_REQUEST_COST:
+                check.warn(f"{account} {period}: late cost of {original} charged {format_usd(amount)}")
+            running += amount
+            if reached_at is None and running >= limit:
+                reached_at = max(posted_at, set_at) if set_at is not None else posted_at
+        over = f"{account} {period}: pay-as-you-go {format_usd(payg)} over its limit {format_usd(limit)}"
+        if after_start:
+            check.breach(
+                f"{over}; {len(after_start)} request(s) started after the limit was reached were charged "
+                f"{format_usd(sum(after_start))}"
+            )
+        else:
+            check.warn(f"{over} by {format_usd(payg - limit)}, all from costs in flight when it was reached")
+    return check

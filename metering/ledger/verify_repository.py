@@ -1,0 +1,204 @@
+"""The read-only SQL of ``metering verify``: sums the caches and postings are checked against.
+
+Each query aggregates in the database and returns only what disagrees (or small per-group
+sums), so a verify of a large ledger streams little to Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.ledger import codes
+from metering.limits.service import SPENDING_LIMIT_ACTION
+from metering.models import (
+    Account,
+    AccountPeriod,
+    AuditEvent,
+    Hold,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    UsageRecord,
+)
+
+LIMIT = 50  # breaches listed per check; the count is always exact
+
+
+class VerifyRepository:
+    async def unbalanced_transactions(self, session: AsyncSession) -> list[tuple[str, int]]:
+        total = func.sum(LedgerEntry.amount_nano_usd)
+        rows = await session.execute(
+            select(LedgerTransaction.idempotency_key, total)
+            .join(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
+            .group_by(LedgerTransaction.id, LedgerTransaction.idempotency_key)
+            .having(total != 0)
+            .order_by(LedgerTransaction.id)
+        )
+        return [(key, int(amount)) for key, amount in rows]
+
+    async def balance_mismatches(self, session: AsyncSession) -> list[tuple[str, int, int]]:
+        """(code, cached balance, sum of entries) where they differ."""
+        total = func.coalesce(func.sum(LedgerEntry.amount_nano_usd), 0)
+        rows = await session.execute(
+            select(LedgerAccount.code, LedgerAccount.balance_nano_usd, total)
+            .outerjoin(LedgerEntry, LedgerEntry.ledger_account_id == LedgerAccount.id)
+            .group_by(LedgerAccount.id, LedgerAccount.code, LedgerAccount.balance_nano_usd)
+            .having(LedgerAccount.balance_nano_usd != total)
+            .order_by(LedgerAccount.code)
+        )
+        return [(code, int(cached), int(summed)) for code, cached, summed in rows]
+
+    async def priced_without_cost_transaction(self, session: AsyncSession) -> list[int]:
+        rows = await session.scalars(
+            select(UsageRecord.id)
+            .outerjoin(LedgerTransaction, LedgerTransaction.usage_record_id == UsageRecord.id)
+            .where(UsageRecord.status == "priced", LedgerTransaction.id.is_(None))
+            .order_by(UsageRecord.id)
+        )
+        return list(rows)
+
+    async def cost_transactions_of_unpriced(self, session: AsyncSession) -> list[tuple[int, str]]:
+        """Cost transactions whose record is not ``priced``: money moved for a request that has no price."""
+        rows = await session.execute(
+            select(UsageRecord.id, UsageRecord.status)
+            .join(LedgerTransaction, LedgerTransaction.usage_record_id == UsageRecord.id)
+            .where(UsageRecord.status != "priced")
+            .order_by(UsageRecord.id)
+        )
+        return [(id_, status) for id_, status in rows]
+
+    async def cost_mismatches(self, session: AsyncSession) -> list[tuple[int, int, int]]:
+        """(record, its cost, what its transaction owes the provider) where they differ."""
+        owed = -func.coalesce(
+            func.sum(case((LedgerAccount.kind == codes.PAYABLE, LedgerEntry.amount_nano_usd), else_=0)), 0
+        )
+        rows = await session.execute(
+            select(UsageRecord.id, UsageRecord.cost_nano_usd, owed)
+            .join(LedgerTransaction, LedgerTransaction.usage_record_id == UsageRecord.id)
+            .outerjoin(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
+            .outerjoin(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
+            .where(UsageRecord.status == "priced")
+            .group_by(UsageRecord.id, UsageRecord.cost_nano_usd)
+            .having(UsageRecord.cost_nano_usd != owed)
+            .order_by(UsageRecord.id)
+        )
+        return [(id_, int(cost), int(paid)) for id_, cost, paid in rows]
+
+    async def receivables_of_accounts_on(self, session: AsyncSession, plans: Sequence[str]) -> list[tuple[str, str, int]]:
+        """(account, ledger code, balance) of non-zero receivables of accounts on the given plans."""
+        if not plans:
+            return []
+        rows = await session.execute(
+            select(Account.name, LedgerAccount.code, LedgerAccount.balance_nano_usd)
+            .join(LedgerAccount, and_(LedgerAccount.owner == Account.name, LedgerAccount.kind == codes.RECEIVABLE))
+            .where(Account.plan.in_(plans), LedgerAccount.balance_nano_usd != 0)
+            .order_by(Account.name, LedgerAccount.code)
+        )
+        return [(name, code, int(amount)) for name, code, amount in rows]
+
+    async def ledger_sums_by_account_period(self, session: AsyncSession) -> dict[tuple[str, str], dict[str, int]]:
+        """Per (account, period): credits granted/used, payg and written-off as the ledger has them."""
+        is_grant = LedgerTransaction.kind == codes.GRANT
+        is_cost = LedgerTransaction.kind.in_(codes.COST_KINDS)
+        amount = LedgerEntry.amount_nano_usd
+
+        def summed(condition):  # noqa: ANN001, ANN202
+            return func.coalesce(func.sum(case((condition, amount), else_=0)), 0)
+
+        rows = await session.execute(
+            select(
+                LedgerTransaction.account_name,
+                LedgerTransaction.period,
+                -summed(and_(is_grant, LedgerAccount.kind == codes.CREDITS)),
+                summed(and_(is_cost, LedgerAccount.kind == codes.CREDITS)),
+                summed(and_(is_cost, LedgerAccount.kind == codes.RECEIVABLE)),
+                summed(and_(is_cost, LedgerAccount.kind == codes.WRITE_OFF)),
+            )
+            .join(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
+            .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
+            .where(
+                LedgerTransaction.account_name.is_not(None),
+                LedgerTransaction.kind.in_((codes.GRANT, *codes.COST_KINDS)),
+            )
+            .group_by(LedgerTransaction.account_name, LedgerTransaction.period)
+        )
+        return {
+            (account, period): {
+                "credits_granted_nano_usd": int(granted),
+                "credits_used_nano_usd": int(used),
+                "payg_nano_usd": int(payg),
+                "written_off_nano_usd": int(written_off),
+            }
+            for account, period, granted, used, payg, written_off in rows
+        }
+
+    async def pending_estimates(self, session: AsyncSession) -> dict[tuple[str, str], int]:
+        rows = await session.execute(
+            select(UsageRecord.billing_account, UsageRecord.period, func.sum(UsageRecord.estimate_nano_usd))
+            .where(UsageRecord.status == "pending")
+            .group_by(UsageRecord.billing_account, UsageRecord.period)
+        )
+        return {(account, period): int(total) for account, period, total in rows}
+
+    async def held_amounts(self, session: AsyncSession) -> dict[tuple[str, str], int]:
+        rows = await session.execute(
+            select(Hold.account_name, Hold.period, func.sum(Hold.amount_nano_usd))
+            .where(Hold.status == "held")
+            .group_by(Hold.account_name, Hold.period)
+        )
+        return {(account, period): int(total) for account, period, total in rows}
+
+    async def account_periods(self, session: AsyncSession) -> list[AccountPeriod]:
+        return list(await session.scalars(select(AccountPeriod).order_by(AccountPeriod.period, AccountPeriod.account_name)))
+
+    async def over_limit(self, session: AsyncSession) -> list[tuple[str, str, int, int]]:
+        """(account, period, payg, limit) of periods whose pay-as-you-go exceeds the account's cap."""
+        rows = await session.execute(
+            select(AccountPeriod.account_name, AccountPeriod.period, AccountPeriod.payg_nano_usd, Account.spending_limit_nano_usd)
+            .join(Account, Account.name == AccountPeriod.account_name)
+            .where(
+                Account.spending_limit_nano_usd.is_not(None),
+                AccountPeriod.payg_nano_usd > Account.spending_limit_nano_usd,
+            )
+            .order_by(AccountPeriod.period, AccountPeriod.account_name)
+        )
+        return [(a, p, int(payg), int(limit)) for a, p, payg, limit in rows]
+
+    async def limit_set_at(self, session: AsyncSession, account: str) -> datetime | None:
+        """When the account's spending limit was last set (from the audit trail), if ever."""
+        return await session.scalar(
+            select(func.max(AuditEvent.created_at)).where(
+                AuditEvent.account_name == account, AuditEvent.action == SPENDING_LIMIT_ACTION
+            )
+        )
+
+    async def payg_postings(
+        self, session: AsyncSession, *, account: str, period: str
+    ) -> list[tuple[str, datetime, int, datetime | None, str | None]]:
+        """Cost postings charging ``account``'s receivable of ``period``, in posting order:
+        (kind, posted at, payg amount, request started_at, original period)."""
+        rows = await session.execute(
+            select(
+                LedgerTransaction.kind,
+                LedgerTransaction.created_at,
+                LedgerEntry.amount_nano_usd,
+                UsageRecord.started_at,
+                LedgerTransaction.original_period,
+            )
+            .join(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
+            .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
+            .outerjoin(UsageRecord, UsageRecord.id == LedgerTransaction.usage_record_id)
+            .where(
+                LedgerAccount.code == codes.receivable(account, period),
+                LedgerTransaction.kind.in_(codes.COST_KINDS),
+            )
+            .order_by(LedgerTransaction.id)
+        )
+        return [(kind, created, int(amount), started, original) for kind, created, amount, started, original in rows]
+
+
+verify_repository = VerifyRepository()

@@ -1,0 +1,86 @@
+"""credits_service: the period row, locked, with its credits granted exactly once (and topped up)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from metering.accounts.service import AccountSync, account_service
+from metering.db import Database
+from metering.ledger import codes
+from metering.models import Account, Period
+from metering.credits.service import credits_service
+from tests.factories.accounts import create_account
+from tests.metering.ledger.helpers import balance, transactions
+
+PERIOD = "2026-11"
+SEAT = 2_000_000_000
+
+
+class TestLockPeriod:
+    async def test_first_use_grants_the_plan_credits(self, session) -> None:
+        alice = await create_account(session, "alice", plan="pro")
+        row = await credits_service.lock_period(session, account=alice, period=PERIOD)
+        assert (row.credits_granted_nano_usd, row.granted_seats) == (SEAT, 1)
+        assert await balance(session, codes.credits("alice", PERIOD)) == -SEAT
+        assert await balance(session, codes.credits_expense(PERIOD)) == SEAT
+        (grant,) = await transactions(session, kind=codes.GRANT)
+        assert grant.idempotency_key == "grant:alice:2026-11"
+
+    async def test_second_lock_grants_nothing_more(self, session) -> None:
+        bob = await create_account(session, "bob", plan="free")
+        await credits_service.lock_period(session, account=bob, period=PERIOD)
+        row = await credits_service.lock_period(session, account=bob, period=PERIOD)
+        assert row.credits_granted_nano_usd == 100_000_000
+        assert len(await transactions(session, kind=codes.GRANT)) == 1
+
+    async def test_seat_increase_tops_up_the_difference(self, session) -> None:
+        acme = await create_account(session, "acme", plan="team", seats=2)
+        await credits_service.lock_period(session, account=acme, period=PERIOD)
+        acme, _ = await account_service.upsert_account(session, name="acme", sync=AccountSync(kind="org", plan="team", seats=5))
+        row = await credits_service.lock_period(session, account=acme, period=PERIOD)
+        assert (row.credits_granted_nano_usd, row.granted_seats) == (5 * SEAT, 5)
+        keys = [t.idempotency_key for t in await transactions(session, kind=codes.GRANT)]
+        assert keys == ["grant:acme:2026-11", f"grant:acme:2026-11:to:{5 * SEAT}"]
+        assert await balance(session, codes.credits("acme", PERIOD)) == -5 * SEAT
+
+    async def test_seat_decrease_claws_nothing_back(self, session) -> None:
+        acme = await create_account(session, "acme", plan="team", seats=4)
+        await credits_service.lock_period(session, account=acme, period=PERIOD)
+        acme, _ = await account_service.upsert_account(session, name="acme", sync=AccountSync(kind="org", plan="team", seats=1))
+        row = await credits_service.lock_period(session, account=acme, period=PERIOD)
+        assert (row.credits_granted_nano_usd, row.granted_seats) == (4 * SEAT, 4)
+        assert len(await transactions(session, kind=codes.GRANT)) == 1
+
+    async def test_closed_period_is_never_granted(self, session) -> None:
+        alice = await create_account(session, "alice", plan="pro")
+        session.add(Period(period=PERIOD, status="closed"))
+        await session.flush()
+        row = await credits_service.lock_period(session, account=alice, period=PERIOD)
+        assert row.credits_granted_nano_usd == 0
+        assert await transactions(session) == []
+
+    async def test_lock_periods_returns_every_account(self, session) -> None:
+        accounts = [await create_account(session, f"user{i}", plan="free") for i in range(5)]
+        rows = await credits_service.lock_periods(session, accounts=accounts, period=PERIOD)
+        assert sorted(rows) == [f"user{i}" for i in range(5)]
+        assert await balance(session, codes.credits_expense(PERIOD)) == 5 * 100_000_000
+
+
+class TestConcurrentGrants:
+    async def test_racing_transactions_grant_once(self, db: Database, settings) -> None:
+        async with db.session_scope() as session:
+            await create_account(session, "acme", plan="team", seats=3)
+        other = Database(settings.database_url)
+
+        async def grant(database: Database) -> None:
+            async with database.session_scope() as session:
+                acme = await session.get(Account, "acme")
+                await credits_service.lock_period(session, account=acme, period=PERIOD)
+
+        try:
+            await asyncio.gather(*(grant(d) for d in (db, other, db, other)))
+        finally:
+            await other.dispose()
+        async with db.session_scope() as session:
+            assert len(await transactions(session, kind=codes.GRANT)) == 1
+            assert await balance(session, codes.credits("acme", PERIOD)) == -3 * SEAT
