@@ -1,0 +1,238 @@
+"""SQL of holds, of the ``held_nano_usd`` cache on account periods, and of cost estimates.
+
+Lock order, everywhere a transaction touches both: ``account_periods`` rows first
+(sorted by period, then account: the order of ``credits_repository.lock_rows``),
+then ``holds`` rows. Authorize, attach and expiry all follow it, so they never
+deadlock one another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.accounts.repository import dialect_insert
+from metering.authorize.repository import driver_connection
+from metering.db import is_sqlite
+from metering.models import AccountPeriod, CostEstimate, Hold, Provider
+
+# Bound parameters per IN list: far below SQLite's and asyncpg's limits.
+CHUNK = 1000
+
+
+def chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldHold:
+    id: str
+    account_name: str
+    period: str
+    amount_nano_usd: int
+
+
+_HOLD_COLUMNS = (
+    "id", "account_name", "user_name", "provider_id", "model", "period", "amount_nano_usd", "status",
+    "created_at", "expires_at",
+)
+_HOLD_VALUES = {name: bindparam(f"h_{name}", type_=Hold.__table__.c[name].type) for name in _HOLD_COLUMNS}
+_INSERT_HOLD = insert(Hold).values(_HOLD_VALUES)
+_ADD_HELD = (
+    update(AccountPeriod)
+    .where(AccountPeriod.account_name == bindparam("h_account_name"), AccountPeriod.period == bindparam("h_period"))
+    .values(held_nano_usd=AccountPeriod.held_nano_usd + bindparam("h_amount_nano_usd"))
+)
+# PostgreSQL, on the driver connection: the INSERT rides in a CTE of the UPDATE, one round trip.
+_PG_PARAM = {name: f"${position}" for position, name in enumerate(_HOLD_COLUMNS, start=1)}
+_PG_INSERT_HOLD_ADD_HELD = f"""
+WITH new_hold AS (
+    INSERT INTO holds ({", ".join(_HOLD_COLUMNS)})
+    VALUES ({", ".join(_PG_PARAM.values())})
+    RETURNING id
+)
+UPDATE account_periods SET held_nano_usd = held_nano_usd + {_PG_PARAM["amount_nano_usd"]}
+WHERE account_name = {_PG_PARAM["account_name"]} AND period = {_PG_PARAM["period"]}
+"""
+
+
+class HoldRepository:
+    async def insert_hold(self, session: AsyncSession, values: dict) -> None:
+        """Insert a hold and add its amount to ``held_nano_usd`` of its period row (locked by the caller).
+
+        The hot path: PostgreSQL runs raw SQL on the session's asyncpg connection (see
+        ``metering.authorize.repository``); SQLite two Core statements built once.
+        """
+        if is_sqlite(session):
+            params = {f"h_{name}": values[name] for name in _HOLD_COLUMNS}
+            connection = await session.connection()
+            await connection.execute(_INSERT_HOLD, params)
+            await connection.execute(_ADD_HELD, params)
+        else:
+            driver = await driver_connection(session)
+            await driver.execute(_PG_INSERT_HOLD_ADD_HELD, *(values[name] for name in _HOLD_COLUMNS))
+
+    async def get(self, session: AsyncSession, hold_id: str) -> Hold | None:
+        return await session.get(Hold, hold_id)
+
+    async def periods_of_holds(self, session: AsyncSession, hold_ids: Sequence[str]) -> set[tuple[str, str]]:
+        """(account, period) of the given holds still 'held', read without locks to learn what to lock."""
+        found: set[tuple[str, str]] = set()
+        for part in chunks(list(hold_ids)):
+            rows = await session.execute(
+                select(Hold.account_name, Hold.period).where(Hold.id.in_(part), Hold.status == "held").distinct()
+            )
+            found.update((account, period) for account, period in rows)
+        return found
+
+    async def expired_accounts(self, session: AsyncSession, *, now: datetime, limit: int) -> list[str]:
+        """Accounts with at least one hold still 'held' past its expiry."""
+        rows = await session.scalars(
+            select(Hold.account_name)
+            .where(Hold.status == "held", Hold.expires_at < now)
+            .distinct()
+            .order_by(Hold.account_name)
+            .limit(limit)
+        )
+        return list(rows)
+
+    async def expired_periods(self, session: AsyncSession, *, account: str, now: datetime) -> set[str]:
+        rows = await session.scalars(
+            select(Hold.period)
+            .where(Hold.account_name == account, Hold.status == "held", Hold.expires_at < now)
+            .distinct()
+        )
+        return set(rows)
+
+    async def lock_period_rows(self, session: AsyncSession, keys: Iterable[tuple[str, str]]) -> None:
+        """Row-lock the (account, period) rows in (period, account) order (SQLite: BEGIN IMMEDIATE serializes)."""
+        keys = sorted(set(keys), key=lambda key: (key[1], key[0]))
+        if not keys or is_sqlite(session):
+            return
+        for part in chunks(keys):
+            await session.execute(
+                select(AccountPeriod.account_name)
+                .where(tuple_(AccountPeriod.account_name, AccountPeriod.period).in_(part))
+                .order_by(AccountPeriod.period, AccountPeriod.account_name)
+                .with_for_update()
+            )
+
+    async def lock_held(self, session: AsyncSession, hold_ids: Sequence[str]) -> list[HeldHold]:
+        """The given holds that are still 'held', locked against a concurrent attach or expiry."""
+        found: list[HeldHold] = []
+        for part in chunks(sorted(set(hold_ids))):
+            statement = select(Hold.id, Hold.account_name, Hold.period, Hold.amount_nano_usd).where(
+                Hold.id.in_(part), Hold.status == "held"
+            )
+            if not is_sqlite(session):
+                statement = statement.order_by(Hold.id).with_for_update()
+            found.extend(HeldHold(*row) for row in await session.execute(statement))
+        return found
+
+    async def lock_expired(self, session: AsyncSession, *, account: str, now: datetime, limit: int) -> list[HeldHold]:
+        statement = (
+            select(Hold.id, Hold.account_name, Hold.period, Hold.amount_nano_usd)
+            .where(Hold.account_name == account, Hold.status == "held", Hold.expires_at < now)
+            .order_by(Hold.id)
+            .limit(limit)
+        )
+        if not is_sqlite(session):
+            statement = statement.with_for_update()
+        return [HeldHold(*row) for row in await session.execute(statement)]
+
+    async def mark_attached(self, session: AsyncSession, usage_by_hold: dict[str, int]) -> None:
+        """Set status and usage record of holds already locked by ``lock_held``."""
+        if not usage_by_hold:
+            return
+        statement = (
+            update(Hold.__table__)
+            .where(Hold.__table__.c.id == bindparam("hold_id"))
+            .values(status="attached", usage_record_id=bindparam("record_id"))
+        )
+        await session.execute(
+            statement, [{"hold_id": hold_id, "record_id": record_id} for hold_id, record_id in usage_by_hold.items()]
+        )
+
+    async def mark_expired(self, session: AsyncSession, hold_ids: Sequence[str]) -> None:
+        for part in chunks(list(hold_ids)):
+            await session.execute(
+                update(Hold).where(Hold.id.in_(part), Hold.status == "held").values(status="expired")
+            )
+
+    async def release_held_amounts(self, session: AsyncSession, amounts: dict[tuple[str, str], int]) -> None:
+        """``held_nano_usd -= amount`` per (account, period), in lock order."""
+        for (account, period), amount in sorted(amounts.items(), key=lambda item: (item[0][1], item[0][0])):
+            if amount:
+                await session.execute(
+                    update(AccountPeriod)
+                    .where(AccountPeriod.account_name == account, AccountPeriod.period == period)
+                    .values(held_nano_usd=AccountPeriod.held_nano_usd - amount)
+                    .execution_options(synchronize_session=False)
+                )
+
+
+class EstimateRepository:
+    async def estimate_rows(
+        self, session: AsyncSession, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """(provider, model) → (samples, mean) of the keys that have a row."""
+        found: dict[tuple[str, str], tuple[int, int]] = {}
+        for part in chunks(sorted(set(keys))):
+            rows = await session.execute(
+                select(CostEstimate.provider_id, CostEstimate.model, CostEstimate.samples, CostEstimate.mean_nano_usd)
+                .where(tuple_(CostEstimate.provider_id, CostEstimate.model).in_(part))
+            )
+            found.update({(p, m): (samples, mean) for p, m, samples, mean in rows})
+        return found
+
+    async def default_estimates(self, session: AsyncSession, provider_ids: Iterable[str]) -> dict[str, int]:
+        ids = sorted(set(provider_ids))
+        if not ids:
+            return {}
+        rows = await session.execute(select(Provider.id, Provider.default_estimate_nano_usd).where(Provider.id.in_(ids)))
+        return {pid: default for pid, default in rows}
+
+    async def estimate_one(self, session: AsyncSession, provider_id: str, model: str) -> tuple[int, int, int] | None:
+        """(default, samples, mean) for one key in one query; None when the provider is unknown."""
+        row = (
+            await session.execute(
+                select(Provider.default_estimate_nano_usd, CostEstimate.samples, CostEstimate.mean_nano_usd)
+                .select_from(Provider)
+                .outerjoin(CostEstimate, (CostEstimate.provider_id == Provider.id) & (CostEstimate.model == model))
+                .where(Provider.id == provider_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        default, samples, mean = row
+        return default, samples or 0, mean or 0
+
+    async def upsert_estimates(
+        self, session: AsyncSession, values: dict[tuple[str, str], tuple[int, int]], *, now: datetime
+    ) -> None:
+        """Write (samples, mean) per key, in key order so concurrent writers lock rows alike."""
+        rows = [
+            {"provider_id": p, "model": m, "samples": samples, "mean_nano_usd": mean, "updated_at": now}
+            for (p, m), (samples, mean) in sorted(values.items())
+        ]
+        for part in chunks(rows):
+            insert = dialect_insert(session, CostEstimate).values(list(part))
+            await session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[CostEstimate.provider_id, CostEstimate.model],
+                    set_={
+                        "samples": insert.excluded.samples,
+                        "mean_nano_usd": insert.excluded.mean_nano_usd,
+                        "updated_at": insert.excluded.updated_at,
+                    },
+                )
+            )
+
+
+hold_repository = HoldRepository()
+estimate_repository = EstimateRepository()
