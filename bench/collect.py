@@ -1,0 +1,230 @@
+"""Cost collection throughput on PostgreSQL: N pending requests drained by 2 worker processes.
+
+A fresh database gets N pending usage records (COPY) of 1,000 users; a simulated provider
+(``metering simulate-provider``, its own process) is preloaded with their costs; two
+``metering jobs run-once collect-costs`` processes drain the backlog in batches of 10,000.
+Prints priced/s end to end (process start to exit) and while draining, the mean time of a
+10k batch split into claim / HTTP / validate / apply, then the raw baseline: a SKIP LOCKED
+claim plus a one-transaction UPDATE/INSERT of 10,000 rows with plain asyncpg, and the ratio.
+
+    python bench/collect.py [--requests 1000000] [--quick]
+
+Targets: >= 20,000 priced/s; <= 0.5 s per 10k batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402, F401
+from _common import Row, asyncpg_dsn, free_port, pg_database, postgres_reachable, print_table  # noqa: E402
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+
+from metering.config import Settings, set_settings  # noqa: E402
+from metering.db import Database  # noqa: E402
+from metering.periods import period_of  # noqa: E402
+from metering.providers.service import ProviderRegistration, provider_service  # noqa: E402
+from tests.support.servers import wait_until_up  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+USERS = 1_000
+BATCH = 10_000
+SECRET_KEY = base64.urlsafe_b64encode(b"c" * 32).decode()
+TOKEN = "bench-provider-token"
+COLUMNS = [
+    "provider_id", "request_id", "user_name", "billing_account", "bill_to_flagged", "model", "custom_key",
+    "started_at", "period", "content_hash", "status", "estimate_nano_usd", "received_at", "attempts",
+]
+
+
+async def seed(url: str, *, requests: int, baseline: int, cost_endpoint: str, fillfactor: int | None = None) -> None:
+    """Users, the two providers, and the pending records (COPY): ``sim`` for the job, ``raw`` for the baseline.
+
+    ``fillfactor`` (an experiment, not the shipped schema) leaves room on each page so that
+    lease writes, which touch no indexed column, become HOT updates.
+    """
+    set_settings(Settings(environment="embedded", database_url=url, secret_key=SECRET_KEY, service_tokens="x", jwt_secret="x" * 32))
+    database = Database(url)
+    async with database.session_scope() as session:
+        for provider_id in ("sim", "raw"):
+            registration = ProviderRegistration(
+                url=cost_endpoint.rsplit("/billing", 1)[0], pricing="cost_endpoint", cost_endpoint=cost_endpoint, cost_token=TOKEN
+            )
+            await provider_service.upsert(session, provider_id=provider_id, registration=registration)
+    await database.dispose()
+    now = datetime.now(UTC)
+    started = now - timedelta(minutes=30) if (now.day, now.hour) != (1, 0) else now
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        if fillfactor:
+            await connection.execute(f"ALTER TABLE usage_records SET (fillfactor = {int(fillfactor)})")
+        await connection.copy_records_to_table(
+            "accounts",
+            columns=["name", "kind", "plan", "seats", "status", "created_at", "updated_at"],
+            records=[(f"user-{i:05d}", "user", "pro", 1, "active", now, now) for i in range(USERS)],
+        )
+        for provider_id, count in (("sim", requests), ("raw", baseline)):
+            records = (
+                (provider_id, f"{provider_id}-{i:08d}", f"user-{i % USERS:05d}", f"user-{i % USERS:05d}", False, "org/model",
+                 False, started, period_of(started), f"{i:032x}", "pending", 0, now, 0)
+                for i in range(count)
+            )
+            await connection.copy_records_to_table("usage_records", columns=COLUMNS, records=records)
+        await connection.execute("ANALYZE usage_records")
+    finally:
+        await connection.close()
+
+
+def preload(base_url: str, requests: int) -> None:
+    chunk = 100_000
+    with httpx.Client(timeout=120) as client:
+        for start in range(0, requests, chunk):
+            ids = [f"sim-{i:08d}" for i in range(start, min(start + chunk, requests))]
+            client.post(f"{base_url}/_sim/costs", json={"requestIds": ids}).raise_for_status()
+
+
+def drain_with_workers(url: str, workers: int) -> tuple[float, list[str]]:
+    env = {
+        **os.environ,
+        "METERING_ENVIRONMENT": "embedded",
+        "METERING_DATABASE_URL": url,
+        "METERING_SECRET_KEY": SECRET_KEY,
+        "METERING_SERVICE_TOKENS": "bench",
+        "METERING_JWT_SECRET": "bench-jwt-secret-long-enough-for-hs256",
+        "METERING_COST_BATCH_SIZE": str(BATCH),
+    }
+    command = [sys.executable, "-m", "cli.main", "jobs", "run-once", "collect-costs"]
+    started = time.perf_counter()
+    processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    outputs = [process.communicate() for process in processes]
+    elapsed = time.perf_counter() - started
+    for process, (_, err) in zip(processes, outputs):
+        if process.returncode != 0:
+            raise SystemExit(f"worker failed:\n{err[-3000:]}")
+    return elapsed, [out for out, _ in outputs]
+
+
+def parse_summary(text: str) -> dict[str, float]:
+    """Totals of a worker's summary: pass seconds, batches, priced, and the step timings of ``sim``."""
+    head = re.search(r"(\d+) batches, priced=(\d+) in ([\d.]+)s", text)
+    line = next(line for line in text.splitlines() if line.strip().startswith("sim:"))
+    steps = {step: float(value) for step, value in re.findall(r"(claim|http|validate|apply)=([\d.]+)s", line)}
+    return {"batches": int(head.group(1)), "priced": int(head.group(2)), "seconds": float(head.group(3)), **steps}
+
+
+async def raw_baseline(url: str, count: int) -> tuple[float, int]:
+    """SKIP LOCKED claim + one transaction that prices 10k rows and inserts their postings, plain asyncpg."""
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        ids = await connection.fetch(
+            "INSERT INTO ledger_accounts (code, kind, owner, period, balance_nano_usd) VALUES "
+            "('baseline:receivable', 'receivable', 'baseline', '0000-00', 0), ('baseline:payable', 'payable', 'raw', '0000-00', 0) RETURNING id"
+        )
+        receivable, payable = ids[0]["id"], ids[1]["id"]
+        batches = 0
+        started = time.perf_counter()
+        while True:
+            async with connection.transaction():
+                rows = await connection.fetch(
+                    "UPDATE usage_records SET lease_owner = 'raw', lease_expires_at = now() + interval '2 minutes' "
+                    "WHERE id IN (SELECT id FROM usage_records WHERE provider_id = 'raw' AND status = 'pending' "
+                    "LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id, request_id",
+                    BATCH,
+                )
+            if not rows:
+                break
+            record_ids = [row["id"] for row in rows]
+            costs = [100_000 + row["id"] % 400_000 for row in rows]
+            async with connection.transaction():
+                await connection.execute(
+                    "UPDATE usage_records u SET status = 'priced', cost_nano_usd = c.cost, priced_at = now(), "
+                    "lease_owner = NULL, lease_expires_at = NULL FROM unnest($1::bigint[], $2::bigint[]) AS c(id, cost) "
+                    "WHERE u.id = c.id AND u.status = 'pending'",
+                    record_ids, costs,
+                )
+                transactions = await connection.fetch(
+                    "INSERT INTO ledger_transactions (kind, idempotency_key, account_name, provider_id, period, usage_record_id, created_at) "
+                    "SELECT 'request_cost', 'baseline:' || id, NULL, 'raw', '0000-00', id, now() FROM unnest($1::bigint[]) AS id RETURNING id",
+                    record_ids,
+                )
+                await connection.execute(
+                    "INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd) "
+                    "SELECT t, a, v FROM unnest($1::bigint[], $2::bigint[]) AS x(t, c), "
+                    "LATERAL (VALUES ($3::bigint, x.c), ($4::bigint, -x.c)) AS e(a, v)",
+                    [row["id"] for row in transactions], costs, receivable, payable,
+                )
+            batches += 1
+        return time.perf_counter() - started, batches
+    finally:
+        await connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="50,000 requests")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--fillfactor", type=int, default=None, help="experiment: usage_records fillfactor (e.g. 70)")
+    args = parser.parse_args()
+    requests = 50_000 if args.quick else args.requests
+    baseline = min(requests, 100_000)
+    if not postgres_reachable():
+        raise SystemExit("PostgreSQL is not reachable")
+    port = free_port()
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "simulate-provider", "--port", str(port), "--seed", "1", "--token", TOKEN],
+        cwd=ROOT, stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base_url}/_sim/faults", process=simulator)
+        with pg_database("metering_bench_collect") as (_, url):
+            t0 = time.perf_counter()
+            asyncio.run(
+                seed(url, requests=requests, baseline=baseline, cost_endpoint=f"{base_url}/billing/costs", fillfactor=args.fillfactor)
+            )
+            preload(base_url, requests)
+            print(f"seeded {requests:,} pending requests (+{baseline:,} for the baseline) in {time.perf_counter() - t0:.1f}s", flush=True)
+            wall, outputs = drain_with_workers(url, args.workers)
+            passes = [parse_summary(out) for out in outputs]
+            raw_seconds, raw_batches = asyncio.run(raw_baseline(url, baseline))
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
+    priced = sum(p["priced"] for p in passes)
+    batches = sum(p["batches"] for p in passes) or 1
+    draining = max(p["seconds"] for p in passes)
+    per_batch = {step: sum(p[step] for p in passes) / batches for step in ("claim", "http", "validate", "apply")}
+    batch_seconds = sum(per_batch.values())
+    raw_per_batch = raw_seconds / max(raw_batches, 1)
+    print_table(
+        f"collect-costs: {requests:,} pending, {args.workers} workers, batches of {BATCH:,} (PostgreSQL"
+        + (f", usage_records fillfactor {args.fillfactor})" if args.fillfactor else ")"),
+        [
+            Row("priced", priced, "requests", f"{requests:,}", "exactly the backlog" if priced == requests else "MISMATCH"),
+            Row("priced/s end to end", priced / wall, "req/s", ">= 20,000", f"{wall:.1f}s incl. process start"),
+            Row("priced/s while draining", priced / draining, "req/s", ">= 20,000", f"{draining:.1f}s, longest worker pass"),
+            Row("10k batch total", batch_seconds, "s", "<= 0.5", f"mean of {batches} batches"),
+            *(Row(f"  {step}", value, "s", "", "") for step, value in per_batch.items()),
+            Row("raw baseline 10k batch", raw_per_batch, "s", "", f"claim + UPDATE/INSERT, asyncpg, {raw_batches} batches"),
+            Row("raw baseline rows/s", baseline / raw_seconds, "req/s", "", "one connection"),
+            Row("ratio batch / baseline", batch_seconds / raw_per_batch, "x", "", "the cost of settle, ledger and HTTP"),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``metering jobs``: the scheduler process; ``metering jobs run-once JOB`` runs one pass and exits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Optional
+
+import typer
+from prometheus_client import start_http_server
+from rich.console import Console
+
+from jobs.scheduler import JOBS, run_job, serve_scheduler
+from metering.config import get_settings
+from metering.db import Database
+from metering.metrics import registry
+from metering.migrate import upgrade_sync
+
+app = typer.Typer(help="Scheduled jobs: run the scheduler, or one pass of a job.", invoke_without_command=True)
+
+
+def _prepare() -> str:
+    settings = get_settings()
+    if settings.is_sqlite:
+        upgrade_sync(settings.database_url)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per cost batch is noise
+    return settings.database_url
+
+
+@app.callback()
+def scheduler(
+    ctx: typer.Context,
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these jobs (repeatable)."),
+    metrics_port: int = typer.Option(0, help="Serve Prometheus metrics of the jobs on this port (0: off)."),
+) -> None:
+    """Run every job on its schedule until interrupted."""
+    if ctx.invoked_subcommand is not None:
+        return
+    unknown = sorted(set(only or ()) - set(JOBS))
+    if unknown:
+        raise typer.BadParameter(f"unknown job(s) {', '.join(unknown)}; known: {', '.join(JOBS)}")
+    database_url = _prepare()
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+    Console(stderr=True).print(f"scheduler: {', '.join(only or JOBS)}")
+    asyncio.run(serve_scheduler(database_url, list(only) if only else None))
+
+
+@app.command("run-once")
+def run_once(
+    job: str = typer.Argument(..., help=f"One of: {', '.join(JOBS)}."),
+    period: Optional[str] = typer.Option(None, help="Period YYYY-MM, for jobs that take one."),
+    force: bool = typer.Option(False, help="Passed to jobs that take it."),
+) -> None:
+    """Run one pass of JOB, print its summary, and exit."""
+    if job not in JOBS:
+        raise typer.BadParameter(f"unknown job {job!r}; known: {', '.join(JOBS)}")
+    options: dict[str, object] = {}
+    if period is not None:
+        options["period"] = period
+    if force:
+        options["force"] = True
+    database_url = _prepare()
+
+    async def once() -> str:
+        database = Database(database_url)
+        try:
+            return await run_job(job, database, **options)
+        finally:
+            await database.dispose()
+
+    typer.echo(asyncio.run(once()))

@@ -1,0 +1,1 @@
+"""Leases on pending usage records while their cost is being asked."""

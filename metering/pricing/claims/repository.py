@@ -1,0 +1,184 @@
+"""SQL of cost collection: leases on pending usage records, and each provider's collection state.
+
+A claim marks rows with the worker's lease (owner, expiry) and commits before
+the provider is asked, so a second worker skips them while the lease holds and
+takes them over once it lapses (a worker killed mid-batch loses nothing). On
+PostgreSQL the claim locks with ``FOR UPDATE SKIP LOCKED``; on SQLite every
+transaction is ``BEGIN IMMEDIATE``, so a claim is already a serialized section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import BigInteger, and_, any_, bindparam, func, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.accounts.repository import dialect_insert
+from metering.models import Provider, ProviderCollectionState, UsageRecord
+
+_usage = UsageRecord.__table__
+_state = ProviderCollectionState.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    id: int
+    request_id: str
+    received_at: datetime
+    attempts: int
+
+
+def _id_in(session: AsyncSession, ids: Sequence[int]):  # noqa: ANN202
+    """``id IN ids``: one array parameter on PostgreSQL (10k bind parameters would be slow to plan)."""
+    if session.bind.dialect.name == "postgresql":
+        return _usage.c.id == any_(bindparam("claim_ids", list(ids), type_=ARRAY(BigInteger)))
+    return _usage.c.id.in_(list(ids))
+
+
+class ClaimRepository:
+    async def claim_due(
+        self,
+        session: AsyncSession,
+        *,
+        provider_id: str,
+        owner: str,
+        due_before: datetime,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+    ) -> list[ClaimedRow]:
+        """Lease up to ``limit`` pending rows of a provider that are due and not leased by a live worker."""
+        due = (
+            select(_usage.c.id)
+            .where(
+                _usage.c.provider_id == provider_id,
+                _usage.c.status == "pending",
+                or_(_usage.c.next_attempt_at.is_(None), _usage.c.next_attempt_at <= due_before),
+                or_(_usage.c.lease_expires_at.is_(None), _usage.c.lease_expires_at <= now),
+            )
+            .limit(limit)
+        )
+        if session.bind.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        statement = (
+            update(_usage)
+            .where(_usage.c.id.in_(due.scalar_subquery()))
+            .values(lease_owner=owner, lease_expires_at=lease_until)
+            .returning(_usage.c.id, _usage.c.request_id, _usage.c.received_at, _usage.c.attempts)
+        )
+        rows = (await session.execute(statement)).all()
+        return [ClaimedRow(row.id, row.request_id, row.received_at, row.attempts) for row in rows]
+
+    async def take_back(self, session: AsyncSession, *, ids: Sequence[int], owner: str) -> set[int]:
+        """Of ``ids``, those still pending and leased by ``owner``, row-locked for this transaction.
+
+        A row another worker took over after our lease lapsed is not ours to write any more.
+        The lease is left in place (it means nothing once the row leaves ``pending``, and
+        ``defer`` clears it for rows that stay): one fewer write of every row of the batch.
+        """
+        if not ids:
+            return set()
+        statement = select(_usage.c.id).where(
+            _id_in(session, ids), _usage.c.lease_owner == owner, _usage.c.status == "pending"
+        )
+        if session.bind.dialect.name == "postgresql":
+            statement = statement.with_for_update()
+        return set((await session.execute(statement)).scalars())
+
+    async def release(self, session: AsyncSession, *, ids: Sequence[int], owner: str) -> int:
+        """Give the rows back untouched (the provider failed, not the requests)."""
+        if not ids:
+            return 0
+        statement = (
+            update(_usage)
+            .where(_id_in(session, ids), _usage.c.lease_owner == owner, _usage.c.status == "pending")
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+        result = await session.execute(statement)
+        return result.rowcount
+
+    async def defer(self, session: AsyncSession, *, ids: Sequence[int], next_attempt_at: datetime) -> None:
+        """Count one more unanswered ask, set when to ask again, and end the lease."""
+        if not ids:
+            return
+        statement = (
+            update(_usage)
+            .where(_id_in(session, ids), _usage.c.status == "pending")
+            .values(
+                attempts=_usage.c.attempts + 1, next_attempt_at=next_attempt_at, lease_owner=None, lease_expires_at=None
+            )
+        )
+        await session.execute(statement)
+
+    async def oldest_pending(self, session: AsyncSession, *, provider_id: str) -> datetime | None:
+        statement = select(func.min(_usage.c.received_at)).where(
+            _usage.c.provider_id == provider_id, _usage.c.status == "pending"
+        )
+        return await session.scalar(statement)
+
+    async def collectable_providers(self, session: AsyncSession) -> list[Provider]:
+        statement = (
+            select(Provider)
+            .where(Provider.pricing == "cost_endpoint", Provider.cost_endpoint.is_not(None))
+            .order_by(Provider.id)
+        )
+        return list(await session.scalars(statement))
+
+
+class CollectionStateRepository:
+    async def get(self, session: AsyncSession, *, provider_id: str) -> ProviderCollectionState | None:
+        return await session.get(ProviderCollectionState, provider_id, populate_existing=True)
+
+    async def lock(self, session: AsyncSession, *, provider_id: str) -> ProviderCollectionState:
+        """The provider's state row, created if needed and locked for this transaction."""
+        await session.execute(
+            dialect_insert(session, ProviderCollectionState)
+            .values(provider_id=provider_id, consecutive_failures=0)
+            .on_conflict_do_nothing()
+        )
+        statement = select(ProviderCollectionState).where(ProviderCollectionState.provider_id == provider_id)
+        if session.bind.dialect.name == "postgresql":
+            statement = statement.with_for_update()
+        return (await session.scalars(statement.execution_options(populate_existing=True))).one()
+
+    async def take_probe(
+        self, session: AsyncSession, *, provider_id: str, open_until: datetime, now: datetime, probe_until: datetime
+    ) -> bool:
+        """Half-open circuit: let exactly one worker send the probe batch (compare-and-set on the expiry)."""
+        statement = (
+            update(_state)
+            .where(
+                and_(
+                    _state.c.provider_id == provider_id,
+                    _state.c.circuit_open_until == open_until,
+                    _state.c.circuit_open_until <= now,
+                )
+            )
+            .values(circuit_open_until=probe_until, updated_at=now)
+        )
+        result = await session.execute(statement)
+        return result.rowcount == 1
+
+    async def clear(self, session: AsyncSession, *, provider_id: str, now: datetime) -> None:
+        """A good answer closes the circuit and ends any back-off."""
+        statement = (
+            update(_state)
+            .where(
+                _state.c.provider_id == provider_id,
+                or_(
+                    _state.c.consecutive_failures > 0,
+                    _state.c.backoff_until.is_not(None),
+                    _state.c.circuit_open_until.is_not(None),
+                ),
+            )
+            .values(consecutive_failures=0, backoff_until=None, circuit_open_until=None, updated_at=now)
+        )
+        await session.execute(statement)
+
+
+claim_repository = ClaimRepository()
+collection_state_repository = CollectionStateRepository()
