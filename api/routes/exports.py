@@ -1,0 +1,61 @@
+"""Finance exports (SPEC §8): one report of one period, streamed in constant memory."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from api.auth import PrincipalDep
+from api.deps import DatabaseDep
+from api.schemas.billing import PERIOD_PATTERN
+from metering.auth.policy import access_policy
+from metering.exports.service import export_service
+from metering.periods import current_period
+
+router = APIRouter(prefix="/v1/finance", tags=["finance"])
+
+ReportName = Literal["ledger", "provider-payables", "receivables", "credits", "unpriced"]
+_CSV_EXAMPLE = (
+    "provider_id,period,payable_nano_usd,entries\r\n"
+    "fireworks-ai,2026-11,98000000,40\r\n"
+    "together,2026-11,1200000,3\r\n"
+)
+
+
+@router.get(
+    "/exports/{report}",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The report, streamed; columns are listed in the first CSV row / every JSON line.",
+            "content": {
+                "text/csv": {"example": _CSV_EXAMPLE},
+                "application/x-ndjson": {
+                    "example": '{"provider_id":"together","period":"2026-11","payable_nano_usd":1200000,"entries":3}\n'
+                },
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        401: {"description": "no valid platform JWT"},
+        403: {"description": "the finance role is needed"},
+        422: {"description": "unknown report, format or period"},
+    },
+)
+async def export_report(
+    report: ReportName,
+    principal: PrincipalDep,
+    db: DatabaseDep,
+    period: Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="YYYY-MM; default the current period.")] = None,
+    format: Annotated[Literal["csv", "jsonl", "parquet"], Query(description="Output format.")] = "csv",  # noqa: A002
+) -> StreamingResponse:
+    """ledger, provider-payables, receivables, credits or unpriced, for finance. CSV cells are formula-safe."""
+    access_policy.authorize_export(principal)
+    period = period or current_period()
+    _, media_type, filename = export_service.prepare(report=report, period=period, fmt=format)
+    return StreamingResponse(
+        export_service.stream_report(db, report=report, period=period, fmt=format),
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
+    )

@@ -1,0 +1,122 @@
+"""User-facing usage: the time series and the request-level log of an account (SPEC §8)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from api.auth import PrincipalDep
+from api.deps import DatabaseDep
+from api.routes.billing import REFUSALS, AccountName, Limit, Period
+from api.schemas.usage_views import RequestPage, RequestRead, UsageCounts, UsageGroup, UsagePoint, UsageSeriesRead
+from metering.analytics.service import INTERVALS, UsageSeries, analytics_service
+from metering.auth.policy import Action, access_policy
+
+router = APIRouter(prefix="/v1", tags=["usage"])
+
+_COUNT_FIELDS = ("requests", "priced_requests", "cost_nano_usd", "pending_requests", "custom_key_requests")
+
+
+def _totals(rows) -> UsageCounts:  # noqa: ANN001
+    return UsageCounts(**{field: sum(getattr(row, field) for row in rows) for field in _COUNT_FIELDS})
+
+
+def _series_read(series: UsageSeries) -> UsageSeriesRead:
+    groups: dict[str, list] = {}
+    for row in series.buckets:
+        groups.setdefault(row.key, []).append(row)
+    step = INTERVALS[series.interval]
+    first = series.start.replace(minute=0, second=0, microsecond=0)
+    if series.interval == "day":
+        first = first.replace(hour=0)
+    bucket_starts: list[datetime] = []
+    moment = first
+    while moment < series.end:
+        bucket_starts.append(moment)
+        moment += step
+    return UsageSeriesRead(
+        account=series.account,
+        from_=series.start,
+        to=series.end,
+        interval=series.interval,
+        group_by=series.group_by,
+        buckets=bucket_starts,
+        series=[
+            UsageGroup(
+                key=key,
+                points=[UsagePoint(start=row.start, **{f: getattr(row, f) for f in _COUNT_FIELDS}) for row in rows],
+                totals=_totals(rows),
+            )
+            for key, rows in sorted(groups.items())
+        ],
+        totals=_totals(series.buckets),
+    )
+
+
+@router.get(
+    "/accounts/{name}/usage",
+    response_model=UsageSeriesRead,
+    responses={**REFUSALS, 422: {"description": "bad from/to, or too many buckets"}},
+)
+async def get_usage(
+    name: AccountName,
+    principal: PrincipalDep,
+    db: DatabaseDep,
+    from_: Annotated[
+        str | None, Query(alias="from", max_length=64, description="Date or RFC 3339; default the period start.")
+    ] = None,
+    to: Annotated[str | None, Query(max_length=64, description="Date (whole day included) or RFC 3339.")] = None,
+    interval: Literal["day", "hour"] = "day",
+    group_by: Annotated[
+        Literal["member", "provider", "model"] | None, Query(description="Default: member for orgs, provider for users.")
+    ] = None,
+) -> UsageSeriesRead:
+    """Requests and priced cost per UTC day or hour, per member (orgs), provider or model."""
+    start, end = analytics_service.resolve_range(start=from_, end=to, interval=interval)
+    async with db.session_scope() as session:
+        account = await access_policy.authorize_account(
+            session, principal=principal, account_name=name, action=Action.READ_USAGE
+        )
+        series = await analytics_service.get_usage_series(
+            session, account=account, start=start, end=end, interval=interval, group_by=group_by
+        )
+    return _series_read(series)
+
+
+@router.get(
+    "/accounts/{name}/requests",
+    response_model=RequestPage,
+    responses={**REFUSALS, 422: {"description": "bad cursor, limit or period"}},
+)
+async def list_requests(
+    name: AccountName,
+    principal: PrincipalDep,
+    db: DatabaseDep,
+    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")] = None,
+    limit: Limit = 50,
+    period: Period = None,
+) -> RequestPage:
+    """The requests billed to the account, newest first (keyset on started_at, id); all periods by default."""
+    async with db.session_scope() as session:
+        account = await access_policy.authorize_account(
+            session, principal=principal, account_name=name, action=Action.READ_REQUESTS
+        )
+        page = await analytics_service.list_requests(session, account=account, period=period, cursor=cursor, limit=limit)
+    return RequestPage(
+        items=[
+            RequestRead(
+                request_id=record.request_id,
+                provider=record.provider_id,
+                model=record.model,
+                user=record.user_name,
+                status=record.status,
+                cost_nano_usd=record.cost_nano_usd,
+                custom_key=record.custom_key,
+                started_at=record.started_at,
+            )
+            for record in page.items
+        ],
+        next_cursor=page.next_cursor,
+    )

@@ -1,0 +1,313 @@
+"""Finance export throughput and memory, and the usage time series latency, on PostgreSQL.
+
+1. Ledger export: N ledger entries (N/2 balanced transactions) are inserted with
+   server-side ``INSERT … SELECT generate_series`` (no ORM), then ``metering export ledger``
+   runs in a subprocess per (size, format). Each export is timed and its peak RSS read with
+   ``resource.getrusage(RUSAGE_CHILDREN)`` in a wrapper process that runs nothing else, so
+   each figure is that export's own. Baseline: PostgreSQL's own ``COPY (same query) TO
+   STDOUT CSV`` through asyncpg into a file, the floor of any exporter.
+2. Usage series: an org with 1,000,000 requests in one month across 100 members; the daily
+   per-member series, as the service runs it and through the HTTP route in-process (median
+   of repeated runs, after one warm-up).
+
+    python bench/export.py [--quick] [--sizes 1000000,5000000] [--usage-requests 1000000]
+
+Targets: peak RSS flat in N (constant memory); usage series <= 200 ms on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+import asyncpg  # noqa: E402
+from _common import Row, pg_database, postgres_reachable, print_table  # noqa: E402
+
+PERIOD = "2026-10"
+PROVIDERS = 50
+ACCOUNTS = 10_000
+USAGE_TARGET_MS = 200.0
+LEDGER_BASELINE_SQL = """
+    SELECT e.id, t.id, t.kind, t.idempotency_key, t.account_name, t.provider_id, t.period, t.original_period,
+           t.usage_record_id, t.memo, t.created_at, a.code, a.kind, a.owner, e.amount_nano_usd
+    FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+    JOIN ledger_accounts a ON a.id = e.ledger_account_id
+    WHERE t.period = '{period}' ORDER BY e.id
+"""
+
+
+async def fill_ledger(dsn: str, entries: int) -> None:
+    """Replace the ledger with ``entries`` rows: each transaction debits a receivable and credits a payable."""
+    transactions = entries // 2
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("TRUNCATE ledger_entries, ledger_transactions, ledger_accounts RESTART IDENTITY CASCADE")
+        await connection.execute(
+            f"""
+            INSERT INTO ledger_accounts (id, code, kind, owner, period, balance_nano_usd)
+            SELECT i, 'payable:p' || i || ':{PERIOD}', 'payable', 'p' || i, '{PERIOD}', 0
+            FROM generate_series(1, {PROVIDERS}) AS i
+            UNION ALL
+            SELECT {PROVIDERS} + i, 'receivable:a' || i || ':{PERIOD}', 'receivable', 'a' || i, '{PERIOD}', 0
+            FROM generate_series(1, {ACCOUNTS}) AS i
+            """
+        )
+        await connection.execute(
+            f"""
+            INSERT INTO ledger_transactions (id, kind, idempotency_key, account_name, provider_id, period, memo, created_at)
+            SELECT i, 'request_cost', 'cost:' || i, 'a' || (1 + i % {ACCOUNTS}), 'p' || (1 + i % {PROVIDERS}),
+                   '{PERIOD}', CASE WHEN i % 1000 = 0 THEN '=formula ' || i END,
+                   timestamptz '2026-10-01 00:00:00+00' + (i % 2592000) * interval '1 second'
+            FROM generate_series(1, {transactions}) AS i
+            """
+        )
+        await connection.execute(
+            f"""
+            INSERT INTO ledger_entries (id, transaction_id, ledger_account_id, amount_nano_usd)
+            SELECT 2 * i - 1, i, 1 + i % {PROVIDERS}, -(1000 + i) FROM generate_series(1, {transactions}) AS i
+            UNION ALL
+            SELECT 2 * i, i, {PROVIDERS} + 1 + i % {ACCOUNTS}, 1000 + i FROM generate_series(1, {transactions}) AS i
+            """
+        )
+        await connection.execute("ANALYZE ledger_accounts, ledger_transactions, ledger_entries")
+    finally:
+        await connection.close()
+
+
+async def copy_baseline(dsn: str, out: Path) -> float:
+    connection = await asyncpg.connect(dsn)
+    try:
+        started = time.perf_counter()
+        await connection.copy_from_query(LEDGER_BASELINE_SQL.format(period=PERIOD), output=str(out), format="csv")
+        return time.perf_counter() - started
+    finally:
+        await connection.close()
+
+
+def measured_child(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Run ``command`` under a wrapper that reports its usage; returns (wall s, peak MiB, CPU s)."""
+    wrapper = [sys.executable, __file__, "--child", "--", *command]
+    started = time.perf_counter()
+    result = subprocess.run(wrapper, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"export failed: {result.stderr[-2000:]}")
+    peak_kib, cpu_seconds = result.stdout.strip().splitlines()[-1].split()
+    return elapsed, int(peak_kib) / 1024, float(cpu_seconds)
+
+
+def run_child(command: list[str]) -> None:
+    """Wrapper mode: run the export, then print the peak RSS (KiB) and CPU seconds of that one child."""
+    returncode = subprocess.run(command, check=False).returncode
+    if returncode != 0:
+        sys.exit(returncode)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+
+
+def export_env(url: str, data_dir: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": _common.ROOT,
+        "METERING_ENVIRONMENT": "embedded",
+        "METERING_DATA_DIR": data_dir,
+        "METERING_DATABASE_URL": url,
+        "METERING_SERVICE_TOKENS": _common.SERVICE_TOKEN,
+        "METERING_SECRET_KEY": "YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI=",
+        "METERING_JWT_SECRET": "bench-jwt-secret-long-enough-for-hs256",
+    }
+
+
+def bench_exports(url: str, sizes: list[int]) -> list[Row]:
+    dsn = _common.asyncpg_dsn(url)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="metering-export-bench-") as tmp:
+        env = export_env(url, tmp)
+        startup, startup_rss, startup_cpu = measured_child([sys.executable, "-m", "cli.main", "--help"], env)
+        rows.append(
+            Row("process start (metering --help), included below", startup * 1000, "ms",
+                note=f"{startup_cpu:.1f} CPU s, {startup_rss:.0f} MiB RSS")
+        )
+        for size in sizes:
+            started = time.perf_counter()
+            asyncio.run(fill_ledger(dsn, size))
+            print(f"  {size:,} ledger rows inserted in {time.perf_counter() - started:.1f} s", flush=True)
+            baseline_seconds = asyncio.run(copy_baseline(dsn, Path(tmp) / "baseline.csv"))
+            baseline_rate = size / baseline_seconds
+            rows.append(Row(f"COPY TO csv baseline, {size:,} rows", baseline_rate, "rows/s", note=f"{baseline_seconds:.1f} s"))
+            for fmt in ("parquet", "csv"):
+                out = Path(tmp) / f"ledger.{fmt}"
+                command = [sys.executable, "-m", "cli.main", "export", "ledger", "--period", PERIOD,
+                           "--format", fmt, "--out", str(out), "--no-progress"]
+                seconds, peak_mib, cpu = measured_child(command, env)
+                rate = size / seconds
+                rows.append(
+                    Row(f"export {fmt}, {size:,} rows", rate, "rows/s",
+                        note=f"{seconds:.1f} s wall, {size / cpu:,.0f} rows per CPU s, "
+                        f"{out.stat().st_size / 2**20:.0f} MiB file, {rate / baseline_rate:.2f}x of COPY")
+                )
+                rows.append(Row(f"export {fmt}, {size:,} rows: peak RSS", peak_mib, "MiB", "flat in N"))
+                out.unlink()
+    return rows
+
+
+async def fill_usage(dsn: str, requests: int, members: int = 100) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(
+            """
+            INSERT INTO providers (id, url, request_id_header, pricing, credit_eligible, default_estimate_nano_usd,
+                                   hardware_prices_nano_usd_per_second, models, created_at, updated_at)
+            VALUES ('together', 'http://127.0.0.1:9', 'Inference-Id', 'compute_time', true, 0, '{}', '{}', now(), now())
+            """
+        )
+        await connection.execute(
+            """
+            INSERT INTO accounts (name, kind, plan, seats, status, created_at, updated_at)
+            SELECT 'member-' || i, 'user', 'pro', 1, 'active', now(), now() FROM generate_series(1, $1::int) AS i
+            UNION ALL SELECT 'acme', 'org', 'enterprise', $1::int, 'active', now(), now()
+            """,
+            members,
+        )
+        await connection.execute(
+            """
+            INSERT INTO memberships (org_name, user_name, role, created_at)
+            SELECT 'acme', 'member-' || i, CASE WHEN i = 1 THEN 'admin' ELSE 'write' END, now()
+            FROM generate_series(1, $1::int) AS i
+            """,
+            members,
+        )
+        await connection.execute(
+            f"""
+            INSERT INTO usage_records (provider_id, request_id, user_name, bill_to, billing_account, bill_to_flagged,
+                model, custom_key, started_at, period, content_hash, status, estimate_nano_usd, cost_nano_usd,
+                received_at, attempts)
+            SELECT 'together', 'req-' || i, 'member-' || (1 + i % {members}), 'acme', 'acme', false,
+                   'org/model-' || (i % 7), i % 20 = 0, ts, '{PERIOD}', md5(i::text),
+                   CASE WHEN i % 20 = 0 THEN 'custom_key' WHEN i % 10 = 1 THEN 'pending' ELSE 'priced' END,
+                   0, CASE WHEN i % 20 <> 0 AND i % 10 <> 1 THEN 1000 + i % 5000 END, ts, 0
+            FROM (SELECT i, timestamptz '2026-10-01 00:00:00+00' + (i::bigint * 2678399 / {requests}) * interval '1 second' AS ts
+                  FROM generate_series(1, {requests}) AS i) AS s
+            """
+        )
+        await connection.execute("ANALYZE usage_records")
+    finally:
+        await connection.close()
+
+
+async def time_floor(dsn: str, repeats: int) -> list[float]:
+    """The floor: PostgreSQL counting the same rows (parallel scan, no grouping), in ms."""
+    connection = await asyncpg.connect(dsn)
+    timings = []
+    try:
+        await connection.execute("SET jit = off")
+        for attempt in range(repeats + 1):
+            began = time.perf_counter()
+            await connection.fetchval(
+                "SELECT count(*) FROM usage_records WHERE billing_account = 'acme' "
+                "AND started_at >= '2026-10-01T00:00:00Z' AND started_at < '2026-11-01T00:00:00Z'"
+            )
+            if attempt:
+                timings.append((time.perf_counter() - began) * 1000)
+    finally:
+        await connection.close()
+    return timings
+
+
+async def time_usage_series(url: str, repeats: int) -> tuple[list[float], list[float], int]:
+    import httpx
+
+    from api.app import create_app
+    from metering.analytics.service import analytics_service
+    from metering.config import Settings
+    from metering.db import Database
+    from metering.models import Account
+    from tests.factories.billing_data import as_user
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            environment="embedded", database_url=url, data_dir=Path(tmp), service_tokens="t",
+            secret_key="YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI=",
+            jwt_secret="test-jwt-secret-that-is-long-enough-for-hs256",
+        )
+        database = Database(url)
+        service_ms, route_ms = [], []
+        points = 0
+        try:
+            start, end = analytics_service.resolve_range(start="2026-10-01", end="2026-10-31", interval="day")
+            for attempt in range(repeats + 1):
+                async with database.session_scope() as session:
+                    account = await session.get(Account, "acme")
+                    began = time.perf_counter()
+                    series = await analytics_service.get_usage_series(
+                        session, account=account, start=start, end=end, interval="day", group_by="member"
+                    )
+                    if attempt:
+                        service_ms.append((time.perf_counter() - began) * 1000)
+                points = len(series.buckets)
+            app = create_app(settings, database=database)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as http:
+                for attempt in range(repeats + 1):
+                    began = time.perf_counter()
+                    response = await http.get(
+                        "/v1/accounts/acme/usage?from=2026-10-01&to=2026-10-31&interval=day", headers=as_user("member-1")
+                    )
+                    response.raise_for_status()
+                    if attempt:
+                        route_ms.append((time.perf_counter() - began) * 1000)
+        finally:
+            await database.dispose()
+    return service_ms, route_ms, points
+
+
+def bench_usage(url: str, requests: int, repeats: int) -> list[Row]:
+    started = time.perf_counter()
+    asyncio.run(fill_usage(_common.asyncpg_dsn(url), requests))
+    print(f"  {requests:,} usage records inserted in {time.perf_counter() - started:.1f} s", flush=True)
+    service_ms, route_ms, points = asyncio.run(time_usage_series(url, repeats))
+    floor_ms = asyncio.run(time_floor(_common.asyncpg_dsn(url), repeats))
+    return [
+        Row("floor: count(*) of the same rows", statistics.median(floor_ms), "ms", note=f"min {min(floor_ms):.0f} ms"),
+        Row(f"usage series query, {requests:,} requests, 100 members, daily", statistics.median(service_ms), "ms",
+            f"<= {USAGE_TARGET_MS:.0f}",
+            f"min {min(service_ms):.0f} ms, {points:,} points, {repeats} runs, "
+            f"{statistics.median(service_ms) / statistics.median(floor_ms):.1f}x the floor"),
+        Row("usage series via HTTP route (in-process)", statistics.median(route_ms), "ms",
+            f"<= {USAGE_TARGET_MS:.0f}", f"min {min(route_ms):.0f} ms, incl. JSON of every point"),
+    ]
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        run_child(sys.argv[3:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100k and 300k ledger rows")
+    parser.add_argument("--sizes", default=None, help="comma-separated ledger row counts")
+    parser.add_argument("--usage-requests", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([100_000, 300_000] if args.quick else [1_000_000, 5_000_000])
+    repeats = args.repeats or (5 if args.quick else 20)
+    if not postgres_reachable():
+        sys.exit("PostgreSQL is not reachable; this benchmark needs it")
+    with pg_database("metering_bench_export") as (_, url):
+        rows = bench_exports(url, sizes)
+    with pg_database("metering_bench_usage") as (_, url):
+        rows += bench_usage(url, args.usage_requests, repeats)
+    print_table("Finance export and usage series (PostgreSQL)", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The user-facing read views (SPEC §8): billing summary, usage time series, request log, audit.
+
+Callers pass an ``Account`` already authorized by ``metering.auth.policy``; nothing here
+checks who is asking.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.accounts.repository import account_repository
+from metering.analytics.errors import InvalidCursor, InvalidTimeRange
+from metering.analytics.repository import UsageBucketRow, analytics_repository
+from metering.config import get_settings
+from metering.limits.service import AuditRecord, limits_service
+from metering.models import Account, UsageRecord
+from metering.periods import current_period, period_bounds, utcnow
+
+INTERVALS = {"day": timedelta(days=1), "hour": timedelta(hours=1)}
+# The most buckets one answer spans: a leap year of days, a long month of hours.
+MAX_BUCKETS = {"day": 366, "hour": 31 * 24}
+
+
+@dataclass(frozen=True)
+class BillingSummary:
+    account: str
+    kind: str
+    plan: str
+    seats: int
+    period: str
+    status: str
+    credits_granted_nano_usd: int
+    credits_used_nano_usd: int
+    credits_remaining_nano_usd: int
+    payg_nano_usd: int
+    written_off_nano_usd: int
+    spending_limit_nano_usd: int | None
+    disabled_providers: list[str]
+    pending_requests: int
+    pending_estimate_nano_usd: int
+    held_nano_usd: int
+
+
+@dataclass(frozen=True)
+class UsageSeries:
+    account: str
+    start: datetime
+    end: datetime
+    interval: str
+    group_by: str
+    buckets: list[UsageBucketRow]
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def plan_grant_nano_usd(account: Account) -> int:
+    """What the account's plan grants for one period (orgs: per seat)."""
+    terms = get_settings().plans.get(account.plan)
+    if terms is None:
+        return 0
+    return terms.credits_nano_usd * (account.seats if terms.per_seat else 1)
+
+
+def parse_time_bound(value: str, *, is_end: bool) -> datetime:
+    """A date (``2026-11-01``) or an RFC 3339 timestamp with a zone, as a UTC instant.
+
+    A date as ``to`` includes its whole day, so it becomes the next midnight (exclusive);
+    a timestamp as ``to`` includes that instant.
+    """
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return start + timedelta(days=1) if is_end else start
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidTimeRange(f"{value!r} is neither a date (YYYY-MM-DD) nor an RFC 3339 timestamp") from exc
+    if moment.tzinfo is None:
+        raise InvalidTimeRange(f"timestamp {value!r} needs a zone (e.g. Z or +00:00)")
+    moment = moment.astimezone(UTC)
+    return moment + timedelta(microseconds=1) if is_end else moment
+
+
+def _floor(moment: datetime, interval: str) -> datetime:
+    if interval == "day":
+        return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def encode_cursor(*parts: object) -> str:
+    raw = json.dumps(list(parts), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        parts = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor("cursor is not one this service issued") from exc
+    if not isinstance(parts, list):
+        raise InvalidCursor("cursor is not one this service issued")
+    return parts
+
+
+class AnalyticsService:
+    async def get_billing_summary(self, session: AsyncSession, *, account: Account, period: str | None = None) -> BillingSummary:
+        """The period's totals from the ``account_periods`` cache (zeros when it has no row yet).
+
+        With no row, ``credits_granted_nano_usd`` is what the plan will grant when the period is
+        the current or a future one (grants are made at period start or on first use), and 0
+        for a past period, when nothing was granted.
+        """
+        period = period or current_period()
+        row = await analytics_repository.account_period(session, account=account.name, period=period)
+        if row is not None:
+            granted, used = row.credits_granted_nano_usd, row.credits_used_nano_usd
+            payg, written_off = row.payg_nano_usd, row.written_off_nano_usd
+            pending_estimate, held = row.pending_estimate_nano_usd, row.held_nano_usd
+        else:
+            granted = plan_grant_nano_usd(account) if period >= current_period() else 0
+            used = payg = written_off = pending_estimate = held = 0
+        return BillingSummary(
+            account=account.name,
+            kind=account.kind,
+            plan=account.plan,
+            seats=account.seats,
+            period=period,
+            status=account.status,
+            credits_granted_nano_usd=granted,
+            credits_used_nano_usd=used,
+            credits_remaining_nano_usd=max(granted - used, 0),
+            payg_nano_usd=payg,
+            written_off_nano_usd=written_off,
+            spending_limit_nano_usd=account.spending_limit_nano_usd,
+            disabled_providers=await account_repository.disabled_providers(session, account.name),
+            pending_requests=await analytics_repository.count_pending(session, account=account.name, period=period),
+            pending_estimate_nano_usd=pending_estimate,
+            held_nano_usd=held,
+        )
+
+    def resolve_range(self, *, start: str | None, end: str | None, interval: str) -> tuple[datetime, datetime]:
+        """``[start, end)`` from the query; defaults: the current period's start up to the end of today."""
+        if interval not in INTERVALS:
+            raise InvalidTimeRange(f"interval must be one of {sorted(INTERVALS)}")
+        now = utcnow()
+        end_at = parse_time_bound(end, is_end=True) if end else _floor(now, "day") + INTERVALS["day"]
+        if start:
+            start_at = parse_time_bound(start, is_end=False)
+        else:
+            start_at = period_bounds(current_period())[0] if not end else _floor(end_at - timedelta(microseconds=1), "day").replace(day=1)
+        if start_at >= end_at:
+            raise InvalidTimeRange("'from' must be before 'to'")
+        buckets = (end_at - _floor(start_at, interval)) / INTERVALS[interval]
+        if buckets > MAX_BUCKETS[interval]:
+            raise InvalidTimeRange(
+                f"at most {MAX_BUCKETS[interval]} {interval} buckets per answer; narrow 'from'/'to'"
+            )
+        return start_at, end_at
+
+    async def get_usage_series(
+        self, session: AsyncSession, *, account: Account, start: datetime, end: datetime, interval: str, group_by: str | None
+    ) -> UsageSeries:
+        """Counts and priced cost per UTC bucket and group; orgs group by member unless told otherwise."""
+        group_by = group_by or ("member" if account.kind == "org" else "provider")
+        buckets = await analytics_repository.usage_buckets(
+            session, account=account.name, start=start, end=end, interval=interval, group_by=group_by
+        )
+        return UsageSeries(account=account.name, start=start, end=end, interval=interval, group_by=group_by, buckets=buckets)
+
+    async def list_requests(
+        self, session: AsyncSession, *, account: Account, period: str | None, cursor: str | None, limit: int
+    ) -> Page[UsageRecord]:
+        """One page of the request log, newest first; the cursor is stable while requests arrive."""
+        start = end = None
+        if period is not None:
+            start, end = period_bounds(period)
+        after = None
+        if cursor:
+            parts = decode_cursor(cursor)
+            try:
+                after = (datetime.fromisoformat(parts[0]).astimezone(UTC), int(parts[1]))
+            except (IndexError, TypeError, ValueError) as exc:
+                raise InvalidCursor("cursor is not one this service issued") from exc
+        rows = await analytics_repository.requests_page(
+            session, account=account.name, start=start, end=end, after=after, limit=limit + 1
+        )
+        items = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last.started_at.astimezone(UTC).isoformat(), last.id)
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def list_audit(
+        self, session: AsyncSession, *, account: Account, cursor: str | None, limit: int
+    ) -> Page[AuditRecord]:
+        """Billing setting changes of the account, newest first."""
+        before_id = None
+        if cursor:
+            parts = decode_cursor(cursor)
+            if len(parts) != 1 or not isinstance(parts[0], int):
+                raise InvalidCursor("cursor is not one this service issued")
+            before_id = parts[0]
+        rows = await limits_service.list_audit(session, account_name=account.name, before_id=before_id, limit=limit + 1)
+        items = rows[:limit]
+        next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
+        return Page(items=items, next_cursor=next_cursor)
+
+
+analytics_service = AnalyticsService()

@@ -1,0 +1,156 @@
+"""SQL of the finance reports, read in batches of constant size.
+
+PostgreSQL: one server-side cursor (``AsyncSession.stream`` with ``yield_per``) in one
+transaction, so a report is one consistent snapshot. SQLite: every transaction here is
+BEGIN IMMEDIATE (the writer lock), so a long cursor would stop ingest for the whole
+export; the row-level reports are read instead as keyset pages, each its own short
+transaction. The ledger is append-only, so pages by ascending id miss nothing older.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sqlalchemy import Select, case, func, select
+from sqlalchemy.orm import aliased
+
+from metering.db import Database
+from metering.ledger import codes
+from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
+
+BATCH_ROWS = 10_000
+UNPRICED_STATUSES = ("unpriced", "quarantined")
+
+
+def _sum(expression):  # noqa: ANN001, ANN202
+    return func.coalesce(func.sum(expression), 0)
+
+
+def _ledger(period: str) -> tuple[Select, object]:
+    statement = (
+        select(
+            LedgerEntry.id,
+            LedgerTransaction.id,
+            LedgerTransaction.kind,
+            LedgerTransaction.idempotency_key,
+            LedgerTransaction.account_name,
+            LedgerTransaction.provider_id,
+            LedgerTransaction.period,
+            LedgerTransaction.original_period,
+            LedgerTransaction.usage_record_id,
+            LedgerTransaction.memo,
+            LedgerTransaction.created_at,
+            LedgerAccount.code,
+            LedgerAccount.kind,
+            LedgerAccount.owner,
+            LedgerEntry.amount_nano_usd,
+        )
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
+        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
+        .where(LedgerTransaction.period == period)
+    )
+    return statement, LedgerEntry.id
+
+
+def _owned_balances(kind: str, period: str, *measures) -> Select:  # noqa: ANN002
+    return (
+        select(LedgerAccount.owner, LedgerAccount.period, *measures)
+        .select_from(LedgerEntry)
+        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
+        .where(LedgerAccount.kind == kind, LedgerAccount.period == period)
+        .group_by(LedgerAccount.owner, LedgerAccount.period)
+        .order_by(LedgerAccount.owner)
+    )
+
+
+def _provider_payables(period: str) -> tuple[Select, None]:
+    # A payable's credit balance (negative) is what is owed; the report shows it positive.
+    return _owned_balances(codes.PAYABLE, period, -_sum(LedgerEntry.amount_nano_usd), func.count()), None
+
+
+def _receivables(period: str) -> tuple[Select, None]:
+    return _owned_balances(codes.RECEIVABLE, period, _sum(LedgerEntry.amount_nano_usd), func.count()), None
+
+
+def _credits(period: str) -> tuple[Select, None]:
+    transaction = aliased(LedgerTransaction)
+    amount = LedgerEntry.amount_nano_usd
+    is_grant = transaction.kind == codes.GRANT
+    is_cost = transaction.kind.in_(codes.COST_KINDS)
+    statement = _owned_balances(
+        codes.CREDITS,
+        period,
+        -_sum(case((is_grant, amount), else_=0)),
+        _sum(case((is_cost, amount), else_=0)),
+        _sum(case((is_grant | is_cost, 0), else_=amount)),
+        _sum(amount),
+    ).join(transaction, transaction.id == LedgerEntry.transaction_id)
+    return statement, None
+
+
+def _unpriced(period: str) -> tuple[Select, object]:
+    statement = select(
+        UsageRecord.id,
+        UsageRecord.provider_id,
+        UsageRecord.request_id,
+        UsageRecord.user_name,
+        UsageRecord.billing_account,
+        UsageRecord.model,
+        UsageRecord.started_at,
+        UsageRecord.status,
+        UsageRecord.quarantine_reason,
+        UsageRecord.estimate_nano_usd,
+        UsageRecord.attempts,
+        UsageRecord.received_at,
+    ).where(UsageRecord.period == period, UsageRecord.status.in_(UNPRICED_STATUSES))
+    return statement, UsageRecord.id
+
+
+STATEMENTS = {
+    "ledger": _ledger,
+    "provider-payables": _provider_payables,
+    "receivables": _receivables,
+    "credits": _credits,
+    "unpriced": _unpriced,
+}
+
+
+def _normalize(row: tuple) -> tuple:
+    """PostgreSQL sums BIGINT into NUMERIC; the summary reports hold integers only."""
+    return tuple(int(value) if type(value).__name__ == "Decimal" else value for value in row)
+
+
+class ExportRepository:
+    async def count_rows(self, db: Database, *, report: str, period: str) -> int:
+        statement, _ = STATEMENTS[report](period)
+        async with db.session_scope() as session:
+            return int(await session.scalar(select(func.count()).select_from(statement.order_by(None).subquery())) or 0)
+
+    async def batches(
+        self, db: Database, *, report: str, period: str, batch_rows: int = BATCH_ROWS
+    ) -> AsyncIterator[list[tuple]]:
+        """The report's rows in order, ``batch_rows`` at a time; memory stays one batch deep."""
+        statement, key = STATEMENTS[report](period)
+        if key is not None:
+            statement = statement.order_by(key)
+        if db.dialect != "sqlite" or key is None:
+            # Core, not ORM, results: the rows are plain tuples and the ORM's per-row work is skipped.
+            normalize = _normalize if key is None else tuple
+            async with db.session_scope() as session:
+                connection = await session.connection()
+                result = await connection.stream(statement.execution_options(yield_per=batch_rows))
+                async for partition in result.partitions(batch_rows):
+                    yield [normalize(row) for row in partition]
+            return
+        last = None
+        while True:
+            page = statement if last is None else statement.where(key > last)
+            async with db.session_scope() as session:
+                rows = (await session.execute(page.limit(batch_rows))).all()
+            if not rows:
+                return
+            yield [tuple(row) for row in rows]
+            last = rows[-1][0]
+
+
+export_repository = ExportRepository()
