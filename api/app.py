@@ -10,6 +10,10 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimit
 from api.routes import accounts, health, providers
+from api.routes import billing, exports, usage_views
+from api.routes import usage
+from api.routes import authorize
+from api.routes import webhooks
 from metering.config import Settings, get_settings, set_settings
 from metering.db import Database
 from metering.migrate import upgrade
@@ -19,6 +23,12 @@ ROUTERS = [
     accounts.router,
     providers.internal_router,
     providers.public_router,
+    authorize.router,
+    usage.router,
+    billing.router,
+    usage_views.router,
+    exports.router,
+    webhooks.router,
 ]
 
 

@@ -7,10 +7,12 @@ from fastapi.exceptions import RequestValidationError
 from api.responses import OrjsonResponse
 
 from metering import errors
+from metering.invoicing.errors import InvalidWebhookSignature
 
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS_BY_ERROR: list[tuple[type[errors.MeteringError], int]] = [
     (errors.Unauthenticated, 401),
+    (InvalidWebhookSignature, 400),
     (errors.NotFound, 404),
     (errors.Forbidden, 403),
     (errors.InvalidInput, 422),

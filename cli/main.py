@@ -10,6 +10,13 @@ app = typer.Typer(help="Metering: billing and usage metering for an inference ro
 app.command("serve")(serve.serve)
 app.add_typer(db.app, name="db")
 # Further command modules register below.
+from cli import jobs as jobs_cli, simulate as simulate_cli  # noqa: E402
+app.add_typer(jobs_cli.app, name="jobs")
+app.command("simulate-provider")(simulate_cli.simulate_provider)
+from cli import export as export_cli  # noqa: E402
+app.command("export")(export_cli.export)
+from cli import verify as verify_cli  # noqa: E402
+app.command("verify")(verify_cli.verify)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from metering.models.accounts import Account, AuditEvent, DisabledProvider, Membership
 from metering.models.base import Base
 from metering.models.billing import AccountPeriod, Hold, Period
+from metering.models.invoicing import Invoice, InvoiceLine, StripeEvent
 from metering.models.ledger import LedgerAccount, LedgerEntry, LedgerTransaction
 from metering.models.providers import CostEstimate, Provider, ProviderCollectionState
 from metering.models.usage import UsageRecord
@@ -15,6 +16,8 @@ __all__ = [
     "CostEstimate",
     "DisabledProvider",
     "Hold",
+    "Invoice",
+    "InvoiceLine",
     "LedgerAccount",
     "LedgerEntry",
     "LedgerTransaction",
@@ -22,5 +25,6 @@ __all__ = [
     "Period",
     "Provider",
     "ProviderCollectionState",
+    "StripeEvent",
     "UsageRecord",
 ]

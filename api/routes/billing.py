@@ -1,0 +1,139 @@
+"""User-facing billing: the period summary, spending limit, disabled providers, invoices, audit (SPEC §8).
+
+Every route authorizes the caller against the named account through ``access_policy``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from api.auth import PrincipalDep
+from api.deps import DatabaseDep
+from api.schemas.accounts import NAME_PATTERN
+from api.schemas.billing import (
+    PERIOD_PATTERN,
+    AuditEventRead,
+    AuditPage,
+    BillingRead,
+    DisabledProvidersRead,
+    DisabledProvidersUpdate,
+    InvoiceList,
+    SpendingLimitRead,
+    SpendingLimitUpdate,
+)
+from metering.accounts.repository import account_repository
+from metering.analytics.service import analytics_service
+from metering.auth.policy import Action, access_policy
+from metering.invoicing.service import invoicing_service
+from metering.limits.service import limits_service
+
+router = APIRouter(prefix="/v1", tags=["billing"])
+
+AccountName = Annotated[str, Path(pattern=NAME_PATTERN, description="A user or org name.")]
+OrgName = Annotated[str, Path(pattern=NAME_PATTERN, description="An org name.")]
+Period = Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="YYYY-MM; default the current period.")]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+REFUSALS = {
+    401: {"description": "no valid platform JWT"},
+    403: {"description": "the caller knows the account but may not do this"},
+    404: {"description": "no such account, or one the caller may not know exists"},
+}
+
+
+@router.get("/accounts/{name}/billing", response_model=BillingRead, responses=REFUSALS)
+async def get_billing(name: AccountName, principal: PrincipalDep, db: DatabaseDep, period: Period = None) -> BillingRead:
+    """Credits, pay-as-you-go, limit and in-flight amounts of one period (self, org admin, finance)."""
+    async with db.session_scope() as session:
+        account = await access_policy.authorize_account(
+            session, principal=principal, account_name=name, action=Action.READ_BILLING
+        )
+        summary = await analytics_service.get_billing_summary(session, account=account, period=period)
+    return BillingRead(**summary.__dict__)
+
+
+@router.put(
+    "/accounts/{name}/billing/spending-limit",
+    response_model=SpendingLimitRead,
+    responses={**REFUSALS, 422: {"description": "malformed body or unknown field"}},
+)
+async def put_spending_limit(
+    name: AccountName, body: SpendingLimitUpdate, principal: PrincipalDep, db: DatabaseDep
+) -> SpendingLimitRead:
+    """Set or remove the cap on a period's pay-as-you-go (org admin, or a pro user for themselves). Audited."""
+    async with db.session_scope() as session:
+        account = await access_policy.authorize_account(
+            session, principal=principal, account_name=name, action=Action.SET_SPENDING_LIMIT
+        )
+        await limits_service.set_spending_limit(
+            session, account_name=account.name, limit_nano_usd=body.limit_nano_usd, actor=principal.user
+        )
+        await session.flush()
+        await session.refresh(account)
+        return SpendingLimitRead(account=account.name, spending_limit_nano_usd=account.spending_limit_nano_usd)
+
+
+@router.put(
+    "/orgs/{org}/billing/disabled-providers",
+    response_model=DisabledProvidersRead,
+    responses={**REFUSALS, 422: {"description": "malformed body, unknown field or unknown provider"}},
+)
+async def put_disabled_providers(
+    org: OrgName, body: DisabledProvidersUpdate, principal: PrincipalDep, db: DatabaseDep
+) -> DisabledProvidersRead:
+    """Replace the set of providers switched off for the org (org admin). Unknown ids are 422. Audited."""
+    async with db.session_scope() as session:
+        account = await access_policy.authorize_account(
+            session, principal=principal, account_name=org, action=Action.SET_DISABLED_PROVIDERS
+        )
+        providers = body.provider_ids()
+        await limits_service.set_disabled_providers(
+            session, account_name=account.name, providers=providers, actor=principal.user
+        )
+        await session.flush()
+        return DisabledProvidersRead(
+            account=account.name, disabled_providers=await account_repository.disabled_providers(session, account.name)
+        )
+
+
+@router.get("/accounts/{name}/invoices", response_model=InvoiceList, responses=REFUSALS)
+async def list_invoices(name: AccountName, principal: PrincipalDep, db: DatabaseDep) -> InvoiceList:
+    """The account's invoices of closed periods, newest first, with their status and per-provider lines."""
+    async with db.session_scope() as session:
+        account = await access_policy.authorize_account(
+            session, principal=principal, account_name=name, action=Action.READ_INVOICES
+        )
+        views = await invoicing_service.list_invoices(session, account=account.name)
+    return InvoiceList(items=[view.as_dict() for view in views])
+
+
+@router.get("/accounts/{name}/audit", response_model=AuditPage, responses=REFUSALS)
+async def list_audit(
+    name: AccountName,
+    principal: PrincipalDep,
+    db: DatabaseDep,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Limit = 50,
+) -> AuditPage:
+    """Every billing setting change of the account, newest first: who, when, before, after."""
+    async with db.session_scope() as session:
+        account = await access_policy.authorize_account(
+            session, principal=principal, account_name=name, action=Action.READ_AUDIT
+        )
+        page = await analytics_service.list_audit(session, account=account, cursor=cursor, limit=limit)
+    return AuditPage(
+        items=[
+            AuditEventRead(
+                id=event.id,
+                actor=event.actor,
+                created_at=event.created_at,
+                action=event.action,
+                before=event.before,
+                after=event.after,
+            )
+            for event in page.items
+        ],
+        next_cursor=page.next_cursor,
+    )

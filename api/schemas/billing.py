@@ -1,0 +1,163 @@
+"""Bodies of the billing summary, billing settings, invoices and audit routes (SPEC §8)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.schemas.providers import PROVIDER_ID_PATTERN
+
+PERIOD_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+MAX_NANO_USD = 2**63 - 1
+ProviderId = Annotated[str, Field(pattern=PROVIDER_ID_PATTERN, max_length=64)]
+
+
+class BillingRead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "account": "acme",
+                    "kind": "org",
+                    "plan": "team",
+                    "seats": 5,
+                    "period": "2026-11",
+                    "status": "active",
+                    "credits_granted_nano_usd": 10_000_000_000,
+                    "credits_used_nano_usd": 10_000_000_000,
+                    "credits_remaining_nano_usd": 0,
+                    "payg_nano_usd": 1_234_567_890,
+                    "written_off_nano_usd": 0,
+                    "spending_limit_nano_usd": 50_000_000_000,
+                    "disabled_providers": ["fireworks-ai"],
+                    "pending_requests": 42,
+                    "pending_estimate_nano_usd": 4_200_000,
+                    "held_nano_usd": 300_000,
+                }
+            ]
+        }
+    )
+
+    account: str
+    kind: str
+    plan: str
+    seats: int
+    period: str
+    status: str
+    credits_granted_nano_usd: int = Field(
+        description="Credits of the period; before the grant is made, what the plan will grant (0 for past periods)."
+    )
+    credits_used_nano_usd: int
+    credits_remaining_nano_usd: int
+    payg_nano_usd: int = Field(description="Pay-as-you-go charged this period (credits exhausted).")
+    written_off_nano_usd: int = Field(description="Cost no one will be invoiced for (free plan past its credits).")
+    spending_limit_nano_usd: int | None = Field(description="Cap on the period's pay-as-you-go; null = none.")
+    disabled_providers: list[str]
+    pending_requests: int = Field(description="Requests of the period whose cost is not known yet.")
+    pending_estimate_nano_usd: int
+    held_nano_usd: int = Field(description="Estimates reserved by authorized requests not yet recorded.")
+
+
+class SpendingLimitUpdate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"limit_nano_usd": 50_000_000_000}, {"limit_nano_usd": None}]},
+    )
+
+    limit_nano_usd: int | None = Field(
+        strict=True, ge=0, le=MAX_NANO_USD, description="Cap on a period's pay-as-you-go; null removes it."
+    )
+
+
+class SpendingLimitRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"account": "acme", "spending_limit_nano_usd": 50_000_000_000}]})
+
+    account: str
+    spending_limit_nano_usd: int | None
+
+
+class DisabledProvidersUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"providers": ["fireworks-ai"]}]})
+
+    providers: list[ProviderId] = Field(
+        max_length=1_000, description="The complete set of providers switched off for the org; [] enables all."
+    )
+
+    def provider_ids(self) -> list[str]:
+        return sorted(set(self.providers))
+
+
+class DisabledProvidersRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"account": "acme", "disabled_providers": ["fireworks-ai"]}]})
+
+    account: str
+    disabled_providers: list[str]
+
+
+class InvoiceList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "id": 12,
+                            "account": "acme",
+                            "period": "2026-10",
+                            "status": "sent",
+                            "currency": "usd",
+                            "amount_cents": 123,
+                            "payg_nano_usd": 1_234_567_890,
+                            "carried_in_nano_usd": 0,
+                            "carried_out_nano_usd": 4_567_890,
+                            "stripe_invoice_id": "in_123",
+                            "created_at": "2026-11-03T00:00:00Z",
+                            "lines": [],
+                        }
+                    ]
+                },
+                {"items": []},
+            ]
+        }
+    )
+
+    items: list[dict[str, Any]] = Field(
+        description="Invoices of closed periods, newest first: amounts in nano-USD and the invoiced cents."
+    )
+
+
+class AuditEventRead(BaseModel):
+    id: int
+    actor: str = Field(description="Who made the change.")
+    created_at: datetime = Field(description="When, RFC 3339 UTC.")
+    action: str
+    before: Any = Field(description="The setting before the change (JSON).")
+    after: Any = Field(description="The setting after the change (JSON).")
+
+
+class AuditPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "id": 7,
+                            "actor": "alice",
+                            "created_at": "2026-11-03T09:12:44Z",
+                            "action": "set_spending_limit",
+                            "before": {"limit_nano_usd": None},
+                            "after": {"limit_nano_usd": 50_000_000_000},
+                        }
+                    ],
+                    "next_cursor": None,
+                }
+            ]
+        }
+    )
+
+    items: list[AuditEventRead]
+    next_cursor: str | None
+

@@ -1,0 +1,201 @@
+"""Closing a period: each account's pay-as-you-go receivable becomes an invoice in whole cents.
+
+The sub-cent remainder is carried to the account's next invoice, so over any run of
+periods ``invoiced cents * 10^7 + carried remainder == pay-as-you-go nano-USD``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from metering.config import get_settings
+from metering.invoicing.cents import apportion_cents
+from metering.invoicing.errors import PeriodClosedOutOfOrder, PeriodNotEnded
+from metering.invoicing.repository import ReceivableLine, invoicing_repository
+from metering.models import Invoice, InvoiceLine
+from metering.money import cents_with_remainder
+from metering.periods import parse_period, period_bounds, period_of, previous_period, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CloseResult:
+    period: str
+    # closed | already_closed | in_grace
+    outcome: str
+    invoices: int = 0
+    nothing_due: int = 0
+    amount_cents: int = 0
+    payg_nano_usd: int = 0
+    # Accounts with a receivable that may not be invoiced, and why (an invariant breach).
+    refused: dict[str, str] = field(default_factory=dict)
+    closes_after: datetime | None = None
+
+    def describe(self) -> str:
+        if self.outcome == "in_grace":
+            return f"period {self.period} not closed: grace window runs until {self.closes_after:%Y-%m-%dT%H:%M:%SZ} (use --force)"
+        if self.outcome == "already_closed":
+            return f"period {self.period} already closed"
+        text = (
+            f"period {self.period} closed: {self.invoices} invoices, {self.amount_cents} cents "
+            f"from {self.payg_nano_usd} nano-USD pay-as-you-go, {self.nothing_due} under a cent carried"
+        )
+        if self.refused:
+            text += "; REFUSED " + ", ".join(f"{name} ({why})" for name, why in sorted(self.refused.items()))
+        return text
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    id: int
+    account: str
+    period: str
+    status: str
+    payg_nano_usd: int
+    carried_in_nano_usd: int
+    amount_cents: int
+    carried_out_nano_usd: int
+    stripe_invoice_id: str | None
+    created_at: datetime
+    lines: list[dict]
+
+    def as_dict(self) -> dict:
+        """The API shape: amounts in nano-USD and in the invoiced cents, RFC 3339 times."""
+        return {
+            "id": self.id, "account": self.account, "period": self.period, "status": self.status,
+            "currency": "usd", "amount_cents": self.amount_cents, "payg_nano_usd": self.payg_nano_usd,
+            "carried_in_nano_usd": self.carried_in_nano_usd, "carried_out_nano_usd": self.carried_out_nano_usd,
+            "stripe_invoice_id": self.stripe_invoice_id,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"), "lines": self.lines,
+        }
+
+
+class InvoicingService:
+    async def close_period(
+        self, session: AsyncSession, *, period: str | None = None, force: bool = False, now: datetime | None = None
+    ) -> CloseResult:
+        """Close ``period`` (default: the previous one) and invoice it, in this one transaction.
+
+        Outside ``force``, a period closes only once its grace window has passed, so late
+        costs still land in it. Closing twice is a no-op. Atomic: a crash leaves it open.
+        """
+        now = now or utcnow()
+        period = parse_period(period) if period else previous_period(period_of(now))
+        _, end = period_bounds(period)
+        if now < end:
+            raise PeriodNotEnded(f"period {period} ends at {end:%Y-%m-%dT%H:%M:%SZ}", period=period)
+        closes_after = end + timedelta(hours=get_settings().period_grace_hours)
+        if not force and now < closes_after:
+            return CloseResult(period, "in_grace", closes_after=closes_after)
+
+        row = await invoicing_repository.lock_period(session, period)
+        if row.status == "closed":
+            return CloseResult(period, "already_closed")
+        later = await invoicing_repository.latest_closed_after(session, period)
+        if later is not None:
+            raise PeriodClosedOutOfOrder(f"period {later} is already closed; close periods in order", period=period)
+        row.status, row.closed_at = "closed", now
+        await session.flush()
+        return await self._invoice_period(session, period=period, now=now)
+
+    async def _invoice_period(self, session: AsyncSession, *, period: str, now: datetime) -> CloseResult:
+        by_account: dict[str, list[ReceivableLine]] = defaultdict(list)
+        for line in await invoicing_repository.receivable_lines(session, period):
+            by_account[line.account_name].append(line)
+        cached = await invoicing_repository.receivable_balances(session, period)
+        owed = {name: sum(l.amount_nano_usd for l in lines) for name, lines in by_account.items()}
+        owed = {name: amount for name, amount in owed.items() if amount > 0}
+        for name, amount in owed.items():
+            if cached.get(name) != amount:
+                log.warning("receivable cache of %s for %s is %s, entries sum to %s; invoicing the entries",
+                            name, period, cached.get(name), amount)
+
+        names = sorted(owed)
+        plans = await invoicing_repository.plans_of(session, names)
+        refused = self._refusals(names, plans)
+        names = [name for name in names if name not in refused]
+        carried = await invoicing_repository.carried_in(session, names, period)
+
+        invoice_rows, lines_by_account = [], {}
+        total_cents = nothing_due = 0
+        for name in names:
+            carried_in = carried.get(name, 0)
+            cents, carried_out = cents_with_remainder(owed[name], carried_in)
+            lines = sorted(by_account[name], key=lambda l: (l.provider_id is not None, l.provider_id or ""))
+            line_cents = apportion_cents([l.amount_nano_usd for l in lines], cents)
+            lines_by_account[name] = list(zip(lines, line_cents))
+            total_cents += cents
+            nothing_due += cents == 0
+            invoice_rows.append({
+                "account_name": name, "period": period, "payg_nano_usd": owed[name],
+                "carried_in_nano_usd": carried_in, "amount_cents": cents, "carried_out_nano_usd": carried_out,
+                "status": "pending" if cents else "nothing_due", "created_at": now, "updated_at": now,
+            })
+        ids = await invoicing_repository.insert_invoices(session, invoice_rows)
+        line_rows = [
+            {
+                "invoice_id": ids[name], "provider_id": line.provider_id, "requests_count": line.requests_count,
+                "amount_nano_usd": line.amount_nano_usd, "amount_cents": cents,
+                "stripe_status": "pending" if cents else "skipped",
+            }
+            for name in names
+            for line, cents in lines_by_account[name]
+        ]
+        await invoicing_repository.insert_lines(session, line_rows)
+        for name, why in refused.items():
+            log.error("not invoicing %s for %s: %s (receivable %s nano-USD)", name, period, why, owed[name])
+        return CloseResult(
+            period, "closed", invoices=len(names) - nothing_due, nothing_due=nothing_due, amount_cents=total_cents,
+            payg_nano_usd=sum(owed[name] for name in names), refused=refused,
+        )
+
+    @staticmethod
+    def _refusals(names: list[str], plans: dict[str, str]) -> dict[str, str]:
+        """Accounts that must not be invoiced. Free plans never owe pay-as-you-go by construction
+        (their overage is written off), so a receivable on one is a breach to report, not to bill."""
+        table = get_settings().plans
+        refused = {}
+        for name in names:
+            plan = plans.get(name)
+            if plan is None:
+                refused[name] = "no such account"
+            elif plan not in table:
+                refused[name] = f"unknown plan {plan!r}"
+            elif not table[plan].pay_as_you_go:
+                refused[name] = f"plan {plan!r} has no pay-as-you-go"
+        return refused
+
+    async def list_invoices(self, session: AsyncSession, *, account: str) -> list[InvoiceView]:
+        """An account's invoices, newest period first, with their lines."""
+        invoices = await invoicing_repository.invoices_of(session, account)
+        lines = await invoicing_repository.lines_of(session, [invoice.id for invoice in invoices])
+        return [_view(invoice, lines[invoice.id]) for invoice in invoices]
+
+    async def line_request_ids(self, session: AsyncSession, *, line_id: int) -> list[str]:
+        return await invoicing_repository.line_request_ids(session, line_id)
+
+
+def _view(invoice: Invoice, lines: list[InvoiceLine]) -> InvoiceView:
+    return InvoiceView(
+        id=invoice.id, account=invoice.account_name, period=invoice.period, status=invoice.status,
+        payg_nano_usd=invoice.payg_nano_usd, carried_in_nano_usd=invoice.carried_in_nano_usd,
+        amount_cents=invoice.amount_cents, carried_out_nano_usd=invoice.carried_out_nano_usd,
+        stripe_invoice_id=invoice.stripe_invoice_id, created_at=invoice.created_at,
+        lines=[
+            {
+                "id": line.id, "provider": line.provider_id, "requests": line.requests_count,
+                "amount_nano_usd": line.amount_nano_usd, "amount_cents": line.amount_cents,
+                "stripe_status": line.stripe_status, "stripe_invoice_item_id": line.stripe_invoice_item_id,
+            }
+            for line in lines
+        ],
+    )
+
+
+invoicing_service = InvoicingService()
