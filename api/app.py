@@ -14,6 +14,7 @@ from api.routes import billing, exports, usage_views
 from api.routes import usage
 from api.routes import authorize
 from api.routes import webhooks
+from api.routes import billing_page
 from metering.config import Settings, get_settings, set_settings
 from metering.db import Database
 from metering.migrate import upgrade
@@ -29,6 +30,7 @@ ROUTERS = [
     usage_views.router,
     exports.router,
     webhooks.router,
+    billing_page.router,
 ]
 
 
