@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from api.responses import OrjsonResponse
 
 from metering import errors
@@ -55,6 +59,16 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> O
     )
 
 
+async def _framework_error(_request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
+    """The framework's own refusals (unknown path, wrong method, unreadable body) in the same body shape."""
+    try:
+        name = http.HTTPStatus(exc.status_code).phrase.title().replace(" ", "").replace("-", "")
+    except ValueError:
+        name = "HTTPError"
+    return OrjsonResponse(error_body(name, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(errors.MeteringError, _metering_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _framework_error)

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from api.deps import DatabaseDep, ServiceAuth
 from api.responses import OrjsonResponse
 from api.schemas.authorize import AuthorizeCreate, AuthorizeRead
+from api.schemas.errors import BODY_TOO_LARGE, NO_SERVICE_TOKEN, UNREADABLE_BODY, error_responses
 from metering.authorize.service import AuthorizeRequest, authorize_service
 from metering.db import Database
 
@@ -29,7 +30,14 @@ def _slots_of(db: Database) -> asyncio.Semaphore:
     return slots
 
 
-@router.post("/authorize", response_model=AuthorizeRead)
+@router.post(
+    "/authorize",
+    response_model=AuthorizeRead,
+    summary="Decide whether a request may go ahead, and who pays",
+    responses=error_responses(
+        {400: UNREADABLE_BODY, 401: NO_SERVICE_TOKEN, 413: BODY_TOO_LARGE, 422: "malformed body"}
+    ),
+)
 async def authorize(body: AuthorizeCreate, db: DatabaseDep) -> OrjsonResponse:
     """Always 200 for a well-formed request; ``allowed`` and ``reason`` carry the decision."""
     request = AuthorizeRequest(

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Query
 from api.auth import PrincipalDep
 from api.deps import DatabaseDep
 from api.schemas.accounts import NAME_PATTERN
+from api.schemas.errors import BODY_TOO_LARGE, NO_PLATFORM_JWT, UNREADABLE_BODY, error_responses
 from api.schemas.billing import (
     PERIOD_PATTERN,
     AuditEventRead,
@@ -31,19 +32,30 @@ from metering.limits.service import limits_service
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 
-AccountName = Annotated[str, Path(pattern=NAME_PATTERN, description="A user or org name.")]
-OrgName = Annotated[str, Path(pattern=NAME_PATTERN, description="An org name.")]
-Period = Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="YYYY-MM; default the current period.")]
-Limit = Annotated[int, Query(ge=1, le=500)]
+AccountName = Annotated[str, Path(pattern=NAME_PATTERN, description="A user or org name.", examples=["acme"])]
+OrgName = Annotated[str, Path(pattern=NAME_PATTERN, description="An org name.", examples=["acme"])]
+Period = Annotated[
+    str | None, Query(pattern=PERIOD_PATTERN, description="YYYY-MM; default the current period.", examples=["2026-11"])
+]
+Limit = Annotated[int, Query(ge=1, le=500, examples=[50])]
 
-REFUSALS = {
-    401: {"description": "no valid platform JWT"},
-    403: {"description": "the caller knows the account but may not do this"},
-    404: {"description": "no such account, or one the caller may not know exists"},
-}
+REFUSALS = error_responses(
+    {
+        401: NO_PLATFORM_JWT,
+        403: "the caller knows the account but may not do this",
+        404: "no such account, or one the caller may not know exists",
+        422: "malformed name or query",
+    }
+)
+_BODY_ERRORS = error_responses({400: UNREADABLE_BODY, 413: BODY_TOO_LARGE})
 
 
-@router.get("/accounts/{name}/billing", response_model=BillingRead, responses=REFUSALS)
+@router.get(
+    "/accounts/{name}/billing",
+    response_model=BillingRead,
+    responses=REFUSALS,
+    summary="Billing summary of a period",
+)
 async def get_billing(name: AccountName, principal: PrincipalDep, db: DatabaseDep, period: Period = None) -> BillingRead:
     """Credits, pay-as-you-go, limit and in-flight amounts of one period (self, org admin, finance)."""
     async with db.session_scope() as session:
@@ -57,7 +69,8 @@ async def get_billing(name: AccountName, principal: PrincipalDep, db: DatabaseDe
 @router.put(
     "/accounts/{name}/billing/spending-limit",
     response_model=SpendingLimitRead,
-    responses={**REFUSALS, 422: {"description": "malformed body or unknown field"}},
+    summary="Set or remove the spending limit",
+    responses={**REFUSALS, **_BODY_ERRORS, **error_responses({422: "malformed body or unknown field"})},
 )
 async def put_spending_limit(
     name: AccountName, body: SpendingLimitUpdate, principal: PrincipalDep, db: DatabaseDep
@@ -78,7 +91,12 @@ async def put_spending_limit(
 @router.put(
     "/orgs/{org}/billing/disabled-providers",
     response_model=DisabledProvidersRead,
-    responses={**REFUSALS, 422: {"description": "malformed body, unknown field or unknown provider"}},
+    summary="Replace the org's disabled providers",
+    responses={
+        **REFUSALS,
+        **_BODY_ERRORS,
+        **error_responses({422: "malformed body, unknown field or unknown provider"}),
+    },
 )
 async def put_disabled_providers(
     org: OrgName, body: DisabledProvidersUpdate, principal: PrincipalDep, db: DatabaseDep
@@ -98,7 +116,12 @@ async def put_disabled_providers(
         )
 
 
-@router.get("/accounts/{name}/invoices", response_model=InvoiceList, responses=REFUSALS)
+@router.get(
+    "/accounts/{name}/invoices",
+    response_model=InvoiceList,
+    responses=REFUSALS,
+    summary="Invoices of closed periods",
+)
 async def list_invoices(name: AccountName, principal: PrincipalDep, db: DatabaseDep) -> InvoiceList:
     """The account's invoices of closed periods, newest first, with their status and per-provider lines."""
     async with db.session_scope() as session:
@@ -109,12 +132,17 @@ async def list_invoices(name: AccountName, principal: PrincipalDep, db: Database
     return InvoiceList(items=[view.as_dict() for view in views])
 
 
-@router.get("/accounts/{name}/audit", response_model=AuditPage, responses=REFUSALS)
+@router.get(
+    "/accounts/{name}/audit",
+    response_model=AuditPage,
+    responses=REFUSALS,
+    summary="Billing settings audit log",
+)
 async def list_audit(
     name: AccountName,
     principal: PrincipalDep,
     db: DatabaseDep,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")] = None,
     limit: Limit = 50,
 ) -> AuditPage:
     """Every billing setting change of the account, newest first: who, when, before, after."""

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from api.auth import PrincipalDep
 from api.deps import DatabaseDep
+from api.schemas.errors import NO_PLATFORM_JWT, error_responses
 from api.schemas.billing import PERIOD_PATTERN
 from metering.auth.policy import access_policy
 from metering.exports.service import export_service
@@ -16,7 +17,7 @@ from metering.periods import current_period
 
 router = APIRouter(prefix="/v1/finance", tags=["finance"])
 
-ReportName = Literal["ledger", "provider-payables", "receivables", "credits", "unpriced"]
+ReportName = Literal["ledger", "provider-payables", "receivables", "credits", "unpriced", "drift"]
 _CSV_EXAMPLE = (
     "provider_id,period,payable_nano_usd,entries\r\n"
     "fireworks-ai,2026-11,98000000,40\r\n"
@@ -38,19 +39,22 @@ _CSV_EXAMPLE = (
                 "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
             },
         },
-        401: {"description": "no valid platform JWT"},
-        403: {"description": "the finance role is needed"},
-        422: {"description": "unknown report, format or period"},
+        **error_responses(
+            {401: NO_PLATFORM_JWT, 403: "the finance role is needed", 422: "unknown report, format or period"}
+        ),
     },
+    summary="Finance export of one period",
 )
 async def export_report(
     report: ReportName,
     principal: PrincipalDep,
     db: DatabaseDep,
-    period: Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="YYYY-MM; default the current period.")] = None,
+    period: Annotated[
+        str | None, Query(pattern=PERIOD_PATTERN, description="YYYY-MM; default the current period.", examples=["2026-11"])
+    ] = None,
     format: Annotated[Literal["csv", "jsonl", "parquet"], Query(description="Output format.")] = "csv",  # noqa: A002
 ) -> StreamingResponse:
-    """ledger, provider-payables, receivables, credits or unpriced, for finance. CSV cells are formula-safe."""
+    """ledger, provider-payables, receivables, credits, unpriced or drift, for finance. CSV cells are formula-safe."""
     access_policy.authorize_export(principal)
     period = period or current_period()
     _, media_type, filename = export_service.prepare(report=report, period=period, fmt=format)

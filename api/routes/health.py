@@ -15,13 +15,15 @@ from metering.metrics import registry
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", summary="Liveness")
 async def healthz() -> dict:
+    """Answers while the process serves requests; checks nothing else."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "the database is unreachable"}})
+@router.get("/readyz", summary="Readiness", responses={503: {"description": "the database is unreachable"}})
 async def readyz(db: DatabaseDep) -> OrjsonResponse:
+    """Ready when the database answers ``SELECT 1``."""
     try:
         async with db.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -30,6 +32,7 @@ async def readyz(db: DatabaseDep) -> OrjsonResponse:
     return OrjsonResponse({"status": "ok", "database": db.dialect})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
 async def metrics() -> Response:
+    """Records ingested, cost batches and latency, provider errors, pending age, quarantined and unpriced counts."""
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

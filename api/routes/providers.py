@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from api.deps import DatabaseDep, ServiceAuth
+from api.schemas.errors import BODY_TOO_LARGE, NO_SERVICE_TOKEN, UNREADABLE_BODY, error_responses
 from api.schemas.providers import PROVIDER_ID_PATTERN, ProviderRead, ProviderUpdate
 from metering.models import Provider
 from metering.providers.service import ModelPrice, ProviderRegistration, provider_service
@@ -14,7 +15,7 @@ from metering.providers.service import ModelPrice, ProviderRegistration, provide
 internal_router = APIRouter(prefix="/internal/v1", tags=["internal"], dependencies=[ServiceAuth])
 public_router = APIRouter(prefix="/v1", tags=["providers"])
 
-ProviderId = Annotated[str, Path(pattern=PROVIDER_ID_PATTERN)]
+ProviderId = Annotated[str, Path(pattern=PROVIDER_ID_PATTERN, examples=["together"])]
 
 
 def _read(provider: Provider) -> ProviderRead:
@@ -28,8 +29,21 @@ def _read(provider: Provider) -> ProviderRead:
     )
 
 
-@internal_router.put("/providers/{provider_id}", response_model=ProviderRead)
+@internal_router.put(
+    "/providers/{provider_id}",
+    response_model=ProviderRead,
+    summary="Register or update a provider",
+    responses=error_responses(
+        {
+            400: UNREADABLE_BODY,
+            401: NO_SERVICE_TOKEN,
+            413: BODY_TOO_LARGE,
+            422: "malformed id or body, or fields missing for the pricing mode",
+        }
+    ),
+)
 async def put_provider(provider_id: ProviderId, body: ProviderUpdate, db: DatabaseDep) -> ProviderRead:
+    """The registration of SPEC §4; the cost token is stored encrypted and never read back."""
     registration = ProviderRegistration(
         url=body.url,
         pricing=body.pricing,
@@ -46,13 +60,20 @@ async def put_provider(provider_id: ProviderId, body: ProviderUpdate, db: Databa
         return _read(provider)
 
 
-@public_router.get("/providers", response_model=list[ProviderRead])
+@public_router.get("/providers", response_model=list[ProviderRead], summary="List providers")
 async def list_providers(db: DatabaseDep) -> list[ProviderRead]:
+    """Every registered provider with its pricing mode and model prices (public; never a token)."""
     async with db.session_scope() as session:
         return [_read(p) for p in await provider_service.list_all(session)]
 
 
-@public_router.get("/providers/{provider_id}", response_model=ProviderRead)
-async def get_provider(provider_id: str, db: DatabaseDep) -> ProviderRead:
+@public_router.get(
+    "/providers/{provider_id}",
+    response_model=ProviderRead,
+    summary="Read one provider",
+    responses=error_responses({404: "no such provider", 422: "malformed provider id"}),
+)
+async def get_provider(provider_id: Annotated[str, Path(examples=["together"])], db: DatabaseDep) -> ProviderRead:
+    """One provider's public registration (never its token)."""
     async with db.session_scope() as session:
         return _read(await provider_service.get(session, provider_id))

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 
 from api.deps import DatabaseDep, ServiceAuth, SettingsDep
 from api.responses import OrjsonResponse
+from api.schemas.errors import BODY_TOO_LARGE, NO_SERVICE_TOKEN, error_responses
 from api.schemas.usage import UsageIngestRead, usage_request_body
 from metering.config import Settings
 from metering.usage.service import usage_service
@@ -23,10 +24,10 @@ _DOCUMENTED_MAX_RECORDS = Settings.model_fields["max_records_per_post"].default
 @router.post(
     "/usage",
     response_class=OrjsonResponse,
+    summary="Record a batch of usage records",
     responses={
         200: {"model": UsageIngestRead, "description": "Counts, and every rejected record with its reason."},
-        413: {"description": "Body larger than the configured maximum."},
-        422: {"description": "The body as a whole is malformed."},
+        **error_responses({401: NO_SERVICE_TOKEN, 413: BODY_TOO_LARGE, 422: "The body as a whole is malformed."}),
     },
     openapi_extra={"requestBody": usage_request_body(_DOCUMENTED_MAX_RECORDS)},
 )

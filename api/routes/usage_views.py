@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from api.auth import PrincipalDep
 from api.deps import DatabaseDep
 from api.routes.billing import REFUSALS, AccountName, Limit, Period
+from api.schemas.errors import error_responses
 from api.schemas.usage_views import RequestPage, RequestRead, UsageCounts, UsageGroup, UsagePoint, UsageSeriesRead
 from metering.analytics.service import INTERVALS, UsageSeries, analytics_service
 from metering.auth.policy import Action, access_policy
@@ -58,16 +59,21 @@ def _series_read(series: UsageSeries) -> UsageSeriesRead:
 @router.get(
     "/accounts/{name}/usage",
     response_model=UsageSeriesRead,
-    responses={**REFUSALS, 422: {"description": "bad from/to, or too many buckets"}},
+    summary="Usage time series",
+    responses={**REFUSALS, **error_responses({422: "bad from/to, or too many buckets"})},
 )
 async def get_usage(
     name: AccountName,
     principal: PrincipalDep,
     db: DatabaseDep,
     from_: Annotated[
-        str | None, Query(alias="from", max_length=64, description="Date or RFC 3339; default the period start.")
+        str | None,
+        Query(alias="from", max_length=64, description="Date or RFC 3339; default the period start.", examples=["2026-11-01"]),
     ] = None,
-    to: Annotated[str | None, Query(max_length=64, description="Date (whole day included) or RFC 3339.")] = None,
+    to: Annotated[
+        str | None,
+        Query(max_length=64, description="Date (whole day included) or RFC 3339.", examples=["2026-11-30T12:00:00Z"]),
+    ] = None,
     interval: Literal["day", "hour"] = "day",
     group_by: Annotated[
         Literal["member", "provider", "model"] | None, Query(description="Default: member for orgs, provider for users.")
@@ -88,7 +94,8 @@ async def get_usage(
 @router.get(
     "/accounts/{name}/requests",
     response_model=RequestPage,
-    responses={**REFUSALS, 422: {"description": "bad cursor, limit or period"}},
+    summary="Request-level log",
+    responses={**REFUSALS, **error_responses({422: "bad cursor, limit or period"})},
 )
 async def list_requests(
     name: AccountName,

@@ -14,6 +14,31 @@ MAX_NANO_USD = 2**63 - 1
 ProviderId = Annotated[str, Field(pattern=PROVIDER_ID_PATTERN, max_length=64)]
 
 
+class EstimateDriftRead(BaseModel):
+    """How far the estimates behind holds and pending amounts were from the prices, for one model."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "provider": "together",
+                    "model": "meta-llama/Llama-3.3-70B-Instruct",
+                    "requests": 1200,
+                    "mean_error_nano_usd": 13,
+                    "p95_abs_error_nano_usd": 50,
+                }
+            ]
+        },
+    )
+
+    provider: str
+    model: str
+    requests: int = Field(description="Priced requests of the period that had an estimate.")
+    mean_error_nano_usd: int = Field(description="Mean of price - estimate, floor division (> 0: estimates low).")
+    p95_abs_error_nano_usd: int = Field(description="Nearest-rank 95th percentile of |price - estimate|.")
+
+
 class BillingRead(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -35,6 +60,15 @@ class BillingRead(BaseModel):
                     "pending_requests": 42,
                     "pending_estimate_nano_usd": 4_200_000,
                     "held_nano_usd": 300_000,
+                    "estimate_drift": [
+                        {
+                            "provider": "together",
+                            "model": "meta-llama/Llama-3.3-70B-Instruct",
+                            "requests": 1200,
+                            "mean_error_nano_usd": 13,
+                            "p95_abs_error_nano_usd": 50,
+                        }
+                    ],
                 }
             ]
         }
@@ -58,6 +92,9 @@ class BillingRead(BaseModel):
     pending_requests: int = Field(description="Requests of the period whose cost is not known yet.")
     pending_estimate_nano_usd: int
     held_nano_usd: int = Field(description="Estimates reserved by authorized requests not yet recorded.")
+    estimate_drift: list[EstimateDriftRead] = Field(
+        description="Per provider and model, the account's estimates against the prices of the period's priced requests."
+    )
 
 
 class SpendingLimitUpdate(BaseModel):

@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.accounts.repository import account_repository
+from metering.analytics.drift import ModelDrift, drift_service
 from metering.analytics.errors import InvalidCursor, InvalidTimeRange
 from metering.analytics.repository import UsageBucketRow, analytics_repository
 from metering.config import get_settings
@@ -46,6 +47,8 @@ class BillingSummary:
     pending_requests: int
     pending_estimate_nano_usd: int
     held_nano_usd: int
+    # Per (provider, model): the account's estimates against the prices of the period.
+    estimate_drift: list[ModelDrift] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ class AnalyticsService:
             pending_requests=await analytics_repository.count_pending(session, account=account.name, period=period),
             pending_estimate_nano_usd=pending_estimate,
             held_nano_usd=held,
+            estimate_drift=await drift_service.estimate_drift(session, period=period, account=account.name),
         )
 
     def resolve_range(self, *, start: str | None, end: str | None, interval: str) -> tuple[datetime, datetime]:

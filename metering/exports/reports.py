@@ -75,6 +75,16 @@ REPORTS: dict[str, Report] = {
                 "started_at:datetime status:str reason:str estimate_nano_usd:int attempts:int received_at:datetime"
             ),
         ),
+        Report(
+            "drift",
+            "Per provider and model: the estimates behind holds and pending amounts against the prices "
+            "reported, over priced requests that had an estimate. Means are floor divisions; the error is "
+            "price - estimate; p95 is the nearest-rank absolute error.",
+            _cols(
+                "provider_id:str model:str period:str requests:int mean_estimate_nano_usd:int "
+                "mean_price_nano_usd:int mean_error_nano_usd:int p95_abs_error_nano_usd:int"
+            ),
+        ),
     )
 }
 

@@ -9,11 +9,13 @@ transaction. The ledger is append-only, so pages by ascending id miss nothing ol
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import aliased
 
+from metering.analytics.drift import drift_export_row
+from metering.analytics.drift_repository import drift_statement
 from metering.db import Database
 from metering.ledger import codes
 from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
@@ -106,18 +108,27 @@ def _unpriced(period: str) -> tuple[Select, object]:
     return statement, UsageRecord.id
 
 
+def _drift(period: str) -> tuple[Select, None]:
+    return drift_statement(period=period), None
+
+
 STATEMENTS = {
     "ledger": _ledger,
     "provider-payables": _provider_payables,
     "receivables": _receivables,
     "credits": _credits,
     "unpriced": _unpriced,
+    "drift": _drift,
 }
 
 
 def _normalize(row: tuple) -> tuple:
     """PostgreSQL sums BIGINT into NUMERIC; the summary reports hold integers only."""
     return tuple(int(value) if type(value).__name__ == "Decimal" else value for value in row)
+
+
+# Summary reports whose SQL rows need integer arithmetic before they are written.
+FINISHERS: dict[str, Callable[[tuple], tuple]] = {"drift": drift_export_row}
 
 
 class ExportRepository:
@@ -135,7 +146,7 @@ class ExportRepository:
             statement = statement.order_by(key)
         if db.dialect != "sqlite" or key is None:
             # Core, not ORM, results: the rows are plain tuples and the ORM's per-row work is skipped.
-            normalize = _normalize if key is None else tuple
+            normalize = FINISHERS.get(report, _normalize) if key is None else tuple
             async with db.session_scope() as session:
                 connection = await session.connection()
                 result = await connection.stream(statement.execution_options(yield_per=batch_rows))

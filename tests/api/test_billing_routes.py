@@ -61,6 +61,10 @@ class TestBillingSummary:
             "pending_requests": 1,
             "pending_estimate_nano_usd": 100_000,
             "held_nano_usd": 0,
+            "estimate_drift": [
+                {"provider": "together", "model": "org/model", "requests": 2,
+                 "mean_error_nano_usd": 2_249_900_000, "p95_abs_error_nano_usd": 2_999_900_000},
+            ],
         }
 
     async def test_without_a_period_row_the_plan_grant_shows_for_current_period_only(

@@ -98,8 +98,8 @@ async def insert_usage(db: Database, rows: Iterable[dict]) -> None:
 
     ``rows`` hold ``request_id, user, started_at`` and optionally ``billing_account`` (default the
     user), ``provider``, ``model``, ``status`` (default ``pending``, ``custom_key`` when
-    ``custom_key``), ``cost`` (for priced rows). No ledger posting is made: use ``ingest`` and
-    ``price`` when money must move.
+    ``custom_key``), ``cost`` (for priced rows), ``estimate`` (default 0). No ledger posting is
+    made: use ``ingest`` and ``price`` when money must move.
     """
     values = []
     for row in rows:
@@ -120,7 +120,7 @@ async def insert_usage(db: Database, rows: Iterable[dict]) -> None:
                 "period": period_of(started_at),
                 "content_hash": "0" * 32,
                 "status": status,
-                "estimate_nano_usd": 0,
+                "estimate_nano_usd": row.get("estimate", 0),
                 "cost_nano_usd": row.get("cost") if status == "priced" else None,
                 "received_at": started_at,
                 "attempts": 0,
