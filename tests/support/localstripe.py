@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, stop_process
 
 API_KEY = "sk_test_metering"
 
@@ -46,12 +46,7 @@ def localstripe_server() -> Iterator[str]:
             time.sleep(0.05)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def reset(base_url: str) -> None:
