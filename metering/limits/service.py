@@ -51,6 +51,20 @@ def _record(event: AuditEvent) -> AuditRecord:
     )
 
 
+async def _audit(
+    session: AsyncSession, account: Account, actor: str, action: str, field: str, before: object, after: object
+) -> AuditRecord:
+    """Every billing setting change leaves a row saying who, when, before and after."""
+    now = utcnow()
+    account.updated_at = now
+    event = limit_repository.add_audit_event(
+        session, account=account.name, actor=actor, action=action,
+        before=_json({field: before}), after=_json({field: after}), now=now,
+    )
+    await session.flush()
+    return _record(event)
+
+
 class LimitService:
     async def _account(self, session: AsyncSession, name: str) -> Account:
         account = await limit_repository.lock_account(session, name)
@@ -73,20 +87,8 @@ class LimitService:
         before = account.spending_limit_nano_usd
         if before == limit_nano_usd:
             return None
-        now = utcnow()
         account.spending_limit_nano_usd = limit_nano_usd
-        account.updated_at = now
-        event = limit_repository.add_audit_event(
-            session,
-            account=account_name,
-            actor=actor,
-            action=SPENDING_LIMIT_ACTION,
-            before=_json({"spending_limit_nano_usd": before}),
-            after=_json({"spending_limit_nano_usd": limit_nano_usd}),
-            now=now,
-        )
-        await session.flush()
-        return _record(event)
+        return await _audit(session, account, actor, SPENDING_LIMIT_ACTION, "spending_limit_nano_usd", before, limit_nano_usd)
 
     async def set_disabled_providers(
         self, session: AsyncSession, *, account_name: str, providers: list[str], actor: str
@@ -100,20 +102,8 @@ class LimitService:
         before = await limit_repository.disabled_providers(session, account_name)
         if before == wanted:
             return None
-        now = utcnow()
         await limit_repository.replace_disabled_providers(session, account_name, wanted)
-        account.updated_at = now
-        event = limit_repository.add_audit_event(
-            session,
-            account=account_name,
-            actor=actor,
-            action=DISABLED_PROVIDERS_ACTION,
-            before=_json({"disabled_providers": before}),
-            after=_json({"disabled_providers": wanted}),
-            now=now,
-        )
-        await session.flush()
-        return _record(event)
+        return await _audit(session, account, actor, DISABLED_PROVIDERS_ACTION, "disabled_providers", before, wanted)
 
     async def disabled_providers(self, session: AsyncSession, *, account_name: str) -> list[str]:
         return await limit_repository.disabled_providers(session, account_name)
