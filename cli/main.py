@@ -17,6 +17,8 @@ from cli import export as export_cli  # noqa: E402
 app.command("export")(export_cli.export)
 from cli import verify as verify_cli  # noqa: E402
 app.command("verify")(verify_cli.verify)
+from cli import demo as demo_cli  # noqa: E402
+app.command("demo")(demo_cli.demo)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 PERIOD_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
+# Added to the wall clock by ``utcnow``. Zero everywhere except ``metering demo``, which
+# steps it through a past month to play that month's billing in seconds; every module
+# reads the time through ``utcnow``, so the whole process sees one consistent clock.
+_clock_offset = timedelta(0)
+
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(UTC) + _clock_offset
+
+
+def set_clock_offset(offset: timedelta) -> None:
+    """Shift this process's ``utcnow`` by ``offset`` from the wall clock; only the demo calls it."""
+    global _clock_offset
+    _clock_offset = offset
+
+
+def clock_offset() -> timedelta:
+    return _clock_offset
 
 
 def as_utc(moment: datetime) -> datetime:
