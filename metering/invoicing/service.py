@@ -44,7 +44,8 @@ class CloseResult:
             return f"period {self.period} already closed"
         text = (
             f"period {self.period} closed: {self.invoices} invoices, {self.amount_cents} cents "
-            f"from {self.payg_nano_usd} nano-USD pay-as-you-go, {self.nothing_due} under a cent carried"
+            f"from {self.payg_nano_usd} nano-USD pay-as-you-go; {self.nothing_due} account(s) owing under a cent, "
+            "carried to the next period"
         )
         if self.refused:
             text += "; REFUSED " + ", ".join(f"{name} ({why})" for name, why in sorted(self.refused.items()))
