@@ -12,7 +12,9 @@
 
     python bench/export.py [--quick] [--sizes 1000000,5000000] [--usage-requests 1000000]
 
-Targets: peak RSS flat in N (constant memory); usage series <= 200 ms on PostgreSQL.
+Targets: >= 300,000 rows/s per format and size; peak RSS <= 250 MB and flat in N (constant
+memory); usage series <= 200 ms on PostgreSQL. The exports read through PostgreSQL's COPY
+(``metering.exports.copy_repository``), so the baseline is also the floor they approach.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ PERIOD = "2026-10"
 PROVIDERS = 50
 ACCOUNTS = 10_000
 USAGE_TARGET_MS = 200.0
+EXPORT_TARGET_ROWS_S = 300_000
+RSS_TARGET_MB = 250
 LEDGER_BASELINE_SQL = """
     SELECT e.id, t.id, t.kind, t.idempotency_key, t.account_name, t.provider_id, t.period, t.original_period,
            t.usage_record_id, t.memo, t.created_at, a.code, a.kind, a.owner, e.amount_nano_usd
@@ -153,11 +157,11 @@ def bench_exports(url: str, sizes: list[int]) -> list[Row]:
                 seconds, peak_mib, cpu = measured_child(command, env)
                 rate = size / seconds
                 rows.append(
-                    Row(f"export {fmt}, {size:,} rows", rate, "rows/s",
+                    Row(f"export {fmt}, {size:,} rows", rate, "rows/s", f">= {EXPORT_TARGET_ROWS_S:,}",
                         note=f"{seconds:.1f} s wall, {size / cpu:,.0f} rows per CPU s, "
                         f"{out.stat().st_size / 2**20:.0f} MiB file, {rate / baseline_rate:.2f}x of COPY")
                 )
-                rows.append(Row(f"export {fmt}, {size:,} rows: peak RSS", peak_mib, "MiB", "flat in N"))
+                rows.append(Row(f"export {fmt}, {size:,} rows: peak RSS", peak_mib, "MiB", f"<= {RSS_TARGET_MB}, flat"))
                 out.unlink()
     return rows
 
@@ -201,7 +205,9 @@ async def fill_usage(dsn: str, requests: int, members: int = 100) -> None:
                   FROM generate_series(1, {requests}) AS i) AS s
             """
         )
-        await connection.execute("ANALYZE usage_records")
+        # A steady-state table: autovacuum has set the visibility map, so index-only scans
+        # need no heap fetches (a bulk load right before the query would not have it yet).
+        await connection.execute("VACUUM (ANALYZE) usage_records")
     finally:
         await connection.close()
 

@@ -92,7 +92,7 @@ async def write_jsonl(columns: Sequence[Column], batches: AsyncIterator[list[tup
             yield b"\n".join(lines) + b"\n"
 
 
-class _ChunkSink(io.RawIOBase):
+class ChunkSink(io.RawIOBase):
     """A write-only file that keeps what was written until ``drain``: Parquet into a stream."""
 
     def __init__(self) -> None:
@@ -131,7 +131,7 @@ async def write_parquet(
     columns: Sequence[Column], batches: AsyncIterator[list[tuple]], *, row_group_rows: int = PARQUET_ROW_GROUP_ROWS
 ) -> AsyncIterator[bytes]:
     schema = arrow_schema(columns)
-    sink = _ChunkSink()
+    sink = ChunkSink()
     writer = pq.ParquetWriter(sink, schema, compression="zstd")
     pending: list[tuple] = []
     try:

@@ -32,7 +32,13 @@ class UsageRecord(Base):
         CheckConstraint("estimate_nano_usd >= 0", name="estimate_non_negative"),
         # The claim query of cost collection: pending requests of a provider, due first.
         Index("ix_usage_records_collect", "provider_id", "status", "next_attempt_at"),
-        Index("ix_usage_records_billing_time", "billing_account", "started_at"),
+        # The usage time series reads only the index on PostgreSQL (see the 0003 migration).
+        Index(
+            "ix_usage_records_billing_time",
+            "billing_account",
+            "started_at",
+            postgresql_include=["user_name", "provider_id", "model", "status", "custom_key", "cost_nano_usd"],
+        ),
         Index("ix_usage_records_billing_period_status", "billing_account", "period", "status"),
     )
 
