@@ -12,21 +12,25 @@ from metering.config import Settings
 from metering.db import Database
 from metering.errors import Unauthenticated
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 _bearer = HTTPBearer(auto_error=False, description="Service token (internal routes)")
 
 
-def require_service_token(
+async def require_service_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """Compares against every configured token in constant time; 401 otherwise."""
+    """Compares against every configured token in constant time; 401 otherwise.
+
+    These dependencies are ``async`` only so FastAPI runs them inline rather than in its
+    thread pool, a hand-off that costs more than the work itself.
+    """
     presented = credentials.credentials.encode() if credentials else b""
     valid = False
     for token in request.app.state.service_tokens:

@@ -31,4 +31,9 @@ def serve(
     if settings.service_tokens == EMBEDDED_DEV_TOKEN:
         console.print(f"[yellow]embedded mode[/yellow]: service token is {EMBEDDED_DEV_TOKEN!r}")
     console.print(f"Metering on http://{host}:{port} (docs at /docs), database {settings.database_url.split('@')[-1]}")
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    # httptools and uvloop when installed (uvicorn[standard]); no access log line per request, which
+    # would cost the hot path more than a trivial route; errors are still logged.
+    uvicorn.run(
+        "api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning",
+        http="auto", loop="auto", access_log=False,
+    )

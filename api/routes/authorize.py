@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import weakref
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from api.deps import DatabaseDep, ServiceAuth
+from api.deps import ServiceAuth
 from api.responses import OrjsonResponse
 from api.schemas.authorize import AuthorizeCreate, AuthorizeRead
 from api.schemas.errors import BODY_TOO_LARGE, NO_SERVICE_TOKEN, UNREADABLE_BODY, error_responses
@@ -38,13 +38,14 @@ def _slots_of(db: Database) -> asyncio.Semaphore:
         {400: UNREADABLE_BODY, 401: NO_SERVICE_TOKEN, 413: BODY_TOO_LARGE, 422: "malformed body"}
     ),
 )
-async def authorize(body: AuthorizeCreate, db: DatabaseDep) -> OrjsonResponse:
+async def authorize(body: AuthorizeCreate, http_request: Request) -> OrjsonResponse:
     """Always 200 for a well-formed request; ``allowed`` and ``reason`` carry the decision."""
+    db: Database = http_request.app.state.database  # read directly: each dependency costs the hot path
     request = AuthorizeRequest(
         user=body.user, bill_to=body.bill_to, provider=body.provider, model=body.model, custom_key=body.custom_key
     )
-    async with _slots_of(db), db.session_scope() as session:
-        decision = await authorize_service.authorize(session, request=request)
+    async with _slots_of(db):
+        decision = await authorize_service.authorize(db, request=request)
     # Built by hand rather than through the response model: this is the hot path.
     return OrjsonResponse(
         {

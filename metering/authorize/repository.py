@@ -1,11 +1,8 @@
-"""SQL of the authorize hot path: the parties of a request and the locked period row.
+"""SQL of the step-by-step authorize decision: the parties of a request and the locked period row.
 
-Statements are built once with bound parameters and run without the ORM. The first
-one (the parties) goes through SQLAlchemy, which begins the session's transaction;
-after it, PostgreSQL runs hand-written SQL on the same asyncpg connection, inside
-that transaction: SQLAlchemy's per-execution work costs ~3× the driver's CPU per
-statement, and CPU is what bounds authorize's throughput. SQLite, the embedded
-default, stays on Core.
+Statements are built once with bound parameters and run on Core, without the ORM.
+This is SQLite's path, and PostgreSQL's when a decision must create a user or grant
+credits; PostgreSQL's usual path is one statement (``metering.authorize.pg_decision``).
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, bindparam, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.db import is_sqlite
 from metering.models import Account, AccountPeriod, DisabledProvider, Membership, Provider
 
 
@@ -111,26 +107,6 @@ _LOCK_PERIOD = (
     .with_for_update()
 )
 
-_PG_LOCK_PERIOD = """
-SELECT account_name, period, credits_granted_nano_usd, credits_used_nano_usd, payg_nano_usd,
-       pending_estimate_nano_usd, held_nano_usd, set_config('synchronous_commit', 'off', true)
-FROM account_periods WHERE account_name = $1 AND period = $2
-FOR UPDATE
-"""
-
-
-async def driver_connection(session: AsyncSession):  # noqa: ANN201
-    """The asyncpg connection under the session's transaction (PostgreSQL only).
-
-    SQLAlchemy sends BEGIN lazily, with its first statement: SQL run here before any
-    would run in autocommit, and a FOR UPDATE would lock nothing. Refuse that loudly.
-    """
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
-    if not driver.is_in_transaction():
-        raise RuntimeError("hot-path SQL must follow a SQLAlchemy statement of the same transaction")
-    return driver
-
 
 class AuthorizeRepository:
     async def load_parties(
@@ -141,7 +117,6 @@ class AuthorizeRepository:
         params = {"user": user, "providers": list(provider_ids)}
         if with_bill_to:
             params["bill_to"] = bill_to
-        # Through SQLAlchemy on both backends: this first statement begins the transaction.
         rows = await (await session.connection()).execute(_PARTIES[with_bill_to], params)
         parties = Parties()
         for name, kind, plan, seats, status, limit, role, disabled in rows:
@@ -159,28 +134,9 @@ class AuthorizeRepository:
         One statement where ``lock_period`` needs three (create, lock, closed-period
         check); the caller falls back to ``lock_period`` when the row is missing or
         its credits are not granted yet.
-
-        On PostgreSQL the same statement also makes this transaction's COMMIT not wait
-        for the WAL flush (``set_config`` in the select list: no extra round trip). A
-        decision only reserves an estimate: if the database crashed in the few
-        milliseconds before the flush, the lost holds would vanish together with their
-        share of ``held_nano_usd`` (atomically, so the caches stay true) and the records
-        naming them fall back to the estimator (a user created by the same decision is
-        simply created again). Money itself is posted by the ledger in fully durable
-        transactions (``restore_durability`` before any posting here). On a busy disk
-        the flush is most of an authorize's latency, and it is paid while the account's
-        period row is locked.
         """
-        if is_sqlite(session):
-            row = (await (await session.connection()).execute(_LOCK_PERIOD, {"account": account, "period": period})).first()
-        else:
-            row = await (await driver_connection(session)).fetchrow(_PG_LOCK_PERIOD, account, period)
-        return None if row is None else PeriodMoney(*tuple(row)[:7])
-
-    async def restore_durability(self, session: AsyncSession) -> None:
-        """Undo the asynchronous commit of ``lock_period_row``: this transaction will post to the ledger."""
-        if not is_sqlite(session):
-            await (await driver_connection(session)).fetchval("SELECT set_config('synchronous_commit', 'on', true)")
+        row = (await (await session.connection()).execute(_LOCK_PERIOD, {"account": account, "period": period})).first()
+        return None if row is None else PeriodMoney(*row)
 
     async def provider_table(self, session: AsyncSession) -> dict[str, ProviderInfo]:
         rows = await session.execute(

@@ -14,11 +14,10 @@ Order of checks, the first failing one is the reason:
    decisions on one account are serialized and each sees the holds before it;
    SQLite: the BEGIN IMMEDIATE transaction serializes them all).
 
-Round trips of an allowed decision on PostgreSQL: parties (user, org, membership,
-disabled providers), lock, hold (INSERT and ``held`` UPDATE in one statement),
-commit; providers and estimates come from short in-process caches
-(``metering.authorize.catalog``, ``metering.holds.estimates``). The commit does not
-wait for the WAL flush: see ``authorize_repository.lock_period_row``.
+On PostgreSQL the whole decision is one statement, one round trip
+(``metering.authorize.pg_decision``), except when it must create the user or grant
+the period's credits; those decisions, and every decision on SQLite, go step by step
+(``decide_step_by_step``), the reference the statement is tested against.
 
 The money rule. With the locked row's G = credits granted, U = credits used,
 P = pay-as-you-go charged, F = in flight = pending estimates + holds, L = the
@@ -46,19 +45,25 @@ on top of estimate error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from metering import metrics
 from metering.accounts.service import account_service, bill_to_refusal
 from metering.authorize.catalog import provider_catalog
+from metering.authorize.pg_decision import OneStatementDecision, pg_decision_repository
 from metering.authorize.repository import Party, PeriodMoney, authorize_repository
 from metering.config import get_settings
 from metering.credits.service import credits_for, credits_service
+from metering.db import Database
 from metering.holds.estimates import estimates_service
-from metering.holds.service import holds_service
+from metering.holds.service import hold_expiry, holds_service
 from metering.models import Account
 from metering.periods import period_of, utcnow
+
+# Refusals settled before a payer is: no billing account in the answer.
+_PAYERLESS = frozenset({"unknown_account", "bill_to_not_eligible", "not_a_member"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +140,29 @@ def _named_providers(provider: str) -> list[str]:
 
 
 class AuthorizeService:
-    async def authorize(self, session: AsyncSession, *, request: AuthorizeRequest) -> Decision:
-        """Decide, and hold the estimate when allowed and billable; counted in ``metrics.authorize_decisions``."""
-        decision = await self._decide(session, request)
+    async def authorize(self, database: Database, *, request: AuthorizeRequest) -> Decision:
+        """Decide, and hold the estimate when allowed and billable, in a transaction of its own.
+
+        PostgreSQL: one statement; SQLite, and the decisions that statement leaves to
+        Python: step by step in ``database.session_scope()``. Counted in
+        ``metrics.authorize_decisions``.
+        """
+        decision = None
+        if database.dialect != "sqlite":
+            decision = await self._decide_in_one_statement(database.engine, request)
+        if decision is None:
+            async with database.session_scope() as session:
+                decision = await self.decide_step_by_step(session, request=request)
         metrics.authorize_decisions.labels(reason=decision.reason or "allowed").inc()
         return decision
 
-    async def _decide(self, session: AsyncSession, request: AuthorizeRequest) -> Decision:
+    async def _decide_in_one_statement(self, engine: AsyncEngine, request: AuthorizeRequest) -> Decision | None:
+        """PostgreSQL: the decision and its hold in one statement; None when it must go step by step."""
+        answer = await pg_decision_repository.decide(engine, **statement_arguments(request, utcnow()))
+        return decision_of(answer)
+
+    async def decide_step_by_step(self, session: AsyncSession, *, request: AuthorizeRequest) -> Decision:
+        """The rule of the module docstring in Python, in the caller's transaction."""
         named = _named_providers(request.provider)
         parties = await authorize_repository.load_parties(
             session, user=request.user, bill_to=request.bill_to, provider_ids=named
@@ -188,8 +209,7 @@ class AuthorizeService:
         period = period_of(now)
         row = await authorize_repository.lock_period_row(session, account=payer.name, period=period)
         if row is None or row.credits_granted_nano_usd < credits_for(payer):
-            # Credits to grant (a ledger posting) or a row to create: the slow path, fully durable.
-            await authorize_repository.restore_durability(session)
+            # Credits to grant (a ledger posting) or a row to create.
             account = await session.get(Account, payer.name)
             row = PeriodMoney.of(await credits_service.lock_period(session, account=account, period=period))
         figures = Figures.of(row)
@@ -201,27 +221,71 @@ class AuthorizeService:
             estimate=estimate,
         )
         if refusal is not None:
-            return Decision(
-                allowed=False,
-                billing_account=payer.name,
-                providers=[],
-                reason=refusal,
-                credits_remaining_nano_usd=figures.credits_remaining,
-                spending_limit_remaining_nano_usd=figures.limit_remaining(limit),
-            )
+            return _money_decision(figures, limit, billing_account=payer.name, reason=refusal)
         hold_id = await holds_service.place_hold(
             session, account=payer.name, period=period, user=request.user, provider_id=first, model=request.model,
             amount_nano_usd=estimate, now=now,
         )
-        after = Figures(figures.granted, figures.used, figures.payg, figures.in_flight + estimate)
-        return Decision(
-            allowed=True,
-            billing_account=payer.name,
-            providers=allowed,
-            hold_id=hold_id,
-            credits_remaining_nano_usd=after.credits_remaining,
-            spending_limit_remaining_nano_usd=after.limit_remaining(limit),
-        )
+        return _money_decision(figures, limit, billing_account=payer.name, providers=allowed, hold_id=hold_id, held=estimate)
+
+
+def statement_arguments(request: AuthorizeRequest, now: datetime) -> dict:
+    """The arguments of ``pg_decision_repository.decide`` for ``request`` decided at ``now``."""
+    settings = get_settings()
+    return {
+        "user": request.user,
+        "bill_to": request.bill_to,
+        "provider_ids": _named_providers(request.provider),
+        "model": request.model,
+        "custom_key": request.custom_key,
+        "period": period_of(now),
+        "now": now,
+        "expires_at": hold_expiry(now, settings.hold_ttl_seconds),
+        "plans": settings.plans,
+    }
+
+
+def decision_of(answer: OneStatementDecision) -> Decision | None:
+    """The ``Decision`` of the statement's answer (None for ``slow``), figures as the step-by-step path gives them."""
+    outcome = answer.outcome
+    if outcome == "slow":
+        return None
+    if outcome in _PAYERLESS:
+        return _refused(outcome, None)
+    if outcome == "custom_key":
+        return Decision(allowed=True, billing_account=answer.payer, providers=answer.providers)
+    if answer.granted is None:  # refused before the money was read
+        return _refused(outcome, answer.payer)
+    figures = Figures(answer.granted, answer.used, answer.payg, answer.in_flight)
+    if outcome != "allowed":
+        return _money_decision(figures, answer.spending_limit, billing_account=answer.payer, reason=outcome)
+    return _money_decision(
+        figures, answer.spending_limit, billing_account=answer.payer, providers=answer.providers,
+        hold_id=answer.hold_id, held=answer.estimate,
+    )
+
+
+def _money_decision(
+    figures: Figures,
+    limit: int | None,
+    *,
+    billing_account: str,
+    reason: str | None = None,
+    providers: list[str] | None = None,
+    hold_id: str | None = None,
+    held: int = 0,
+) -> Decision:
+    """A decision that read the period's money; its figures count ``held``, the hold it placed."""
+    after = Figures(figures.granted, figures.used, figures.payg, figures.in_flight + held)
+    return Decision(
+        allowed=reason is None,
+        billing_account=billing_account,
+        providers=providers or [],
+        reason=reason,
+        hold_id=hold_id,
+        credits_remaining_nano_usd=after.credits_remaining,
+        spending_limit_remaining_nano_usd=after.limit_remaining(limit),
+    )
 
 
 def _refused(reason: str, billing_account: str | None) -> Decision:

@@ -16,7 +16,6 @@ from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.accounts.repository import dialect_insert
-from metering.authorize.repository import driver_connection
 from metering.db import is_sqlite
 from metering.models import AccountPeriod, CostEstimate, Hold, Provider
 
@@ -48,34 +47,19 @@ _ADD_HELD = (
     .where(AccountPeriod.account_name == bindparam("h_account_name"), AccountPeriod.period == bindparam("h_period"))
     .values(held_nano_usd=AccountPeriod.held_nano_usd + bindparam("h_amount_nano_usd"))
 )
-# PostgreSQL, on the driver connection: the INSERT rides in a CTE of the UPDATE, one round trip.
-_PG_PARAM = {name: f"${position}" for position, name in enumerate(_HOLD_COLUMNS, start=1)}
-_PG_INSERT_HOLD_ADD_HELD = f"""
-WITH new_hold AS (
-    INSERT INTO holds ({", ".join(_HOLD_COLUMNS)})
-    VALUES ({", ".join(_PG_PARAM.values())})
-    RETURNING id
-)
-UPDATE account_periods SET held_nano_usd = held_nano_usd + {_PG_PARAM["amount_nano_usd"]}
-WHERE account_name = {_PG_PARAM["account_name"]} AND period = {_PG_PARAM["period"]}
-"""
 
 
 class HoldRepository:
     async def insert_hold(self, session: AsyncSession, values: dict) -> None:
         """Insert a hold and add its amount to ``held_nano_usd`` of its period row (locked by the caller).
 
-        The hot path: PostgreSQL runs raw SQL on the session's asyncpg connection (see
-        ``metering.authorize.repository``); SQLite two Core statements built once.
+        The step-by-step path; PostgreSQL's usual path does both inside the decision's
+        statement (``metering.authorize.pg_decision``).
         """
-        if is_sqlite(session):
-            params = {f"h_{name}": values[name] for name in _HOLD_COLUMNS}
-            connection = await session.connection()
-            await connection.execute(_INSERT_HOLD, params)
-            await connection.execute(_ADD_HELD, params)
-        else:
-            driver = await driver_connection(session)
-            await driver.execute(_PG_INSERT_HOLD_ADD_HELD, *(values[name] for name in _HOLD_COLUMNS))
+        params = {f"h_{name}": values[name] for name in _HOLD_COLUMNS}
+        connection = await session.connection()
+        await connection.execute(_INSERT_HOLD, params)
+        await connection.execute(_ADD_HELD, params)
 
     async def get(self, session: AsyncSession, hold_id: str) -> Hold | None:
         return await session.get(Hold, hold_id)

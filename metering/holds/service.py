@@ -26,6 +26,11 @@ class ExpiryResult:
     amount_nano_usd: int
 
 
+def hold_expiry(now: datetime, ttl_seconds: int) -> datetime:
+    """When a hold placed at ``now`` expires if no usage record names it."""
+    return now + timedelta(seconds=ttl_seconds)
+
+
 def _amounts_by_period(holds: list[HeldHold]) -> dict[tuple[str, str], int]:
     amounts: dict[tuple[str, str], int] = defaultdict(int)
     for hold in holds:
@@ -60,7 +65,7 @@ class HoldService:
                 "amount_nano_usd": amount_nano_usd,
                 "status": "held",
                 "created_at": now,
-                "expires_at": now + timedelta(seconds=get_settings().hold_ttl_seconds),
+                "expires_at": hold_expiry(now, get_settings().hold_ttl_seconds),
             },
         )
         return hold_id

@@ -42,13 +42,11 @@ async def test_separate_databases_objects_share_the_lock(db: Database, database_
     await seed(db)
     await set_limit(db, "solo-org", 11 * ESTIMATE)
     request = AuthorizeRequest(user="alice", bill_to="solo-org", provider="together", model="org/m")
-    async with db.session_scope() as session:
-        assert (await authorize_service.authorize(session, request=request)).allowed
+    assert (await authorize_service.authorize(db, request=request)).allowed
     engines = [Database(database_url, pool_size=4) for _ in range(4)]
 
     async def one(database: Database) -> bool:
-        async with database.session_scope() as session:
-            return (await authorize_service.authorize(session, request=request)).allowed
+        return (await authorize_service.authorize(database, request=request)).allowed
 
     try:
         results = await asyncio.gather(*(one(engines[i % 4]) for i in range(64)))

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from sqlalchemy import text
 
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.service import AuthorizeRequest, Figures, authorize_service, money_refusal
@@ -73,45 +70,30 @@ class TestMoneyRule:
 
 
 class TestDecision:
-    async def test_decision_and_hold_are_one_transaction(self, db: Database) -> None:
+    async def test_step_by_step_decision_and_hold_are_one_transaction(self, db: Database) -> None:
         """A decision rolled back leaves no hold and no held amount, on the existing-row path too."""
         provider_catalog.clear()
         await seed(db)
         request = AuthorizeRequest(user="alice", bill_to=None, provider="together", model="org/m")
         async with db.session_scope() as session:
-            assert (await authorize_service.authorize(session, request=request)).allowed
+            assert (await authorize_service.decide_step_by_step(session, request=request)).allowed
         try:
             async with db.session_scope() as session:
-                assert (await authorize_service.authorize(session, request=request)).allowed
+                assert (await authorize_service.decide_step_by_step(session, request=request)).allowed
                 raise LookupError("abandon the transaction")
         except LookupError:
             pass
         assert len(await holds(db)) == 1
         assert (await period_row(db, "alice")).held_nano_usd == 100_000
 
-    async def test_only_the_fast_path_commits_without_waiting_for_the_flush(self, db: Database, backend: str) -> None:
-        """PostgreSQL: a decision that grants credits (a ledger posting) keeps the durable commit."""
-        if backend != "postgres":
-            pytest.skip("synchronous_commit is a PostgreSQL setting")
-        provider_catalog.clear()
-        await seed(db)
-        request = AuthorizeRequest(user="alice", bill_to=None, provider="together", model="org/m")
-        settings = []
-        for _ in range(2):
-            async with db.session_scope() as session:
-                assert (await authorize_service.authorize(session, request=request)).allowed
-                settings.append((await session.execute(text("SHOW synchronous_commit"))).scalar_one())
-        assert settings == ["on", "off"]  # first: the row was created and credits granted
-
     async def test_hold_uses_the_observed_estimate(self, db: Database) -> None:
         provider_catalog.clear()
         await seed(db)
         async with db.session_scope() as session:
             await estimates_service.observe_costs(session, [("fireworks-ai", "org/m", 40_000), ("fireworks-ai", "org/m", 60_000)])
-        async with db.session_scope() as session:
-            decision = await authorize_service.authorize(
-                session, request=AuthorizeRequest(user="alice", bill_to=None, provider="fireworks-ai together", model="org/m")
-            )
+        decision = await authorize_service.authorize(
+            db, request=AuthorizeRequest(user="alice", bill_to=None, provider="fireworks-ai together", model="org/m")
+        )
         assert decision.credits_remaining_nano_usd == PRO_CREDITS - 50_000
         [hold] = await holds(db)
         assert (hold.provider_id, hold.model, hold.amount_nano_usd) == ("fireworks-ai", "org/m", 50_000)
@@ -121,10 +103,8 @@ class TestDecision:
         await seed(db)
         await set_limit(db, "alice", 500_000)
         request = AuthorizeRequest(user="alice", bill_to=None, provider="paid-only", model="org/m")
-        async with db.session_scope() as session:
-            first = await authorize_service.authorize(session, request=request)
-        async with db.session_scope() as session:
-            second = await authorize_service.authorize(session, request=request)
+        first = await authorize_service.authorize(db, request=request)
+        second = await authorize_service.authorize(db, request=request)
         assert (first.allowed, first.spending_limit_remaining_nano_usd) == (True, 500_000)
         # Credits (2 USD) remain, so in-flight cost is counted against them: the documented approximation.
         assert (second.allowed, second.credits_remaining_nano_usd) == (True, PRO_CREDITS - 600_000)

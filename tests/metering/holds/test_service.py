@@ -17,10 +17,9 @@ from tests.metering.authorize.helpers import ESTIMATE, holds, period_row, seed
 
 
 async def place(db: Database, user: str = "alice", provider: str = "together", bill_to: str | None = None) -> str:
-    async with db.session_scope() as session:
-        decision = await authorize_service.authorize(
-            session, request=AuthorizeRequest(user=user, bill_to=bill_to, provider=provider, model="org/m")
-        )
+    decision = await authorize_service.authorize(
+        db, request=AuthorizeRequest(user=user, bill_to=bill_to, provider=provider, model="org/m")
+    )
     assert decision.allowed
     return decision.hold_id
 
@@ -134,9 +133,7 @@ class TestExpireHolds:
         await set_limit(db, "solo-org", ESTIMATE)
         await place(db, bill_to="solo-org")
         request = AuthorizeRequest(user="alice", bill_to="solo-org", provider="together", model="org/m")
-        async with db.session_scope() as session:
-            assert (await authorize_service.authorize(session, request=request)).reason == "spending_limit_reached"
+        assert (await authorize_service.authorize(db, request=request)).reason == "spending_limit_reached"
         await age_holds(db, 1)
         await expire_holds.run_once(db)
-        async with db.session_scope() as session:
-            assert (await authorize_service.authorize(session, request=request)).allowed
+        assert (await authorize_service.authorize(db, request=request)).allowed
