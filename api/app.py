@@ -19,13 +19,14 @@ from metering.config import Settings, get_settings, set_settings
 from metering.db import Database
 from metering.migrate import upgrade
 
+# Starlette tries routes in order: the hot-path routes come first.
 ROUTERS = [
+    authorize.router,
+    usage.router,
     health.router,
     accounts.router,
     providers.internal_router,
     providers.public_router,
-    authorize.router,
-    usage.router,
     billing.router,
     usage_views.router,
     exports.router,
