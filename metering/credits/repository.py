@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
+import orjson
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -55,6 +56,36 @@ class PeriodTotals:
 
 
 _COLUMNS = tuple(field.name for field in fields(PeriodTotals))
+
+# $1: a JSON array of {account_name, period, delta, target}; the answer is the keys left out.
+# ``locked`` is MATERIALIZED, so it runs once and locks rows in its ORDER BY whatever plan the
+# UPDATE gets, and the UPDATE writes only rows ``locked`` returned: no lock is taken out of order.
+_PG_ADD_PENDING = (
+    "WITH batch AS ("
+    " SELECT * FROM json_to_recordset($1::json) AS v(account_name varchar, period varchar, delta bigint, target bigint)"
+    "), locked AS MATERIALIZED ("
+    " SELECT t.account_name, t.period, b.delta FROM account_periods AS t"
+    " JOIN batch AS b ON t.account_name = b.account_name AND t.period = b.period"
+    " WHERE t.credits_granted_nano_usd >= b.target"
+    " ORDER BY t.period, t.account_name FOR UPDATE OF t"
+    "), updated AS ("
+    " UPDATE account_periods AS t SET pending_estimate_nano_usd = t.pending_estimate_nano_usd + l.delta"
+    " FROM locked AS l WHERE t.account_name = l.account_name AND t.period = l.period"
+    " RETURNING t.account_name, t.period"
+    ") "
+    "SELECT b.account_name, b.period FROM batch AS b LEFT JOIN updated AS u"
+    " ON u.account_name = b.account_name AND u.period = b.period WHERE u.account_name IS NULL"
+)
+_PG_KEYS_PER_UPDATE = 20_000
+_SQLITE_ADD_PENDING_HEAD = "WITH batch(account_name, period, delta, target) AS (VALUES "
+_SQLITE_ADD_PENDING_TAIL = (
+    ") UPDATE account_periods SET pending_estimate_nano_usd = pending_estimate_nano_usd + batch.delta "
+    "FROM batch WHERE account_periods.account_name = batch.account_name "
+    "AND account_periods.period = batch.period AND account_periods.credits_granted_nano_usd >= batch.target "
+    "RETURNING account_periods.account_name, account_periods.period"
+)
+# Four bound values a row, under SQLite's 32,766 per statement.
+_SQLITE_KEYS_PER_UPDATE = 5_000
 
 
 class CreditsRepository:
@@ -127,6 +158,37 @@ class CreditsRepository:
                 rows.update({(row.account_name, row.period): row for row in result})
         return rows
 
+    async def add_pending_where_granted(
+        self, session: AsyncSession, deltas: dict[tuple[str, str], int], targets: dict[tuple[str, str], int]
+    ) -> set[tuple[str, str]]:
+        """``pending_estimate_nano_usd += delta`` on the rows that exist and hold at least their
+        target credits already; returns the other keys, which need the locked grant path.
+
+        One statement per chunk instead of lock, read and write back: ingest's hot path.
+        PostgreSQL: the rows are locked first in (period, account) order, the lock order of every
+        writer (``lock_rows``), and the UPDATE touches only rows that lock already holds.
+        """
+        ordered = sorted(deltas, key=lambda key: (key[1], key[0]))
+        connection = await session.connection()
+        left_out: set[tuple[str, str]] = set()
+        if is_sqlite(session):
+            for part in chunks(ordered, _SQLITE_KEYS_PER_UPDATE):
+                params = [value for key in part for value in (key[0], key[1], deltas[key], targets[key])]
+                result = await connection.exec_driver_sql(
+                    _SQLITE_ADD_PENDING_HEAD + ", ".join(["(?, ?, ?, ?)"] * len(part)) + _SQLITE_ADD_PENDING_TAIL,
+                    tuple(params),
+                )
+                left_out.update(set(part) - {(account, period) for account, period in result})
+        else:
+            for part in chunks(ordered, _PG_KEYS_PER_UPDATE):
+                batch = [
+                    {"account_name": a, "period": p, "delta": deltas[(a, p)], "target": targets[(a, p)]} for a, p in part
+                ]
+                result = await connection.exec_driver_sql(_PG_ADD_PENDING, (orjson.dumps(batch).decode(),))
+                left_out.update((account, period) for account, period in result)
+        self._expire_copies(session, ordered)
+        return left_out
+
     async def save_totals(self, session: AsyncSession, rows: list[AccountPeriod | PeriodTotals]) -> None:
         """Write the ``TOTALS`` of rows this transaction holds locked, in one statement.
 
@@ -163,13 +225,23 @@ class CreditsRepository:
                     **{name: [getattr(r, name) for r in rows] for name in TOTALS},
                 },
             )
-        mapper = AccountPeriod.__mapper__
+        plain = []
         for row in rows:
             if isinstance(row, AccountPeriod):
                 for name in TOTALS:
                     set_committed_value(row, name, getattr(row, name))
-                continue
-            held = session.identity_map.get(mapper.identity_key_from_primary_key((row.account_name, row.period)))
+            else:
+                plain.append((row.account_name, row.period))
+        self._expire_copies(session, plain)
+
+    def _expire_copies(self, session: AsyncSession, keys: Iterable[tuple[str, str]]) -> None:
+        """Expire the ORM copies the session holds of rows written by plain SQL, so they reload."""
+        identity_map = session.identity_map
+        if not identity_map:
+            return
+        mapper = AccountPeriod.__mapper__
+        for key in keys:
+            held = identity_map.get(mapper.identity_key_from_primary_key(key))
             if held is not None:
                 session.expire(held)
 

@@ -7,7 +7,8 @@ difference is topped up by another keyed transaction. A decrease claws nothing b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,7 +19,17 @@ from metering.ledger.service import Posting, ledger_service
 from metering.models import Account, AccountPeriod
 
 
-def credits_for(account: Account) -> int:
+class PlanTerms(Protocol):
+    """What credits depend on: an ``Account``, or the plain terms ingest reads with Core."""
+
+    @property
+    def plan(self) -> str: ...
+
+    @property
+    def seats(self) -> int: ...
+
+
+def credits_for(account: PlanTerms) -> int:
     """The period's credits the account's plan and seats entitle it to."""
     terms = get_settings().plans.get(account.plan)
     if terms is None:
@@ -26,7 +37,7 @@ def credits_for(account: Account) -> int:
     return terms.credits_nano_usd * (account.seats if terms.per_seat else 1)
 
 
-def pays_as_you_go(account: Account) -> bool:
+def pays_as_you_go(account: PlanTerms) -> bool:
     terms = get_settings().plans.get(account.plan)
     return bool(terms and terms.pay_as_you_go)
 
@@ -50,7 +61,7 @@ class CreditsService:
         session: AsyncSession,
         *,
         keys: Iterable[tuple[str, str]],
-        accounts: dict[str, Account],
+        accounts: Mapping[str, PlanTerms],
     ) -> dict[tuple[str, str], PeriodTotals]:
         """Lock ``(account, period)`` rows of any periods; grant credits in those not closed.
 
@@ -60,6 +71,26 @@ class CreditsService:
         rows, _ = await self._lock_and_grant(session, keys=keys, accounts=accounts, plain=True)
         return rows
 
+    async def add_pending_estimates(
+        self, session: AsyncSession, *, deltas: dict[tuple[str, str], int], accounts: Mapping[str, PlanTerms]
+    ) -> None:
+        """Add estimates to the pending totals of ``(account, period)`` rows, creating and granting
+        the rows as ``lock_account_periods`` does; a zero delta still creates and grants its row.
+
+        Rows that exist and already hold their plan's credits (nearly all) take one UPDATE; only
+        the others go through the lock-and-grant path, so the grant semantics are unchanged.
+        """
+        if not deltas:
+            return
+        targets = {key: credits_for(accounts[key[0]]) for key in deltas}
+        rest = await credits_repository.add_pending_where_granted(session, deltas, targets)
+        if not rest:
+            return
+        rows = await self.lock_account_periods(session, keys=rest, accounts=accounts)
+        for key in rest:
+            rows[key].pending_estimate_nano_usd += deltas[key]
+        await credits_repository.save_totals(session, [rows[key] for key in rest])
+
     async def grant_period(self, session: AsyncSession, *, accounts: Sequence[Account], period: str) -> int:
         """Lock and grant ``period`` for ``accounts``; returns the nano-USD granted by this call."""
         _, granted = await self._lock_and_grant(
@@ -68,14 +99,15 @@ class CreditsService:
         return granted
 
     async def _lock_and_grant(
-        self, session: AsyncSession, *, keys: Iterable[tuple[str, str]], accounts: dict[str, Account], plain: bool = False
+        self, session: AsyncSession, *, keys: Iterable[tuple[str, str]], accounts: Mapping[str, PlanTerms],
+        plain: bool = False,
     ) -> tuple[dict, int]:
         rows = await credits_repository.lock_rows(session, keys, plain=plain)
         closed = await credits_repository.closed_periods(session, {period for _, period in rows})
         granted = await self._grant(session, [row for key, row in rows.items() if key[1] not in closed], accounts)
         return rows, granted
 
-    async def _grant(self, session: AsyncSession, rows: list, accounts: dict[str, Account]) -> int:
+    async def _grant(self, session: AsyncSession, rows: list, accounts: Mapping[str, PlanTerms]) -> int:
         postings: list[Posting] = []
         changed: list = []
         for row in rows:

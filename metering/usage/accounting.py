@@ -10,15 +10,17 @@ else written off; it is posted once, keyed ``cost:<usage_record_id>``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import metrics
 from metering.accounts.repository import account_repository
 from metering.credits.repository import PeriodTotals, credits_repository
-from metering.credits.service import credits_service, pays_as_you_go
+from metering.credits.service import PlanTerms, credits_service, pays_as_you_go
 from metering.holds.estimates import estimates_service
 from metering.holds.service import holds_service
 from metering.ledger import codes
@@ -33,59 +35,101 @@ from metering.usage.types import AcceptedUsage, PricedRequest, QuarantinedReques
 logger = logging.getLogger(__name__)
 
 
-async def account_for_new_usage(session: AsyncSession, accepted: list[AcceptedUsage]) -> None:
+class NewUsage(Protocol):
+    """What pricing a new record needs: an ``AcceptedUsage``, or a row ingest has yet to insert."""
+
+    @property
+    def provider_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def custom_key(self) -> bool: ...
+    @property
+    def duration_ms(self) -> int | None: ...
+    @property
+    def hardware(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewUsagePricing:
+    """The providers of a batch of new records and the estimator's value per (provider, model).
+
+    Read once per batch, before the INSERT, so every row is written with its estimate and
+    only the rows a hold attaches to are updated afterwards.
+    """
+
+    providers: dict[str, Provider]
+    estimates: dict[tuple[str, str], int]
+
+    def estimate(self, usage: NewUsage) -> int:
+        """A record's estimate unless a hold attaches: its compute_time price (0 when it cannot
+        be priced), else the estimator's; custom-key records are never estimated."""
+        if usage.custom_key:
+            return 0
+        provider = self.providers[usage.provider_id]
+        if provider.pricing == "compute_time":
+            return _compute_time_cost(usage, provider)[0]
+        return self.estimates.get((usage.provider_id, usage.model), 0)
+
+
+async def price_new_usage(session: AsyncSession, usages: Sequence[NewUsage]) -> NewUsagePricing:
+    billable = [usage for usage in usages if not usage.custom_key]
+    providers = await provider_repository.get_many(session, {u.provider_id for u in billable})
+    keys = {(u.provider_id, u.model) for u in billable if providers[u.provider_id].pricing != "compute_time"}
+    return NewUsagePricing(providers, await estimates_service.estimate_for_many(session, keys))
+
+
+async def account_for_new_usage(
+    session: AsyncSession,
+    accepted: list[AcceptedUsage],
+    *,
+    pricing: NewUsagePricing | None = None,
+    accounts: Mapping[str, PlanTerms] | None = None,
+) -> None:
     """Called by ingest in the same transaction as the insert of ``accepted`` (new rows only).
 
-    Each billable record gets its estimate (its hold's amount when the hold was still held,
-    else the estimator's) added to its period's pending estimate; ``compute_time`` records
-    are priced now, or quarantined when they cannot be.
+    Each billable record's estimate (its hold's amount when the hold was still held, else
+    ``pricing``'s) is added to its period's pending estimate; ``compute_time`` records are
+    priced now, or quarantined when they cannot be. Ingest passes the ``pricing`` it inserted
+    the rows with and the billing accounts' terms it read; other callers let them be read here.
     """
     billable = [usage for usage in accepted if not usage.custom_key]
     if not billable:
         return
-    providers = await provider_repository.get_many(session, {u.provider_id for u in billable})
-    accounts = await account_repository.get_many(session, {u.billing_account for u in billable})
+    if pricing is None:
+        pricing = await price_new_usage(session, billable)
+    if accounts is None:
+        accounts = await account_repository.get_many(session, {u.billing_account for u in billable})
     # Holds first (attaching locks the holds' period rows, as the holds service asks).
     # A hold pays into one record's estimate: the first in the batch that names it.
     hold_owner: dict[str, int] = {}
     for usage in billable:
         if usage.hold_id:
             hold_owner.setdefault(usage.hold_id, usage.id)
-    held_amounts = await holds_service.attach_holds(session, dict(hold_owner))
-    held = {hold_owner[hold_id]: amount for hold_id, amount in held_amounts.items()}
+    held: dict[int, int] = {}
+    if hold_owner:
+        held_amounts = await holds_service.attach_holds(session, dict(hold_owner))
+        held = {hold_owner[hold_id]: amount for hold_id, amount in held_amounts.items()}
     priced: dict[int, int] = {}
     quarantined: dict[int, tuple[str, str]] = {}
+    changed: dict[int, int] = {}
+    deltas: dict[tuple[str, str], int] = defaultdict(int)
     for usage in billable:
-        provider = providers[usage.provider_id]
+        provider = pricing.providers[usage.provider_id]
         if provider.pricing == "compute_time":
             cost, problem = _compute_time_cost(usage, provider)
             if problem is None:
                 priced[usage.id] = cost
             else:
                 quarantined[usage.id] = problem
-    needs_estimate = {
-        (u.provider_id, u.model) for u in billable if u.id not in held and u.id not in priced and u.id not in quarantined
-    }
-    estimated = await estimates_service.estimate_for_many(session, needs_estimate)
-    estimates: dict[int, int] = {}
-    for usage in billable:
-        if usage.id in held:
-            estimates[usage.id] = held[usage.id]
-        elif usage.id in priced:
-            estimates[usage.id] = priced[usage.id]
-        elif usage.id in quarantined:
-            estimates[usage.id] = 0
-        else:
-            estimates[usage.id] = estimated.get((usage.provider_id, usage.model), 0)
-    await accounting_repository.set_estimates(session, {i: e for i, e in estimates.items() if e})
+        estimate = held[usage.id] if usage.id in held else pricing.estimate(usage)
+        if estimate != usage.estimate_nano_usd:
+            changed[usage.id] = estimate
+        deltas[(usage.billing_account, usage.period)] += estimate
+    await accounting_repository.set_estimates(session, changed)
     # The account rows are locked last: concurrent batches of the same accounts wait on these
     # locks until commit, so everything that needs no lock is done before taking them.
-    rows = await credits_service.lock_account_periods(
-        session, keys={(u.billing_account, u.period) for u in billable}, accounts=accounts
-    )
-    for usage in billable:
-        rows[(usage.billing_account, usage.period)].pending_estimate_nano_usd += estimates[usage.id]
-    await credits_repository.save_totals(session, list(rows.values()))
+    await credits_service.add_pending_estimates(session, deltas=deltas, accounts=accounts)
     if priced or quarantined:
         await settle(
             session,
@@ -99,7 +143,7 @@ async def account_for_new_usage(session: AsyncSession, accepted: list[AcceptedUs
                 metrics.requests_quarantined.labels(usage.provider_id, quarantined[usage.id][0]).inc()
 
 
-def _compute_time_cost(usage: AcceptedUsage, provider: Provider) -> tuple[int, tuple[str, str] | None]:
+def _compute_time_cost(usage: NewUsage, provider: Provider) -> tuple[int, tuple[str, str] | None]:
     """Duration × the hardware's price per second, or (metric label, reason) it cannot be priced."""
     if usage.duration_ms is None:
         return 0, ("missing_duration", "compute_time: missing duration_ms")

@@ -8,13 +8,14 @@ fifty concurrent ones, stores each record exactly once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import metrics
 from metering.accounts.service import account_service, bill_to_refusal
 from metering.config import get_settings
-from metering.periods import period_of, utcnow
+from metering.periods import utcnow
 from metering.usage import accounting
 from metering.usage.repository import AccountTerms, Key, NewUsageRow, usage_repository
 from metering.usage.types import AcceptedUsage
@@ -55,8 +56,16 @@ class UsageService:
         )
         valid = _drop_org_users(_drop_unknown_providers(valid, providers, rejected), accounts, rejected)
         firsts, repeats = _split_repeats(valid)
-        await self._create_new_users(session, {r.user for r in firsts} - accounts.keys())
+        new_users = {r.user for r in firsts} - accounts.keys()
+        if new_users:
+            await self._create_new_users(session, new_users)
+            # Read back rather than assumed: a concurrent sync may have created one first.
+            accounts.update((await usage_repository.lookup(session, provider_ids=(), names=new_users))[1])
         rows = await self._billing_rows(session, firsts, accounts)
+        # Each row is inserted with its estimate; accounting then rewrites only those a hold attaches to.
+        pricing = await accounting.price_new_usage(session, rows)
+        for row in rows:
+            row.estimate_nano_usd = pricing.estimate(row)
 
         inserted = await usage_repository.insert_new(session, rows, received_at=received_at)
         result = IngestResult(accepted=len(inserted), rejected=rejected)
@@ -64,7 +73,7 @@ class UsageService:
 
         accepted = [_accepted(row, inserted[row.key]) for row in rows if row.key in inserted]
         if accepted:
-            await accounting.account_for_new_usage(session, accepted)
+            await accounting.account_for_new_usage(session, accepted, pricing=pricing, accounts=accounts)
         _count(result)
         return result
 
@@ -74,14 +83,15 @@ class UsageService:
     ) -> None:
         """Records that did not insert are duplicates when their content equals the stored row's,
         else conflicts; a repeat within the batch is judged against whatever its key stored."""
-        not_inserted = [r for r in firsts if r.key not in inserted]
-        stored = await usage_repository.stored_hashes(session, [r.key for r in not_inserted])
-        stored.update({r.key: r.content_hash for r in firsts if r.key in inserted})
-        for record in not_inserted + repeats:
-            if stored.get(record.key) == record.content_hash:
-                result.duplicates += 1
-            else:
-                result.rejected.append(Rejection(record.index, record.request_id, CONFLICT))
+        not_inserted = [r for r in firsts if r.key not in inserted] if len(inserted) < len(firsts) else []
+        if not_inserted or repeats:
+            stored = await usage_repository.stored_hashes(session, [r.key for r in not_inserted])
+            stored.update({r.key: r.content_hash for r in firsts if r.key in inserted})
+            for record in not_inserted + repeats:
+                if stored.get(record.key) == record.content_hash:
+                    result.duplicates += 1
+                else:
+                    result.rejected.append(Rejection(record.index, record.request_id, CONFLICT))
         result.rejected.sort(key=lambda rejection: rejection.index)
 
     async def _create_new_users(self, session: AsyncSession, names: set[str]) -> None:
@@ -113,7 +123,7 @@ class UsageService:
                     provider_id=r.provider, request_id=r.request_id, user_name=r.user, bill_to=r.bill_to,
                     billing_account=r.bill_to if r.bill_to is not None and reason is None else r.user,
                     bill_to_flag_reason=reason, model=r.model, task=r.task, custom_key=r.custom_key,
-                    started_at=r.started_at, period=period_of(r.started_at), duration_ms=r.duration_ms,
+                    started_at=r.started_at, period=_period(r.started_at), duration_ms=r.duration_ms,
                     hardware=r.hardware, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                     hold_id=r.hold_id, content_hash=r.content_hash,
                 )
@@ -163,12 +173,17 @@ def _split_repeats(records: list[ValidRecord]) -> tuple[list[ValidRecord], list[
     return firsts, repeats
 
 
+def _period(started_at: datetime) -> str:
+    """``periods.period_of`` of a timestamp validation already made UTC, without converting it again."""
+    return f"{started_at.year:04d}-{started_at.month:02d}"
+
+
 def _accepted(row: NewUsageRow, id_: int) -> AcceptedUsage:
     return AcceptedUsage(
         id=id_, provider_id=row.provider_id, request_id=row.request_id, user_name=row.user_name,
         billing_account=row.billing_account, model=row.model, period=row.period, started_at=row.started_at,
         custom_key=row.custom_key, hold_id=row.hold_id, duration_ms=row.duration_ms, hardware=row.hardware,
-        input_tokens=row.input_tokens, output_tokens=row.output_tokens,
+        input_tokens=row.input_tokens, output_tokens=row.output_tokens, estimate_nano_usd=row.estimate_nano_usd,
     )
 
 

@@ -84,3 +84,54 @@ class TestConcurrentGrants:
         async with db.session_scope() as session:
             assert len(await transactions(session, kind=codes.GRANT)) == 1
             assert await balance(session, codes.credits("acme", PERIOD)) == -3 * SEAT
+
+
+class TestAddPendingEstimates:
+    """Ingest's path: one UPDATE for rows already granted; the lock-and-grant path for the rest."""
+
+    async def test_adds_to_a_granted_row_without_granting_again(self, session) -> None:
+        alice = await create_account(session, "alice", plan="pro")
+        await credits_service.lock_period(session, account=alice, period=PERIOD)
+        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): 700}, accounts={"alice": alice})
+        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): 50}, accounts={"alice": alice})
+        row = await credits_service.lock_period(session, account=alice, period=PERIOD)
+        assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd) == (750, SEAT)
+        assert len(await transactions(session, kind=codes.GRANT)) == 1
+
+    async def test_a_missing_row_is_created_and_granted_even_for_a_zero_delta(self, session) -> None:
+        accounts = {name: await create_account(session, name, plan="pro") for name in ("alice", "bob")}
+        await credits_service.add_pending_estimates(
+            session, deltas={("alice", PERIOD): 0, ("bob", PERIOD): 300}, accounts=accounts
+        )
+        rows = await credits_service.lock_periods(session, accounts=list(accounts.values()), period=PERIOD)
+        assert {name: (r.pending_estimate_nano_usd, r.credits_granted_nano_usd) for name, r in rows.items()} == {
+            "alice": (0, SEAT), "bob": (300, SEAT),
+        }
+        assert [t.idempotency_key for t in await transactions(session, kind=codes.GRANT)] == [
+            "grant:alice:2026-11", "grant:bob:2026-11",
+        ]
+
+    async def test_a_seat_increase_is_topped_up_before_the_estimate_is_added(self, session) -> None:
+        acme = await create_account(session, "acme", plan="team", seats=2)
+        await credits_service.lock_period(session, account=acme, period=PERIOD)
+        acme, _ = await account_service.upsert_account(session, name="acme", sync=AccountSync(kind="org", plan="team", seats=3))
+        await credits_service.add_pending_estimates(session, deltas={("acme", PERIOD): 900}, accounts={"acme": acme})
+        row = await credits_service.lock_period(session, account=acme, period=PERIOD)
+        assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd, row.granted_seats) == (900, 3 * SEAT, 3)
+        assert await balance(session, codes.credits("acme", PERIOD)) == -3 * SEAT
+
+    async def test_a_closed_period_gets_the_estimate_and_no_grant(self, session) -> None:
+        alice = await create_account(session, "alice", plan="pro")
+        session.add(Period(period=PERIOD, status="closed"))
+        await session.flush()
+        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): 400}, accounts={"alice": alice})
+        row = await credits_service.lock_period(session, account=alice, period=PERIOD)
+        assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd) == (400, 0)
+        assert await transactions(session) == []
+
+    async def test_an_orm_copy_held_by_the_session_reloads_the_new_total(self, session) -> None:
+        alice = await create_account(session, "alice", plan="pro")
+        held = await credits_service.lock_period(session, account=alice, period=PERIOD)
+        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): 123}, accounts={"alice": alice})
+        # Read as the ORM would on next access: a stale copy would still say 0.
+        assert await session.run_sync(lambda _: held.pending_estimate_nano_usd) == 123

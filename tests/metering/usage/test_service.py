@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
 from metering.db import Database
-from metering.models import Account, UsageRecord
+from metering.ledger.verify import verify_session
+from metering.models import Account, AccountPeriod, UsageRecord
 from metering.usage.repository import NewUsageRow, usage_repository
 from metering.usage.service import CONFLICT, usage_service
 from metering.usage.validation import Rejection
@@ -72,6 +75,40 @@ class TestIngestRecords:
             tokens = await session.scalar(select(func.sum(UsageRecord.input_tokens)))
         assert (users, tokens) == (5_000, sum(range(5_000)))
         assert await ingest(db, records) == (0, 5_000, [])
+
+
+class TestEstimates:
+    async def test_each_row_is_stored_with_its_estimate_and_added_once(self, db: Database) -> None:
+        await setup(db)  # default estimate 100,000
+        records = [record(f"r{i}", user=f"user-{i % 3}") for i in range(9)] + [record("k", custom_key=True)]
+        assert await ingest(db, records) == (10, 0, [])
+        async with db.session_scope() as session:
+            estimates = dict((await session.execute(select(UsageRecord.request_id, UsageRecord.estimate_nano_usd))).all())
+            pending = dict(
+                (await session.execute(select(AccountPeriod.account_name, AccountPeriod.pending_estimate_nano_usd))).all()
+            )
+        assert estimates == {**{f"r{i}": 100_000 for i in range(9)}, "k": 0}
+        assert pending == {"user-0": 300_000, "user-1": 300_000, "user-2": 300_000}
+
+
+class TestConcurrentIngest:
+    async def test_batches_naming_the_same_accounts_in_any_order_all_commit(self, db: Database) -> None:
+        """Eight concurrent batches over the same 100 users, each in its own order: on PostgreSQL
+        every batch locks the period rows in one order, so none deadlocks and none is lost."""
+        await setup(db)
+        users = [f"user-{i:03d}" for i in range(100)]
+        await ingest(db, [record(f"seed-{user}", user=user) for user in users])
+        batches = []
+        for number in range(8):
+            order = users[:]
+            random.Random(number).shuffle(order)
+            batches.append([record(f"b{number}-{user}", user=user) for user in order])
+        results = await asyncio.gather(*(ingest(db, batch) for batch in batches))
+        assert results == [(100, 0, [])] * 8
+        async with db.session_scope() as session:
+            pending = set(await session.scalars(select(AccountPeriod.pending_estimate_nano_usd)))
+            assert pending == {9 * 100_000}
+            assert (await verify_session(session)).ok
 
 
 class TestRepository:
