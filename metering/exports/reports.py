@@ -44,7 +44,8 @@ REPORTS: dict[str, Report] = {
             "Every ledger entry of the period's transactions, with its transaction's fields (signed: debit > 0).",
             _cols(
                 "entry_id:int transaction_id:int transaction_kind:str idempotency_key:str account_name:str "
-                "provider_id:str period:str original_period:str usage_record_id:int memo:str created_at:datetime "
+                "provider_id:str period:str original_period:str usage_record_id:int request_id:str memo:str "
+                "created_at:datetime "
                 "ledger_account:str ledger_account_kind:str ledger_account_owner:str amount_nano_usd:int"
             ),
         ),

@@ -40,6 +40,7 @@ def _ledger(period: str) -> tuple[Select, object]:
             LedgerTransaction.period,
             LedgerTransaction.original_period,
             LedgerTransaction.usage_record_id,
+            UsageRecord.request_id,
             LedgerTransaction.memo,
             LedgerTransaction.created_at,
             LedgerAccount.code,
@@ -49,6 +50,8 @@ def _ledger(period: str) -> tuple[Select, object]:
         )
         .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
         .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
+        # The provider's request ID, so an invoice line traces to the requests behind it.
+        .outerjoin(UsageRecord, UsageRecord.id == LedgerTransaction.usage_record_id)
         .where(LedgerTransaction.period == period)
     )
     return statement, LedgerEntry.id

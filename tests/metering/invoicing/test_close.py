@@ -8,12 +8,14 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import select
 
 from jobs import close_period
 from metering.config import Settings
 from metering.db import Database
+from metering.exports.service import export_service
 from metering.invoicing.errors import PeriodClosedOutOfOrder, PeriodNotEnded
 from metering.invoicing.service import invoicing_service
 from metering.ledger import codes
@@ -57,6 +59,24 @@ class TestClosePeriod:
             period = await session.get(Period, "2026-09")
             assert (period.status, period.closed_at) == ("closed", AFTER_GRACE)
         assert (await verify(seeded)).ok
+
+    async def test_each_line_traces_to_its_request_ids_in_the_ledger_export(self, seeded: Database) -> None:
+        await charge(seeded, account="alice", started_at=SEPT, costs={"a1": 1_234_567_890, "a2": 10_000_000})
+        await charge(seeded, account="alice", started_at=SEPT, costs={"a3": 5_432_109}, provider="fireworks-ai")
+        await close(seeded, "2026-09")
+        invoice = (await invoices(seeded))[("alice", "2026-09")]
+
+        body = b"".join([chunk async for chunk in export_service.stream_report(seeded, report="ledger", period="2026-09", fmt="jsonl")])
+        receivable = [
+            row for row in map(orjson.loads, body.splitlines())
+            if row["ledger_account_kind"] == codes.RECEIVABLE and row["account_name"] == "alice"
+        ]
+        for provider, line in (await lines(seeded, invoice.id)).items():
+            entries = [row for row in receivable if row["provider_id"] == provider]
+            assert sorted(row["request_id"] for row in entries) == sorted(
+                {"together": ["a1", "a2"], "fireworks-ai": ["a3"]}[provider]
+            )
+            assert sum(row["amount_nano_usd"] for row in entries) == line.amount_nano_usd
 
     async def test_a_second_close_is_a_no_op(self, seeded: Database) -> None:
         await charge(seeded, account="alice", started_at=SEPT, costs={"a1": 25_000_000})
