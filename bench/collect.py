@@ -53,8 +53,8 @@ COLUMNS = [
 async def seed(url: str, *, requests: int, baseline: int, cost_endpoint: str, fillfactor: int | None = None) -> None:
     """Users, the two providers, and the pending records (COPY): ``sim`` for the job, ``raw`` for the baseline.
 
-    ``fillfactor`` (an experiment, not the shipped schema) leaves room on each page so that
-    lease writes, which touch no indexed column, become HOT updates.
+    ``fillfactor`` overrides the one the migrations give ``usage_records`` (70: room on each
+    page so that lease writes, which touch no indexed column, become HOT updates).
     """
     set_settings(Settings(environment="embedded", database_url=url, secret_key=SECRET_KEY, service_tokens="x", jwt_secret="x" * 32))
     database = Database(url)
@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="50,000 requests")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--fillfactor", type=int, default=None, help="experiment: usage_records fillfactor (e.g. 70)")
+    parser.add_argument("--fillfactor", type=int, default=None, help="experiment: override the usage_records fillfactor of the schema (70)")
     args = parser.parse_args()
     requests = 50_000 if args.quick else args.requests
     baseline = min(requests, 100_000)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
+import orjson
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,14 +23,41 @@ def chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
         yield items[start : start + size]
 
 
-# PostgreSQL writes many rows as one INSERT … SELECT FROM unnest(arrays): one statement, few parameters.
 _TRANSACTION_COLUMNS = (
-    "kind", "idempotency_key", "account_name", "provider_id", "period", "original_period",
-    "usage_record_id", "memo", "created_at",
+    "kind", "idempotency_key", "account_name", "provider_id", "period", "original_period", "usage_record_id", "memo",
 )
-_PG_TYPES = {name: "VARCHAR" for name in _TRANSACTION_COLUMNS} | {
-    "usage_record_id": "BIGINT", "created_at": "TIMESTAMPTZ",
-}
+
+# PostgreSQL writes a batch of postings in one statement: the transactions and their entries
+# travel as two JSON documents (one ``orjson.dumps`` each instead of encoding arrays value by
+# value), the entries join the transactions inserted now by key, and the answer is the keys
+# left out (already posted). ``batch`` is MATERIALIZED so the document is parsed once.
+_PG_INSERT_POSTINGS = (
+    "WITH batch AS MATERIALIZED ("
+    " SELECT * FROM json_to_recordset($1::json) AS v(kind varchar, idempotency_key varchar, account_name varchar,"
+    " provider_id varchar, period varchar, original_period varchar, usage_record_id bigint, memo varchar)"
+    "), inserted AS ("
+    " INSERT INTO ledger_transactions (kind, idempotency_key, account_name, provider_id, period, original_period,"
+    " usage_record_id, memo, created_at)"
+    " SELECT kind, idempotency_key, account_name, provider_id, period, original_period, usage_record_id, memo, $3"
+    " FROM batch ON CONFLICT DO NOTHING RETURNING id, idempotency_key"
+    "), entries AS ("
+    " INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd)"
+    " SELECT i.id, e.a, e.m FROM json_to_recordset($2::json) AS e(n bigint, k varchar, a bigint, m bigint)"
+    " JOIN inserted AS i ON i.idempotency_key = e.k ORDER BY e.n"
+    ") "
+    "SELECT b.idempotency_key FROM batch AS b"
+    " WHERE NOT EXISTS (SELECT 1 FROM inserted AS i WHERE i.idempotency_key = b.idempotency_key)"
+)
+# Balances: the rows are locked in id order first (MATERIALIZED, so whatever plan the UPDATE
+# gets), FOR NO KEY UPDATE so that the foreign-key checks of other writers' entries, which
+# take KEY SHARE locks on these rows, neither block it nor deadlock with it.
+_PG_ADD_TO_BALANCES = (
+    "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS v(id, delta)), "
+    "locked AS MATERIALIZED (SELECT a.id FROM ledger_accounts AS a JOIN v ON a.id = v.id"
+    " ORDER BY a.id FOR NO KEY UPDATE OF a) "
+    "UPDATE ledger_accounts AS a SET balance_nano_usd = a.balance_nano_usd + v.delta"
+    " FROM locked AS l JOIN v ON v.id = l.id WHERE a.id = l.id"
+)
 
 
 class LedgerRepository:
@@ -73,31 +102,47 @@ class LedgerRepository:
             found.update({code: id_ for code, id_ in rows})
         return found
 
-    async def insert_transactions(self, session: AsyncSession, rows: Sequence[dict]) -> dict[str, int]:
-        """Insert transactions, skipping any whose idempotency key or usage record already has one.
+    async def insert_postings(
+        self, session: AsyncSession, postings: Sequence, entries: Sequence[tuple[str, int, int]], *, created_at: datetime
+    ) -> set[str]:
+        """Insert transactions (``Posting``-like objects, distinct keys) and, for those inserted
+        now, their ``(idempotency_key, ledger_account_id, amount)`` entries.
 
-        Returns ``{idempotency_key: id}`` of the rows inserted now.
+        A transaction whose idempotency key or usage record already has one is skipped with its
+        entries; returns the keys skipped.
         """
-        if not rows:
-            return {}
+        if not postings:
+            return set()
         if is_sqlite(session):
-            result = await session.execute(
-                dialect_insert(session, LedgerTransaction.__table__)
-                .on_conflict_do_nothing()
-                .returning(LedgerTransaction.__table__.c.idempotency_key, LedgerTransaction.__table__.c.id),
-                list(rows),
-            )
-            return {key: id_ for key, id_ in result}
-        columns = [(name, _PG_TYPES[name]) for name in _TRANSACTION_COLUMNS]
-        result = await session.execute(
-            text(
-                f"INSERT INTO ledger_transactions ({', '.join(_TRANSACTION_COLUMNS)}) "
-                f"SELECT * FROM unnest({', '.join(f'CAST(:{n} AS {t}[])' for n, t in columns)}) "
-                "ON CONFLICT DO NOTHING RETURNING idempotency_key, id"
+            return await self._insert_postings_sqlite(session, postings, entries, created_at=created_at)
+        connection = await session.connection()
+        result = await connection.exec_driver_sql(
+            _PG_INSERT_POSTINGS,
+            (
+                orjson.dumps(postings).decode(),
+                orjson.dumps([{"n": n, "k": k, "a": a, "m": m} for n, (k, a, m) in enumerate(entries)]).decode(),
+                created_at,
             ),
-            {name: [row[name] for row in rows] for name in _TRANSACTION_COLUMNS},
         )
-        return {key: id_ for key, id_ in result}
+        return {key for (key,) in result}
+
+    async def _insert_postings_sqlite(
+        self, session: AsyncSession, postings: Sequence, entries: Sequence[tuple[str, int, int]], *, created_at: datetime
+    ) -> set[str]:
+        table = LedgerTransaction.__table__
+        result = await session.execute(
+            dialect_insert(session, table).on_conflict_do_nothing().returning(table.c.idempotency_key, table.c.id),
+            [{name: getattr(p, name) for name in _TRANSACTION_COLUMNS} | {"created_at": created_at} for p in postings],
+        )
+        inserted = {key: id_ for key, id_ in result}
+        rows = [
+            {"transaction_id": inserted[key], "ledger_account_id": account_id, "amount_nano_usd": amount}
+            for key, account_id, amount in entries
+            if key in inserted
+        ]
+        if rows:
+            await session.execute(insert(LedgerEntry.__table__), rows)
+        return {p.idempotency_key for p in postings if p.idempotency_key not in inserted}
 
     async def transactions_by_key(self, session: AsyncSession, keys: Sequence[str]) -> dict[str, LedgerTransaction]:
         found: dict[str, LedgerTransaction] = {}
@@ -131,25 +176,6 @@ class LedgerRepository:
                 found[transaction_id].append((code, amount))
         return found
 
-    async def insert_entries(self, session: AsyncSession, rows: Sequence[dict]) -> None:
-        """``rows``: ``{"transaction_id", "ledger_account_id", "amount_nano_usd"}``."""
-        if not rows:
-            return
-        if is_sqlite(session):
-            await session.execute(insert(LedgerEntry.__table__), list(rows))
-            return
-        await session.execute(
-            text(
-                "INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd) "
-                "SELECT * FROM unnest(CAST(:t AS BIGINT[]), CAST(:a AS BIGINT[]), CAST(:m AS BIGINT[]))"
-            ),
-            {
-                "t": [row["transaction_id"] for row in rows],
-                "a": [row["ledger_account_id"] for row in rows],
-                "m": [row["amount_nano_usd"] for row in rows],
-            },
-        )
-
     async def add_to_balances(self, session: AsyncSession, deltas: dict[int, int]) -> None:
         """Add each delta to its account's cached balance, in id order (one lock order for everyone)."""
         items = sorted((id_, delta) for id_, delta in deltas.items() if delta)
@@ -165,19 +191,8 @@ class LedgerRepository:
             )
             await session.execute(statement, [{"b_id": i, "b_delta": d} for i, d in items])
             return
-        ids = [i for i, _ in items]
-        # An UPDATE ... FROM may visit rows in any order; take the row locks in id order first.
-        await session.execute(
-            text("SELECT id FROM ledger_accounts WHERE id = ANY(CAST(:ids AS BIGINT[])) ORDER BY id FOR UPDATE"),
-            {"ids": ids},
-        )
-        await session.execute(
-            text(
-                "UPDATE ledger_accounts AS a SET balance_nano_usd = a.balance_nano_usd + v.delta "
-                "FROM unnest(CAST(:ids AS BIGINT[]), CAST(:deltas AS BIGINT[])) AS v(id, delta) WHERE a.id = v.id"
-            ),
-            {"ids": ids, "deltas": [d for _, d in items]},
-        )
+        connection = await session.connection()
+        await connection.exec_driver_sql(_PG_ADD_TO_BALANCES, ([i for i, _ in items], [d for _, d in items]))
 
 
 ledger_repository = LedgerRepository()

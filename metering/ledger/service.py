@@ -20,7 +20,9 @@ from metering.ledger.repository import ledger_repository
 from metering.periods import utcnow
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: settling a batch builds one per priced request, and a frozen dataclass sets each
+# field through object.__setattr__ (three times the cost of building it).
+@dataclass(slots=True)
 class Posting:
     kind: str
     idempotency_key: str
@@ -35,12 +37,12 @@ class Posting:
 
 def normalized(entries: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
     """Entries summed per account, zeros dropped, sorted: the form two postings are compared in."""
-    sums: dict[str, int] = defaultdict(int)
+    sums: dict[str, int] = {}
     for code, amount in entries:
-        if not isinstance(amount, int) or isinstance(amount, bool):
+        if type(amount) is not int and (not isinstance(amount, int) or isinstance(amount, bool)):
             raise UnbalancedPosting(f"amount of {code!r} is not an integer of nano-USD: {amount!r}")
-        sums[code] += amount
-    return tuple(sorted((code, amount) for code, amount in sums.items() if amount))
+        sums[code] = sums.get(code, 0) + amount
+    return tuple(sorted([(code, amount) for code, amount in sums.items() if amount]))
 
 
 def _check(posting: Posting) -> tuple[tuple[str, int], ...]:
@@ -97,38 +99,24 @@ class LedgerService:
                 )
         unique = sorted(first_of_key.values())
         account_ids = await ledger_repository.ensure_accounts(
-            session, (code for index in unique for code, _ in checked[index])
+            session, {code for index in unique for code, _ in checked[index]}
         )
-        now = utcnow()
-        inserted = await ledger_repository.insert_transactions(
-            session,
-            [
-                {
-                    "kind": postings[i].kind, "idempotency_key": postings[i].idempotency_key,
-                    "account_name": postings[i].account_name, "provider_id": postings[i].provider_id,
-                    "period": postings[i].period, "original_period": postings[i].original_period,
-                    "usage_record_id": postings[i].usage_record_id, "memo": postings[i].memo, "created_at": now,
-                }
-                for i in unique
-            ],
+        entries = [
+            (postings[index].idempotency_key, account_ids[code], amount) for index in unique for code, amount in checked[index]
+        ]
+        left_out = await ledger_repository.insert_postings(
+            session, [postings[i] for i in unique], entries, created_at=utcnow()
         )
-        await self._check_replays(session, [i for i in unique if postings[i].idempotency_key not in inserted], postings, checked)
-        entry_rows: list[dict] = []
+        await self._check_replays(session, [i for i in unique if postings[i].idempotency_key in left_out], postings, checked)
         deltas: dict[int, int] = defaultdict(int)
-        for index in unique:
-            transaction_id = inserted.get(postings[index].idempotency_key)
-            if transaction_id is None:
-                continue
-            for code, amount in checked[index]:
-                account_id = account_ids[code]
-                entry_rows.append({"transaction_id": transaction_id, "ledger_account_id": account_id, "amount_nano_usd": amount})
+        for key, account_id, amount in entries:
+            if key not in left_out:
                 deltas[account_id] += amount
-        await ledger_repository.insert_entries(session, entry_rows)
         await ledger_repository.add_to_balances(session, deltas)
         written_now: set[str] = set()
         results = []
         for index, posting in enumerate(postings):
-            fresh = posting.idempotency_key in inserted and posting.idempotency_key not in written_now
+            fresh = posting.idempotency_key not in left_out and posting.idempotency_key not in written_now
             written_now.add(posting.idempotency_key)
             results.append(fresh)
         return results

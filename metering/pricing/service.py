@@ -169,46 +169,57 @@ class CollectionService:
         self, session: AsyncSession, *, batch: Batch, answer: CostAnswer, settings: Settings
     ) -> BatchOutcome:
         """Write one answer in the caller's transaction: prices and quarantines through ``settle``,
-        missing IDs deferred with back-off (or ``unpriced`` past the maximum age)."""
+        missing IDs deferred with back-off (or ``unpriced`` past the maximum age).
+
+        Every write is conditional on the row being still pending and leased by this batch's
+        owner, so rows another worker took over after our lease lapsed are left alone (counted
+        as ``lost_lease``).
+        """
         now = utcnow()
         provider = batch.target.provider_id
-        ours = await claim_repository.take_back(session, ids=[row.id for row in batch.rows], owner=batch.owner)
+        costs, quarantined_by_id = answer.costs, answer.quarantined
         priced: list[PricedRequest] = []
         quarantined: list[QuarantinedRequest] = []
-        quarantine_kinds: list[str] = []
+        quarantine_kinds: dict[int, str] = {}
         unpriced: list[int] = []
         deferred: dict[int, list[int]] = {}
         oldest_allowed = now - timedelta(seconds=settings.pending_max_age_seconds)
         for row in batch.rows:
-            if row.id not in ours:
-                continue
-            if row.request_id in answer.costs:
-                priced.append(PricedRequest(row.id, answer.costs[row.request_id]))
-            elif row.request_id in answer.quarantined:
-                kind, reason = answer.quarantined[row.request_id]
+            cost = costs.get(row.request_id)
+            if cost is not None:
+                priced.append(PricedRequest(row.id, cost))
+            elif row.request_id in quarantined_by_id:
+                kind, reason = quarantined_by_id[row.request_id]
                 quarantined.append(QuarantinedRequest(row.id, reason[:256]))
-                quarantine_kinds.append(kind)
+                quarantine_kinds[row.id] = kind
             elif row.received_at < oldest_allowed:
                 unpriced.append(row.id)
             else:
                 deferred.setdefault(row.attempts, []).append(row.id)
-        result = await accounting.settle(session, priced=priced, quarantined=quarantined, unpriced=unpriced)
+        result = await accounting.settle(
+            session, priced=priced, quarantined=quarantined, unpriced=unpriced, lease_owner=batch.owner
+        )
+        deferred_count = 0
         for attempts, ids in deferred.items():
             delay = min(self.policy.retry_base_seconds * 2 ** min(attempts, 32), self.policy.retry_cap_seconds)
-            await claim_repository.defer(session, ids=ids, next_attempt_at=now + timedelta(seconds=max(delay, 0.001)))
+            deferred_count += await claim_repository.defer(
+                session, ids=ids, owner=batch.owner, next_attempt_at=now + timedelta(seconds=max(delay, 0.001))
+            )
         if batch.probe or await self._had_failures(session, provider_id=provider):
             await collection_state_repository.clear(session, provider_id=provider, now=now)
         metrics.requests_priced.labels(provider).inc(result.priced)
         metrics.requests_unpriced.labels(provider).inc(result.unpriced)
-        for kind in quarantine_kinds:
-            metrics.requests_quarantined.labels(provider, kind).inc()
+        if result.quarantined:
+            for kind in quarantine_kinds.values():
+                metrics.requests_quarantined.labels(provider, kind).inc()
+        written = result.priced + result.quarantined + result.unpriced + result.replayed + result.conflicts
         return BatchOutcome(
             priced=result.priced,
             replayed=result.replayed,
             quarantined=result.quarantined,
             unpriced=result.unpriced,
-            deferred=sum(len(ids) for ids in deferred.values()),
-            lost_lease=len(batch.rows) - len(ours),
+            deferred=deferred_count,
+            lost_lease=len(batch.rows) - written - deferred_count,
             unknown_ids=len(answer.unknown_ids),
             duplicate_ids=len(answer.duplicate_ids),
         )

@@ -30,6 +30,7 @@ from metering.money import duration_cost_nano
 from metering.periods import current_period, next_period, utcnow
 from metering.providers.repository import provider_repository
 from metering.usage.accounting_repository import SettledRow, accounting_repository
+from metering.usage.repository import usage_repository
 from metering.usage.types import AcceptedUsage, PricedRequest, QuarantinedRequest, SettleResult
 
 logger = logging.getLogger(__name__)
@@ -161,11 +162,13 @@ async def settle(
     priced: Sequence[PricedRequest] = (),
     quarantined: Sequence[QuarantinedRequest] = (),
     unpriced: Sequence[int] = (),
+    lease_owner: str | None = None,
 ) -> SettleResult:
     """Called by cost collection in the batch's transaction.
 
-    Only records still ``pending`` move (exactly once, whoever else is settling them);
-    the rest are replays, or conflicts when already priced at another cost.
+    Only records still ``pending`` move (exactly once, whoever else is settling them), and,
+    when ``lease_owner`` is given, only those it still leases; the rest are replays, or
+    conflicts when already priced at another cost.
     """
     costs: dict[int, int] = {}
     conflicts = replayed = 0
@@ -181,16 +184,21 @@ async def settle(
     gone = {i: None for i in unpriced if i not in costs and i not in reasons}
 
     now = utcnow()
-    moved_priced = await accounting_repository.mark_priced(session, costs, now=now) if costs else []
-    moved_quarantined = await accounting_repository.mark_settled(session, reasons, status="quarantined") if reasons else []
-    moved_unpriced = await accounting_repository.mark_settled(session, gone, status="unpriced") if gone else []
+    mark = accounting_repository
+    moved_priced = await mark.mark_priced(session, costs, now=now, lease_owner=lease_owner) if costs else []
+    moved_quarantined = (
+        await mark.mark_settled(session, reasons, status="quarantined", lease_owner=lease_owner) if reasons else []
+    )
+    moved_unpriced = await mark.mark_settled(session, gone, status="unpriced", lease_owner=lease_owner) if gone else []
 
-    moved_ids = {row.id for row in moved_priced}
-    not_moved = [i for i in costs if i not in moved_ids]
+    moved = {row.id for rows in (moved_priced, moved_quarantined, moved_unpriced) for row in rows}
+    not_moved = [i for i in (*costs, *reasons, *gone) if i not in moved]
     states = await accounting_repository.states(session, not_moved) if not_moved else {}
     for record_id in not_moved:
-        status, stored_cost = states.get(record_id, (None, None))
-        if status == "priced" and stored_cost != costs[record_id]:
+        status, stored_cost, owner = states.get(record_id, (None, None, None))
+        if lease_owner is not None and owner != lease_owner:
+            continue  # another worker's lease now: neither a replay nor a conflict of this caller
+        if record_id in costs and status == "priced" and stored_cost != costs[record_id]:
             conflicts += 1
             logger.warning(
                 "usage record %s already priced at %s nano-USD; a different cost of %s was refused",
@@ -198,7 +206,6 @@ async def settle(
             )
         else:
             replayed += 1
-    replayed += len(reasons) - len(moved_quarantined) + len(gone) - len(moved_unpriced)
 
     if moved_priced or moved_quarantined or moved_unpriced:
         await _move_money(session, moved_priced, costs, moved_quarantined + moved_unpriced)
@@ -212,13 +219,6 @@ async def settle(
         unpriced=len(moved_unpriced),
         conflicts=conflicts,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class _Split:
-    credits: int
-    payg: int
-    written_off: int
 
 
 async def _move_money(
@@ -238,21 +238,31 @@ async def _move_money(
     all_rows = priced_rows + released_rows
     keys = {(row.billing_account, row.period) for row in all_rows}
     keys |= {(row.billing_account, posting_period(row)) for row in priced_rows}
-    accounts = await account_repository.get_many(session, {row.billing_account for row in all_rows})
+    # Plain terms, not ORM accounts: a batch names up to a thousand accounts.
+    _, accounts = await usage_repository.lookup(session, provider_ids=(), names={row.billing_account for row in all_rows})
     providers = await provider_repository.get_many(session, {row.provider_id for row in priced_rows})
     locked = await credits_service.lock_account_periods(session, keys=keys, accounts=accounts)
 
     postings: list[Posting] = []
+    # A batch names a few hundred accounts thousands of times: their codes and terms once each.
+    codes_of: dict[tuple[str, str], tuple[str, str, str]] = {}
+    payg_of = {name: pays_as_you_go(terms) for name, terms in accounts.items()}
     for row in sorted(priced_rows, key=lambda r: r.id):
         period = posting_period(row)
-        state = locked[(row.billing_account, period)]
-        split = _split(
-            costs[row.id], state, eligible=providers[row.provider_id].credit_eligible,
-            payg=pays_as_you_go(accounts[row.billing_account]),
+        account = row.billing_account
+        state = locked[(account, period)]
+        cost = costs[row.id]
+        from_credits, payg, written_off = _split(
+            cost, state, eligible=providers[row.provider_id].credit_eligible, payg=payg_of[account]
         )
-        state.credits_used_nano_usd += split.credits
-        state.payg_nano_usd += split.payg
-        state.written_off_nano_usd += split.written_off
+        state.credits_used_nano_usd += from_credits
+        state.payg_nano_usd += payg
+        state.written_off_nano_usd += written_off
+        account_codes = codes_of.get((account, period))
+        if account_codes is None:
+            account_codes = codes_of[(account, period)] = (
+                codes.credits(account, period), codes.receivable(account, period), codes.write_off(period)
+            )
         late = row.period != period
         postings.append(
             Posting(
@@ -260,14 +270,14 @@ async def _move_money(
                 idempotency_key=f"cost:{row.id}",
                 period=period,
                 original_period=row.period if late else None,
-                account_name=row.billing_account,
+                account_name=account,
                 provider_id=row.provider_id,
                 usage_record_id=row.id,
                 entries=(
-                    (codes.credits(row.billing_account, period), split.credits),
-                    (codes.receivable(row.billing_account, period), split.payg),
-                    (codes.write_off(period), split.written_off),
-                    (codes.payable(row.provider_id, period), -costs[row.id]),
+                    (account_codes[0], from_credits),
+                    (account_codes[1], payg),
+                    (account_codes[2], written_off),
+                    (codes.payable(row.provider_id, period), -cost),
                 ),
             )
         )
@@ -280,9 +290,10 @@ async def _move_money(
     await credits_repository.save_totals(session, list(locked.values()))
 
 
-def _split(cost: int, state: PeriodTotals, *, eligible: bool, payg: bool) -> _Split:
-    """Credits first (eligible providers only), then pay-as-you-go, else written off."""
+def _split(cost: int, state: PeriodTotals, *, eligible: bool, payg: bool) -> tuple[int, int, int]:
+    """(credits, pay-as-you-go, written off): credits first (eligible providers only), then
+    pay-as-you-go, else written off."""
     available = max(0, state.credits_granted_nano_usd - state.credits_used_nano_usd)
     from_credits = min(cost, available) if eligible else 0
     rest = cost - from_credits
-    return _Split(credits=from_credits, payg=rest if payg else 0, written_off=0 if payg else rest)
+    return (from_credits, rest, 0) if payg else (from_credits, 0, rest)

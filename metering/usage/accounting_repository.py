@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,6 +45,36 @@ _SETTLED_COLUMNS = (
 _RETURNING = "u.id, u.billing_account, u.provider_id, u.model, u.period, u.estimate_nano_usd"
 
 
+def _pg_move(value_type: str, assignments: str, *, owned: bool) -> str:
+    """PostgreSQL: move the pending records of a JSON batch ``$1`` of ``{id, value}`` in one statement.
+
+    ``locked`` is MATERIALIZED, so it runs once and locks the rows in id order whatever plan
+    the UPDATE gets: two workers settling overlapping batches wait on each other instead of
+    deadlocking. FOR UPDATE re-checks its conditions on a row that changed while it waited,
+    and the UPDATE checks them again, so only rows still pending (and still ours) move.
+    """
+    owner = " AND u.lease_owner = $3" if owned else ""
+    return (
+        "WITH batch AS MATERIALIZED ("
+        f" SELECT * FROM json_to_recordset($1::json) AS v(id bigint, value {value_type})"
+        "), locked AS MATERIALIZED ("
+        " SELECT u.id FROM usage_records AS u JOIN batch AS b ON u.id = b.id"
+        f" WHERE u.status = 'pending'{owner} ORDER BY u.id FOR UPDATE OF u"
+        ") "
+        f"UPDATE usage_records AS u SET {assignments} FROM locked AS l JOIN batch AS v ON v.id = l.id "
+        f"WHERE u.id = l.id AND u.status = 'pending'{owner} RETURNING {_RETURNING}"
+    )
+
+
+# (without, with) a lease owner; $2 is the time priced, or the status settled to.
+_PG_PRICE = tuple(
+    _pg_move("bigint", "status = 'priced', cost_nano_usd = v.value, priced_at = $2", owned=owned) for owned in (False, True)
+)
+_PG_SETTLE = tuple(
+    _pg_move("varchar", "status = $2, quarantine_reason = v.value", owned=owned) for owned in (False, True)
+)
+
+
 class AccountingRepository:
     async def set_estimates(self, session: AsyncSession, estimates: dict[int, int]) -> None:
         items = sorted(estimates.items())
@@ -66,11 +97,13 @@ class AccountingRepository:
                 {"ids": [i for i, _ in part], "estimates": [e for _, e in part]},
             )
 
-    async def mark_priced(self, session: AsyncSession, costs: dict[int, int], *, now: datetime) -> list[SettledRow]:
-        """Set ``priced`` + cost on the records still pending; returns those that moved."""
-        items = sorted(costs.items())
+    async def mark_priced(
+        self, session: AsyncSession, costs: dict[int, int], *, now: datetime, lease_owner: str | None = None
+    ) -> list[SettledRow]:
+        """Set ``priced`` + cost on the records still pending (and leased by ``lease_owner`` when
+        given); returns those that moved."""
         if is_sqlite(session):
-            moved = await self._pending(session, [i for i, _ in items])
+            moved = await self._pending(session, sorted(costs), lease_owner=lease_owner)
             if moved:
                 table = UsageRecord.__table__
                 await session.execute(
@@ -80,27 +113,15 @@ class AccountingRepository:
                     [{"r_id": row.id, "r_cost": costs[row.id]} for row in moved],
                 )
             return moved
-        await self._lock(session, [i for i, _ in items])
-        moved = []
-        for part in chunks(items, PG_CHUNK):
-            result = await session.execute(
-                text(
-                    "UPDATE usage_records AS u SET status = 'priced', cost_nano_usd = v.cost, priced_at = :now "
-                    "FROM unnest(CAST(:ids AS BIGINT[]), CAST(:costs AS BIGINT[])) AS v(id, cost) "
-                    f"WHERE u.id = v.id AND u.status = 'pending' RETURNING {_RETURNING}"
-                ),
-                {"ids": [i for i, _ in part], "costs": [c for _, c in part], "now": now},
-            )
-            moved.extend(SettledRow(*row) for row in result)
-        return moved
+        batch = orjson.dumps([{"id": i, "value": c} for i, c in costs.items()]).decode()
+        return await self._move_pg(session, _PG_PRICE, batch, now, lease_owner)
 
     async def mark_settled(
-        self, session: AsyncSession, reasons: dict[int, str | None], *, status: str
+        self, session: AsyncSession, reasons: dict[int, str | None], *, status: str, lease_owner: str | None = None
     ) -> list[SettledRow]:
         """Move pending records to ``quarantined``/``unpriced`` with a reason; returns those that moved."""
-        items = sorted(reasons.items())
         if is_sqlite(session):
-            moved = await self._pending(session, [i for i, _ in items])
+            moved = await self._pending(session, sorted(reasons), lease_owner=lease_owner)
             if moved:
                 table = UsageRecord.__table__
                 await session.execute(
@@ -110,46 +131,38 @@ class AccountingRepository:
                     [{"r_id": row.id, "r_reason": reasons[row.id]} for row in moved],
                 )
             return moved
-        await self._lock(session, [i for i, _ in items])
-        moved = []
-        for part in chunks(items, PG_CHUNK):
-            result = await session.execute(
-                text(
-                    "UPDATE usage_records AS u SET status = :status, quarantine_reason = v.reason "
-                    "FROM unnest(CAST(:ids AS BIGINT[]), CAST(:reasons AS VARCHAR[])) AS v(id, reason) "
-                    f"WHERE u.id = v.id AND u.status = 'pending' RETURNING {_RETURNING}"
-                ),
-                {"ids": [i for i, _ in part], "reasons": [r for _, r in part], "status": status},
-            )
-            moved.extend(SettledRow(*row) for row in result)
-        return moved
+        batch = orjson.dumps([{"id": i, "value": r} for i, r in reasons.items()]).decode()
+        return await self._move_pg(session, _PG_SETTLE, batch, status, lease_owner)
 
-    async def _lock(self, session: AsyncSession, ids: list[int]) -> None:
-        """PostgreSQL: lock the records in id order first, so two workers settling overlapping
-        batches wait on each other instead of deadlocking inside an UPDATE … FROM."""
-        for part in chunks(ids, PG_CHUNK):
-            await session.execute(
-                text("SELECT id FROM usage_records WHERE id = ANY(CAST(:ids AS BIGINT[])) ORDER BY id FOR UPDATE"),
-                {"ids": list(part)},
-            )
+    async def _move_pg(
+        self, session: AsyncSession, statements: tuple[str, str], batch: str, value: object, lease_owner: str | None
+    ) -> list[SettledRow]:
+        """One statement: lock the pending rows of ``batch`` in id order, move them, return them."""
+        connection = await session.connection()
+        if lease_owner is None:
+            result = await connection.exec_driver_sql(statements[0], (batch, value))
+        else:
+            result = await connection.exec_driver_sql(statements[1], (batch, value, lease_owner))
+        return [SettledRow(*row) for row in result]
 
-    async def _pending(self, session: AsyncSession, ids: Sequence[int]) -> list[SettledRow]:
+    async def _pending(self, session: AsyncSession, ids: Sequence[int], *, lease_owner: str | None) -> list[SettledRow]:
+        """SQLite: the pending records among ``ids`` (BEGIN IMMEDIATE already serializes writers)."""
         found: list[SettledRow] = []
         for part in chunks(ids):
-            rows = await session.execute(
-                select(*_SETTLED_COLUMNS).where(UsageRecord.id.in_(part), UsageRecord.status == "pending")
-            )
+            statement = select(*_SETTLED_COLUMNS).where(UsageRecord.id.in_(part), UsageRecord.status == "pending")
+            if lease_owner is not None:
+                statement = statement.where(UsageRecord.lease_owner == lease_owner)
+            rows = await session.execute(statement)
             found.extend(SettledRow(*row) for row in rows)
         return found
 
-    async def states(self, session: AsyncSession, ids: Sequence[int]) -> dict[int, tuple[str, int | None]]:
-        """``{id: (status, cost_nano_usd)}`` of existing records."""
-        found: dict[int, tuple[str, int | None]] = {}
+    async def states(self, session: AsyncSession, ids: Sequence[int]) -> dict[int, tuple[str, int | None, str | None]]:
+        """``{id: (status, cost_nano_usd, lease_owner)}`` of existing records."""
+        found: dict[int, tuple[str, int | None, str | None]] = {}
+        columns = (UsageRecord.id, UsageRecord.status, UsageRecord.cost_nano_usd, UsageRecord.lease_owner)
         for part in chunks(ids):
-            rows = await session.execute(
-                select(UsageRecord.id, UsageRecord.status, UsageRecord.cost_nano_usd).where(UsageRecord.id.in_(part))
-            )
-            found.update({id_: (status, cost) for id_, status, cost in rows})
+            rows = await session.execute(select(*columns).where(UsageRecord.id.in_(part)))
+            found.update({id_: (status, cost, owner) for id_, status, cost, owner in rows})
         return found
 
 

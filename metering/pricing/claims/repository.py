@@ -73,22 +73,6 @@ class ClaimRepository:
         rows = (await session.execute(statement)).all()
         return [ClaimedRow(row.id, row.request_id, row.received_at, row.attempts) for row in rows]
 
-    async def take_back(self, session: AsyncSession, *, ids: Sequence[int], owner: str) -> set[int]:
-        """Of ``ids``, those still pending and leased by ``owner``, row-locked for this transaction.
-
-        A row another worker took over after our lease lapsed is not ours to write any more.
-        The lease is left in place (it means nothing once the row leaves ``pending``, and
-        ``defer`` clears it for rows that stay): one fewer write of every row of the batch.
-        """
-        if not ids:
-            return set()
-        statement = select(_usage.c.id).where(
-            _id_in(session, ids), _usage.c.lease_owner == owner, _usage.c.status == "pending"
-        )
-        if session.bind.dialect.name == "postgresql":
-            statement = statement.with_for_update()
-        return set((await session.execute(statement)).scalars())
-
     async def release(self, session: AsyncSession, *, ids: Sequence[int], owner: str) -> int:
         """Give the rows back untouched (the provider failed, not the requests)."""
         if not ids:
@@ -101,18 +85,19 @@ class ClaimRepository:
         result = await session.execute(statement)
         return result.rowcount
 
-    async def defer(self, session: AsyncSession, *, ids: Sequence[int], next_attempt_at: datetime) -> None:
-        """Count one more unanswered ask, set when to ask again, and end the lease."""
+    async def defer(self, session: AsyncSession, *, ids: Sequence[int], owner: str, next_attempt_at: datetime) -> int:
+        """Count one more unanswered ask, set when to ask again, and end the lease, on the rows
+        still pending and leased by ``owner``; returns how many."""
         if not ids:
-            return
+            return 0
         statement = (
             update(_usage)
-            .where(_id_in(session, ids), _usage.c.status == "pending")
+            .where(_id_in(session, ids), _usage.c.lease_owner == owner, _usage.c.status == "pending")
             .values(
                 attempts=_usage.c.attempts + 1, next_attempt_at=next_attempt_at, lease_owner=None, lease_expires_at=None
             )
         )
-        await session.execute(statement)
+        return (await session.execute(statement)).rowcount
 
     async def oldest_pending(self, session: AsyncSession, *, provider_id: str) -> datetime | None:
         statement = select(func.min(_usage.c.received_at)).where(

@@ -223,6 +223,40 @@ class TestSettle:
         assert (closed_row.credits_used_nano_usd, closed_row.pending_estimate_nano_usd) == (0, 0)
 
 
+class TestSettleUnderLease:
+    async def test_only_records_still_leased_by_the_caller_move(self, session) -> None:
+        await create_account(session, "alice", plan="pro")
+        await create_provider(session, "together")
+        ours, taken_over, missing = [await store_usage(session) for _ in range(3)]
+        for usage, owner in ((ours, "worker-a"), (taken_over, "worker-b"), (missing, "worker-a")):
+            (await record(session, usage.id)).lease_owner = owner
+        await session.flush()
+        result = await settle(
+            session,
+            priced=[PricedRequest(ours.id, 40), PricedRequest(taken_over.id, 50)],
+            unpriced=[missing.id],
+            lease_owner="worker-a",
+        )
+        # The record another worker leases now is neither moved nor counted as a replay of ours.
+        assert (result.priced, result.unpriced, result.replayed, result.conflicts) == (1, 1, 0, 0)
+        assert [(await record(session, u.id)).status for u in (ours, taken_over, missing)] == [
+            "priced", "pending", "unpriced"
+        ]
+        assert len(await transactions(session, kind=codes.REQUEST_COST)) == 1
+        assert (await period_row(session, "alice", ours.period)).credits_used_nano_usd == 40
+
+    async def test_a_replay_under_the_same_lease_is_counted(self, session) -> None:
+        await create_account(session, "alice", plan="pro")
+        await create_provider(session, "together")
+        usage = await store_usage(session)
+        (await record(session, usage.id)).lease_owner = "worker-a"
+        await session.flush()
+        await settle(session, priced=[PricedRequest(usage.id, 40)], lease_owner="worker-a")
+        again = await settle(session, priced=[PricedRequest(usage.id, 41)], lease_owner="worker-a")
+        assert (again.priced, again.replayed, again.conflicts) == (0, 0, 1)
+        assert (await record(session, usage.id)).cost_nano_usd == 40
+
+
 class TestConcurrentSettle:
     async def test_two_workers_settling_the_same_batch_price_each_request_once(self, db, settings) -> None:
         async with db.session_scope() as session:
