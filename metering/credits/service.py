@@ -19,7 +19,7 @@ from metering.ledger.service import Posting, ledger_service
 from metering.models import Account, AccountPeriod
 
 
-class PlanTerms(Protocol):
+class PlanHolder(Protocol):
     """What credits depend on: an ``Account``, or the plain terms ingest reads with Core."""
 
     @property
@@ -29,7 +29,7 @@ class PlanTerms(Protocol):
     def seats(self) -> int: ...
 
 
-def credits_for(account: PlanTerms) -> int:
+def credits_for(account: PlanHolder) -> int:
     """The period's credits the account's plan and seats entitle it to."""
     terms = get_settings().plans.get(account.plan)
     if terms is None:
@@ -37,7 +37,7 @@ def credits_for(account: PlanTerms) -> int:
     return terms.credits_nano_usd * (account.seats if terms.per_seat else 1)
 
 
-def pays_as_you_go(account: PlanTerms) -> bool:
+def pays_as_you_go(account: PlanHolder) -> bool:
     terms = get_settings().plans.get(account.plan)
     return bool(terms and terms.pay_as_you_go)
 
@@ -61,7 +61,7 @@ class CreditsService:
         session: AsyncSession,
         *,
         keys: Iterable[tuple[str, str]],
-        accounts: Mapping[str, PlanTerms],
+        accounts: Mapping[str, PlanHolder],
     ) -> dict[tuple[str, str], PeriodTotals]:
         """Lock ``(account, period)`` rows of any periods; grant credits in those not closed.
 
@@ -72,7 +72,7 @@ class CreditsService:
         return rows
 
     async def add_pending_estimates(
-        self, session: AsyncSession, *, deltas: dict[tuple[str, str], int], accounts: Mapping[str, PlanTerms]
+        self, session: AsyncSession, *, deltas: dict[tuple[str, str], int], accounts: Mapping[str, PlanHolder]
     ) -> None:
         """Add estimates to the pending totals of ``(account, period)`` rows, creating and granting
         the rows as ``lock_account_periods`` does; a zero delta still creates and grants its row.
@@ -99,7 +99,7 @@ class CreditsService:
         return granted
 
     async def _lock_and_grant(
-        self, session: AsyncSession, *, keys: Iterable[tuple[str, str]], accounts: Mapping[str, PlanTerms],
+        self, session: AsyncSession, *, keys: Iterable[tuple[str, str]], accounts: Mapping[str, PlanHolder],
         plain: bool = False,
     ) -> tuple[dict, int]:
         rows = await credits_repository.lock_rows(session, keys, plain=plain)
@@ -107,7 +107,7 @@ class CreditsService:
         granted = await self._grant(session, [row for key, row in rows.items() if key[1] not in closed], accounts)
         return rows, granted
 
-    async def _grant(self, session: AsyncSession, rows: list, accounts: Mapping[str, PlanTerms]) -> int:
+    async def _grant(self, session: AsyncSession, rows: list, accounts: Mapping[str, PlanHolder]) -> int:
         postings: list[Posting] = []
         changed: list = []
         for row in rows:

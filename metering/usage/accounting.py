@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import metrics
 from metering.accounts.repository import account_repository
 from metering.credits.repository import PeriodTotals, credits_repository
-from metering.credits.service import PlanTerms, credits_service, pays_as_you_go
+from metering.credits.service import PlanHolder, credits_service, pays_as_you_go
 from metering.holds.estimates import estimates_service
 from metering.holds.service import holds_service
 from metering.ledger import codes
@@ -85,7 +85,7 @@ async def account_for_new_usage(
     accepted: list[AcceptedUsage],
     *,
     pricing: NewUsagePricing | None = None,
-    accounts: Mapping[str, PlanTerms] | None = None,
+    accounts: Mapping[str, PlanHolder] | None = None,
 ) -> None:
     """Called by ingest in the same transaction as the insert of ``accepted`` (new rows only).
 
