@@ -103,34 +103,33 @@ class AccountingRepository:
         """Set ``priced`` + cost on the records still pending (and leased by ``lease_owner`` when
         given); returns those that moved."""
         if is_sqlite(session):
-            moved = await self._pending(session, sorted(costs), lease_owner=lease_owner)
-            if moved:
-                table = UsageRecord.__table__
-                await session.execute(
-                    update(table)
-                    .where(table.c.id == bindparam("r_id"), table.c.status == "pending")
-                    .values(status="priced", cost_nano_usd=bindparam("r_cost"), priced_at=now),
-                    [{"r_id": row.id, "r_cost": costs[row.id]} for row in moved],
-                )
-            return moved
+            return await self._move_sqlite(
+                session, costs, lease_owner, status="priced", cost_nano_usd=bindparam("r_value"), priced_at=now
+            )
         batch = orjson.dumps([{"id": i, "value": c} for i, c in costs.items()]).decode()
         return await self._move_pg(session, _PG_PRICE, batch, now, lease_owner)
+
+    async def _move_sqlite(
+        self, session: AsyncSession, values: dict[int, object], lease_owner: str | None, **columns: object
+    ) -> list[SettledRow]:
+        """SQLite: the records of ``values`` still pending take ``columns`` (``r_value``: each one's value)."""
+        moved = await self._pending(session, sorted(values), lease_owner=lease_owner)
+        if moved:
+            table = UsageRecord.__table__
+            await session.execute(
+                update(table).where(table.c.id == bindparam("r_id"), table.c.status == "pending").values(**columns),
+                [{"r_id": row.id, "r_value": values[row.id]} for row in moved],
+            )
+        return moved
 
     async def mark_settled(
         self, session: AsyncSession, reasons: dict[int, str | None], *, status: str, lease_owner: str | None = None
     ) -> list[SettledRow]:
         """Move pending records to ``quarantined``/``unpriced`` with a reason; returns those that moved."""
         if is_sqlite(session):
-            moved = await self._pending(session, sorted(reasons), lease_owner=lease_owner)
-            if moved:
-                table = UsageRecord.__table__
-                await session.execute(
-                    update(table)
-                    .where(table.c.id == bindparam("r_id"), table.c.status == "pending")
-                    .values(status=status, quarantine_reason=bindparam("r_reason")),
-                    [{"r_id": row.id, "r_reason": reasons[row.id]} for row in moved],
-                )
-            return moved
+            return await self._move_sqlite(
+                session, reasons, lease_owner, status=status, quarantine_reason=bindparam("r_value")
+            )
         batch = orjson.dumps([{"id": i, "value": r} for i, r in reasons.items()]).decode()
         return await self._move_pg(session, _PG_SETTLE, batch, status, lease_owner)
 
