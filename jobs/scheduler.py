@@ -40,6 +40,7 @@ JOBS: dict[str, JobSpec] = {
     "expire-holds": JobSpec("jobs.expire_holds", lambda: IntervalTrigger(minutes=1)),
     "close-period": JobSpec("jobs.close_period", lambda: CronTrigger(minute=15), run_at_start=True),
     "sync-stripe": JobSpec("jobs.sync_stripe", lambda: IntervalTrigger(minutes=5)),
+    "fold-usage-rollups": JobSpec("jobs.fold_usage_rollups", lambda: IntervalTrigger(minutes=1)),
 }
 
 

@@ -7,6 +7,7 @@ from metering.models.invoicing import Invoice, InvoiceLine, StripeEvent
 from metering.models.ledger import LedgerAccount, LedgerEntry, LedgerTransaction
 from metering.models.providers import CostEstimate, Provider, ProviderCollectionState
 from metering.models.usage import UsageRecord
+from metering.models.usage_rollup import UsageRollup
 
 __all__ = [
     "Account",
@@ -27,4 +28,5 @@ __all__ = [
     "ProviderCollectionState",
     "StripeEvent",
     "UsageRecord",
+    "UsageRollup",
 ]

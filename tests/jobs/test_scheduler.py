@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class TestRegistry:
     def test_every_job_of_the_command_line_is_registered(self) -> None:
-        assert set(JOBS) == {"collect-costs", "grant-credits", "expire-holds", "close-period", "sync-stripe"}
+        assert set(JOBS) == {
+            "collect-costs", "grant-credits", "expire-holds", "close-period", "sync-stripe", "fold-usage-rollups"
+        }
 
     def test_every_job_module_has_an_async_run_once_taking_the_database(self) -> None:
         for name, spec in JOBS.items():

@@ -1,0 +1,49 @@
+"""Hourly and daily usage totals per billing account, kept by PostgreSQL triggers on ``usage_records``.
+
+The usage time series of a large org reads about a million usage records a month; these
+rows hold the same counts per UTC hour and per UTC day for each member, provider and
+model, so the series reads a few thousand rows instead. Each statement that inserts, updates or deletes usage
+records appends its signed difference in the same transaction (migration 0005), so the
+totals are exact at every commit and no writer waits on another; ``fold-usage-rollup``
+folds those differences into one row per key. SQLite has no statement triggers: there the
+table stays empty and the series reads the usage records, as an embedded database holds
+little.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from metering.models.base import Base, BigIntPK, UTCDateTime
+
+# The group_by values of the usage series, each a column of usage_records.
+ROLLUP_DIMENSIONS = {"member": "user_name", "provider": "provider_id", "model": "model"}
+
+
+class UsageRollup(Base):
+    """A signed difference of one (account, span, dimension, key), or their folded sum.
+
+    The truth of a key is the sum of its rows; a key with no usage sums to zero in every
+    measure. ``folded`` rows were written by the fold job, the others by the triggers.
+    """
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (Index("ix_usage_rollups_series", "billing_account", "span", "dimension", "starts_at", "key"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    billing_account: Mapped[str] = mapped_column(String(96))
+    # 'hour' or 'day', and the UTC start of that hour or day: when the requests started.
+    span: Mapped[str] = mapped_column(String(4))
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # 'member', 'provider' or 'model': which usage_records column ``key`` holds.
+    dimension: Mapped[str] = mapped_column(String(8))
+    key: Mapped[str] = mapped_column(String(256))
+    requests: Mapped[int] = mapped_column(BigInteger)
+    priced_requests: Mapped[int] = mapped_column(BigInteger)
+    cost_nano_usd: Mapped[int] = mapped_column(BigInteger)
+    pending_requests: Mapped[int] = mapped_column(BigInteger)
+    custom_key_requests: Mapped[int] = mapped_column(BigInteger)
+    folded: Mapped[bool] = mapped_column(Boolean, default=False)
