@@ -63,3 +63,70 @@ async def fold_usage_rollups(session: AsyncSession, *, limit: int = KEYS_PER_FOL
         return None
     keys, rows_before, rows_after = (await session.execute(_FOLD, {"limit": limit})).one()
     return FoldResult(keys=int(keys), rows_before=int(rows_before), rows_after=int(rows_after))
+
+
+@dataclass(frozen=True, slots=True)
+class RollupMismatch:
+    """A key whose totals disagree with its usage records: (requests, priced, cost, pending, custom) each."""
+
+    billing_account: str
+    span: str
+    starts_at: object
+    dimension: str
+    key: str
+    records: tuple[int, ...]
+    totals: tuple[int, ...]
+
+
+_MEASURES = ("requests", "priced_requests", "cost_nano_usd", "pending_requests", "custom_key_requests")
+
+# The records summed as the triggers sum them (migration 0005), beside the totals' sums.
+_MISMATCHES = text(
+    f"""
+    WITH records AS (
+        SELECT billing_account,
+               CASE WHEN GROUPING(hour) = 0 THEN 'hour' ELSE 'day' END AS span,
+               CASE WHEN GROUPING(hour) = 0 THEN hour ELSE day END AS starts_at,
+               CASE WHEN GROUPING(user_name) = 0 THEN 'member'
+                    WHEN GROUPING(provider_id) = 0 THEN 'provider' ELSE 'model' END AS dimension,
+               CASE WHEN GROUPING(user_name) = 0 THEN user_name
+                    WHEN GROUPING(provider_id) = 0 THEN provider_id ELSE model END AS key,
+               count(*) FILTER (WHERE NOT custom_key) AS requests,
+               count(*) FILTER (WHERE status = 'priced') AS priced_requests,
+               coalesce(sum(cost_nano_usd), 0) AS cost_nano_usd,
+               count(*) FILTER (WHERE status = 'pending') AS pending_requests,
+               count(*) FILTER (WHERE custom_key) AS custom_key_requests
+        FROM (SELECT *, date_trunc('hour', started_at, 'UTC') AS hour, date_trunc('day', started_at, 'UTC') AS day
+              FROM usage_records) AS u
+        GROUP BY GROUPING SETS (
+            (billing_account, hour, user_name), (billing_account, hour, provider_id), (billing_account, hour, model),
+            (billing_account, day, user_name), (billing_account, day, provider_id), (billing_account, day, model))
+    ), totals AS (
+        SELECT billing_account, span, starts_at, dimension, key,
+               {", ".join(f"sum({m}) AS {m}" for m in _MEASURES)}
+        FROM usage_rollups GROUP BY billing_account, span, starts_at, dimension, key
+    )
+    SELECT billing_account, span, starts_at, dimension, key,
+           {", ".join(f"coalesce(r.{m}, 0)" for m in _MEASURES)},
+           {", ".join(f"coalesce(t.{m}, 0)" for m in _MEASURES)}
+    FROM records AS r FULL JOIN totals AS t USING (billing_account, span, starts_at, dimension, key)
+    WHERE ({", ".join(f"coalesce(r.{m}, 0)" for m in _MEASURES)})
+          IS DISTINCT FROM ({", ".join(f"coalesce(t.{m}, 0)" for m in _MEASURES)})
+    ORDER BY billing_account, span, starts_at, dimension, key
+    """
+)
+
+
+async def rollup_mismatches(session: AsyncSession) -> list[RollupMismatch]:
+    """Every key whose totals differ from its records (PostgreSQL; SQLite keeps no totals)."""
+    if session.bind.dialect.name != "postgresql":
+        return []
+    rows = await session.execute(_MISMATCHES)
+    count = len(_MEASURES)
+    return [
+        RollupMismatch(
+            billing_account=row[0], span=row[1], starts_at=row[2], dimension=row[3], key=row[4],
+            records=tuple(int(v) for v in row[5 : 5 + count]), totals=tuple(int(v) for v in row[5 + count :]),
+        )
+        for row in rows
+    ]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.analytics.rollups import rollup_mismatches
 from metering.config import get_settings
 from metering.db import Database
 from metering.ledger import codes
@@ -86,6 +87,7 @@ async def verify_session(session: AsyncSession) -> VerifyReport:
             await _free_not_invoiced(session),
             await _period_caches(session),
             await _spending_limits(session),
+            await _usage_rollups(session),
         ]
     )
 
@@ -173,4 +175,15 @@ async def _spending_limits(session: AsyncSession) -> Check:
             )
         else:
             check.warn(f"{over} by {format_usd(payg - limit)}, all from costs in flight when it was reached")
+    return check
+
+
+async def _usage_rollups(session: AsyncSession) -> Check:
+    """The usage series reads these totals: a difference would show usage that never was."""
+    check = Check("usage_rollups", "the hourly and daily usage totals equal the usage records (PostgreSQL)")
+    for m in await rollup_mismatches(session):
+        check.breach(
+            f"{m.billing_account} {m.span} {m.starts_at:%Y-%m-%d %H:00} {m.dimension} {m.key}: "
+            f"records (requests, priced, cost, pending, custom key) {m.records}, totals {m.totals}"
+        )
     return check
