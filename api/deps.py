@@ -31,12 +31,17 @@ async def require_service_token(
     These dependencies are ``async`` only so FastAPI runs them inline rather than in its
     thread pool, a hand-off that costs more than the work itself.
     """
-    presented = credentials.credentials.encode() if credentials else b""
-    valid = False
-    for token in request.app.state.service_tokens:
-        valid |= hmac.compare_digest(presented, token)
-    if not valid:
+    if not is_service_token(credentials.credentials if credentials else "", request.app.state.service_tokens):
         raise Unauthenticated("a valid service token is required")
+
+
+def is_service_token(presented: str, tokens: list[bytes]) -> bool:
+    """Whether ``presented`` is one of ``tokens``, compared with every one in constant time."""
+    presented_bytes = presented.encode()
+    valid = False
+    for token in tokens:
+        valid |= hmac.compare_digest(presented_bytes, token)
+    return valid
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]

@@ -2,52 +2,111 @@
 
 from __future__ import annotations
 
-import asyncio
-import weakref
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
-from api.deps import ServiceAuth
-from api.responses import OrjsonResponse
+from api.deps import ServiceAuth, is_service_token
 from api.schemas.authorize import AuthorizeCreate, AuthorizeRead
 from api.schemas.errors import BODY_TOO_LARGE, NO_SERVICE_TOKEN, UNREADABLE_BODY, error_responses
-from metering.authorize.service import AuthorizeRequest, authorize_service
+from metering.authorize.service import AuthorizeRequest, Decision, authorize_service
 from metering.db import Database
 
-router = APIRouter(prefix="/internal/v1", tags=["internal"], dependencies=[ServiceAuth])
-
-# Decisions in flight per database, at most the pool's steady size: beyond it, the pool
-# would open and close an overflow connection per request (a PostgreSQL backend each),
-# which costs far more than waiting here for a pooled one.
-_slots: weakref.WeakKeyDictionary[Database, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+_JSON_HEADERS_WITHOUT_LENGTH = [(b"content-type", b"application/json")]
 
 
-def _slots_of(db: Database) -> asyncio.Semaphore:
-    slots = _slots.get(db)
-    if slots is None:
-        size = getattr(db.engine.pool, "size", lambda: 10)()
-        slots = _slots[db] = asyncio.Semaphore(max(1, size))
-    return slots
+class AuthorizeRoute(APIRoute):
+    """The route as declared below, with its everyday request answered without FastAPI's request handling.
+
+    FastAPI's per-request work (a ``Request``, dependency solving, body parsing and
+    validation through its field machinery, exit stacks) costs the hot path several
+    times the decision's own Python. A request that is a POST with a valid service
+    token, a ``Content-Length``, ``Content-Type: application/json`` and a body that
+    parses and validates as ``AuthorizeCreate`` is decided here; any other request goes
+    to FastAPI's handling with its body replayed, so every refusal of the framework
+    (400, 401, 422) is FastAPI's own, byte for byte. orjson accepts a subset of what
+    the framework's parser accepts, with the same values, so both validate the same
+    object with the same model. Errors of the decision propagate to the app's
+    handlers, as they would from the endpoint.
+    """
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST" or not _fast_lane_headers(scope):
+            await super().handle(scope, receive, send)
+            return
+        received: list[Message] = []
+        body = b""
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                await super().handle(scope, _replay(received, receive), send)
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        try:
+            fields = AuthorizeCreate.model_validate(orjson.loads(body))
+        except (orjson.JSONDecodeError, ValidationError):
+            await super().handle(scope, _replay(received, receive), send)
+            return
+        payload = await _decide(scope["app"].state.database, fields)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(payload)).encode()), *_JSON_HEADERS_WITHOUT_LENGTH],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
 
 
-@router.post(
-    "/authorize",
-    response_model=AuthorizeRead,
-    summary="Decide whether a request may go ahead, and who pays",
-    responses=error_responses(
-        {400: UNREADABLE_BODY, 401: NO_SERVICE_TOKEN, 413: BODY_TOO_LARGE, 422: "malformed body"}
-    ),
-)
-async def authorize(body: AuthorizeCreate, http_request: Request) -> OrjsonResponse:
-    """Always 200 for a well-formed request; ``allowed`` and ``reason`` carry the decision."""
-    db: Database = http_request.app.state.database  # read directly: each dependency costs the hot path
+def _fast_lane_headers(scope: Scope) -> bool:
+    """A JSON body of a declared length, and a service token as ``HTTPBearer`` and ``require_service_token`` read it."""
+    authorization = content_type = length = None
+    for name, value in scope["headers"]:
+        if name == b"authorization" and authorization is None:
+            authorization = value
+        elif name == b"content-type" and content_type is None:
+            content_type = value
+        elif name == b"content-length" and length is None:
+            length = value
+    if content_type != b"application/json" or length is None or not length.isdigit() or authorization is None:
+        return False
+    scheme, _, credentials = authorization.decode("latin-1").partition(" ")
+    credentials = credentials.strip()
+    return scheme.lower() == "bearer" and bool(credentials) and is_service_token(
+        credentials, scope["app"].state.service_tokens
+    )
+
+
+def _replay(received: list[Message], receive: Receive) -> Receive:
+    """``receive`` as it was before the fast lane read ``received`` from it."""
+    pending = list(received)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def _decide(db: Database, body: AuthorizeCreate) -> bytes:
     request = AuthorizeRequest(
         user=body.user, bill_to=body.bill_to, provider=body.provider, model=body.model, custom_key=body.custom_key
     )
-    async with _slots_of(db):
-        decision = await authorize_service.authorize(db, request=request)
-    # Built by hand rather than through the response model: this is the hot path.
-    return OrjsonResponse(
+    return _encode(await authorize_service.authorize(db, request=request))
+
+
+def _encode(decision: Decision) -> bytes:
+    """The ``AuthorizeRead`` body, built by hand rather than through the response model (hot path)."""
+    return orjson.dumps(
         {
             "allowed": decision.allowed,
             "billing_account": decision.billing_account,
@@ -58,3 +117,37 @@ async def authorize(body: AuthorizeCreate, http_request: Request) -> OrjsonRespo
             "spending_limit_remaining_nano_usd": decision.spending_limit_remaining_nano_usd,
         }
     )
+
+
+@asynccontextmanager
+async def _startup_objects_out_of_the_collector(_app: object) -> AsyncIterator[None]:
+    """Once the app has started, its ~150,000 long-lived objects (modules, routes, schemas) leave the
+    cyclic collector's view (``gc.freeze``), after a collection so no garbage is frozen with them.
+
+    Otherwise every full collection walks them all while the event loop waits, every few
+    tens of thousands of requests: pauses of up to 0.2 s measured on the benchmark machine,
+    which set this route's p99. Young objects are collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+    yield
+
+
+router = APIRouter(
+    prefix="/internal/v1", tags=["internal"], dependencies=[ServiceAuth], route_class=AuthorizeRoute,
+    lifespan=_startup_objects_out_of_the_collector,
+)
+
+
+@router.post(
+    "/authorize",
+    response_model=AuthorizeRead,
+    summary="Decide whether a request may go ahead, and who pays",
+    responses=error_responses(
+        {400: UNREADABLE_BODY, 401: NO_SERVICE_TOKEN, 413: BODY_TOO_LARGE, 422: "malformed body"}
+    ),
+)
+async def authorize(body: AuthorizeCreate, http_request: Request) -> Response:
+    """Always 200 for a well-formed request; ``allowed`` and ``reason`` carry the decision."""
+    payload = await _decide(http_request.app.state.database, body)
+    return Response(payload, media_type="application/json")

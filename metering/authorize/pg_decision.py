@@ -29,25 +29,27 @@ Money itself (credit grants, ledger postings) is never committed this way.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import greenlet_spawn
 
 from metering.accounts.service import BILL_TO_PLANS
+from metering.authorize.pg_connections import decision_connections
 from metering.config import PlanTerms
 from metering.errors import ServiceUnavailable
 
 # $1 user, $2 bill_to (NULL: the user pays), $3 named provider ids in order, $4 model, $5 custom key,
-# $6 period, $7 now, $8 hold expiry, $9..$12 the plan table, $13 the plans an org may bill to.
+# $6 period, $7 now, $8 hold expiry. {plans}: the plan table, {bill_to_plans}: the plans an org may
+# bill to, both written into the text as literals by ``decide_statement`` (arrays as parameters
+# cost the client and the server more to encode and decode than the rest of the arguments).
 DECIDE = """
 WITH
 plans AS (
-    SELECT * FROM unnest($9::text[], $10::boolean[], $11::bigint[], $12::boolean[])
-        AS p(plan, pays_as_you_go, credits_nano_usd, per_seat)
+    SELECT * FROM ({plans}) AS p(plan, pays_as_you_go, credits_nano_usd, per_seat)
 ),
 named AS (
     SELECT n.id, n.ord, pr.credit_eligible, dp.provider_id IS NOT NULL AS disabled,
@@ -73,7 +75,7 @@ staged AS (
         WHEN f.user_kind IS NULL THEN 'slow'
         WHEN f.user_kind <> 'user' THEN 'unknown_account'
         WHEN $2::text IS NOT NULL AND f.payer IS NULL THEN 'unknown_account'
-        WHEN $2::text IS NOT NULL AND (f.payer_kind <> 'org' OR f.payer_plan <> ALL ($13::text[])) THEN 'bill_to_not_eligible'
+        WHEN $2::text IS NOT NULL AND (f.payer_kind <> 'org' OR f.payer_plan <> ALL ({bill_to_plans})) THEN 'bill_to_not_eligible'
         WHEN $2::text IS NOT NULL AND NOT f.is_member THEN 'not_a_member'
         WHEN NOT EXISTS (SELECT 1 FROM named) THEN 'unknown_provider'
         WHEN NOT EXISTS (SELECT 1 FROM named WHERE NOT disabled) THEN 'provider_disabled'
@@ -160,38 +162,59 @@ class OneStatementDecision:
     in_flight: int | None
 
 
-def plan_table(plans: dict[str, PlanTerms]) -> tuple[list[str], list[bool], list[int], list[bool]]:
-    names = list(plans)
-    return (
-        names,
-        [plans[name].pay_as_you_go for name in names],
-        [plans[name].credits_nano_usd for name in names],
-        [plans[name].per_seat for name in names],
+def decide_statement(plans: dict[str, PlanTerms]) -> str:
+    """``DECIDE`` for the plan table ``plans`` (one text per table, so one prepared statement)."""
+    return _decide_statement(
+        tuple((name, terms.pay_as_you_go, terms.credits_nano_usd, terms.per_seat) for name, terms in plans.items())
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _decide_statement(plans: tuple[tuple[str, bool, int, bool], ...]) -> str:
+    rows = [
+        f"({_text(name)}, {_boolean(pays_as_you_go)}, {int(credits)}::bigint, {_boolean(per_seat)})"
+        for name, pays_as_you_go, credits, per_seat in plans
+    ]
+    no_plans = "SELECT NULL::text, NULL::boolean, NULL::bigint, NULL::boolean WHERE false"
+    table = f"VALUES {', '.join(rows)}" if rows else no_plans
+    bill_to_plans = f"ARRAY[{', '.join(_text(name) for name in BILL_TO_PLANS)}]::text[]"
+    return DECIDE.replace("{plans}", table).replace("{bill_to_plans}", bill_to_plans)
+
+
+def _text(value: str) -> str:
+    """A SQL string literal, whatever ``standard_conforming_strings`` is (no backslash or NUL to escape)."""
+    if "\\" in value or "\x00" in value:
+        raise ValueError(f"a plan name cannot contain a backslash or NUL: {value!r}")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _boolean(value: bool) -> str:
+    return "true" if value else "false"
 
 
 class PgDecisionRepository:
     async def decide(self, engine: AsyncEngine, **decision: object) -> OneStatementDecision:
-        """``decide_on`` in autocommit on a connection of the engine's pool.
+        """``decide_on`` in autocommit on one of the decision's own connections to ``engine``'s database.
 
-        Below SQLAlchemy's session and execution layers, whose per-statement work costs
-        several times the driver's: the pool's raw connection, the driver's cached prepared
-        statement. A connection that fails other than with an error of the statement
-        itself is invalidated, so the pool never hands it out again.
+        Below SQLAlchemy's session, execution and pool layers, whose per-statement work
+        costs several times the driver's (``metering.authorize.pg_connections``): a
+        driver connection, the driver's cached prepared statement. A connection that
+        fails other than with an error of the statement itself is dropped, never reused.
         """
-        pooled = await engine.raw_connection()
+        connections = decision_connections(engine)
+        driver = await connections.acquire()
         try:
-            answer = await self.decide_on(pooled.driver_connection, **decision)
+            answer = await self.decide_on(driver, **decision)
         except _CONNECTION_LOST as error:
-            await greenlet_spawn(pooled.invalidate, error)
+            connections.discard(driver)
             raise ServiceUnavailable("the database connection was lost; ask again") from error
         except asyncpg.PostgresError:
-            await greenlet_spawn(pooled.close)  # the server rolled the statement back; the connection is sound
+            connections.release(driver)  # the server rolled the statement back; the connection is sound
             raise
         except BaseException:  # cancelled mid-statement: the connection's state is unknown
-            await greenlet_spawn(pooled.invalidate)
+            connections.discard(driver)
             raise
-        await greenlet_spawn(pooled.close)
+        connections.release(driver)
         return answer
 
     async def decide_on(
@@ -210,8 +233,7 @@ class PgDecisionRepository:
     ) -> OneStatementDecision:
         """Run ``DECIDE`` on an asyncpg connection: its own transaction, or the caller's when one is open."""
         row = await driver.fetchrow(
-            DECIDE, user, bill_to, list(provider_ids), model, custom_key, period, now, expires_at,
-            *plan_table(plans), list(BILL_TO_PLANS),
+            decide_statement(plans), user, bill_to, list(provider_ids), model, custom_key, period, now, expires_at
         )
         return OneStatementDecision(*row)
 

@@ -44,6 +44,9 @@ on top of estimate error.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -135,6 +138,27 @@ def money_refusal(
     return "spending_limit_reached"
 
 
+# Step-by-step decisions in flight per database, at most the pool's steady size: beyond it,
+# the pool would open and close an overflow connection per decision (a PostgreSQL backend
+# each), which costs far more than waiting here for a pooled one. The one-statement path
+# has its own cap (``metering.authorize.pg_connections``).
+_slots: weakref.WeakKeyDictionary[Database, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _step_by_step_slots(database: Database) -> asyncio.Semaphore:
+    slots = _slots.get(database)
+    if slots is None:
+        size = getattr(database.engine.pool, "size", lambda: 10)()
+        slots = _slots[database] = asyncio.Semaphore(max(1, size))
+    return slots
+
+
+@functools.cache
+def _decisions_counter(reason: str):  # noqa: ANN202 - a prometheus_client child counter
+    """``metrics.authorize_decisions`` of one reason, looked up once rather than per decision."""
+    return metrics.authorize_decisions.labels(reason=reason)
+
+
 def _named_providers(provider: str) -> list[str]:
     return list(dict.fromkeys(provider.split()))
 
@@ -151,9 +175,10 @@ class AuthorizeService:
         if database.dialect != "sqlite":
             decision = await self._decide_in_one_statement(database.engine, request)
         if decision is None:
-            async with database.session_scope() as session:
-                decision = await self.decide_step_by_step(session, request=request)
-        metrics.authorize_decisions.labels(reason=decision.reason or "allowed").inc()
+            async with _step_by_step_slots(database):
+                async with database.session_scope() as session:
+                    decision = await self.decide_step_by_step(session, request=request)
+        _decisions_counter(decision.reason or "allowed").inc()
         return decision
 
     async def _decide_in_one_statement(self, engine: AsyncEngine, request: AuthorizeRequest) -> Decision | None:

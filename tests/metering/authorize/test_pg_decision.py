@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.pg_decision import pg_decision_repository
 from metering.authorize.service import AuthorizeRequest, Decision, authorize_service, decision_of, statement_arguments
+from metering.config import PlanTerms
 from metering.credits.service import credits_for
 from metering.db import Database
 from metering.models import Account
@@ -121,3 +122,35 @@ async def test_one_statement_equals_step_by_step(db: Database, backend: str) -> 
         compared += 1
     assert seen == EVERY_OUTCOME
     assert compared >= SCENARIOS // 2
+
+
+@pytest.mark.parametrize(
+    ("plans", "outcome"),
+    [
+        ({}, "credits_exhausted"),  # no plan table: alice's plan neither pays as it goes nor grants credits
+        ({"o'brien": PlanTerms(credits_nano_usd=0), "pro": PlanTerms(credits_nano_usd=0, pay_as_you_go=True)}, "allowed"),
+    ],
+)
+async def test_the_plan_table_is_written_into_the_statement(
+    db: Database, backend: str, plans: dict[str, PlanTerms], outcome: str
+) -> None:
+    """Any plan table, quotes in names included, makes a valid statement; the payer's plan is read from it."""
+    if backend != "postgres":
+        pytest.skip("the one-statement decision is PostgreSQL's")
+    await seed(db)
+    now = utcnow()
+    request = AuthorizeRequest(user="alice", bill_to=None, provider="together", model="org/m")
+    async with db.engine.connect() as connection:
+        await connection.begin()
+        await connection.execute(
+            text(
+                "INSERT INTO account_periods (account_name, period, granted_seats, credits_granted_nano_usd,"
+                " credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd, held_nano_usd)"
+                " VALUES ('alice', :p, 1, 0, 0, 0, 0, 0, 0)"
+            ),
+            {"p": period_of(now)},
+        )
+        driver = (await connection.get_raw_connection()).driver_connection
+        answer = await pg_decision_repository.decide_on(driver, **{**statement_arguments(request, now), "plans": plans})
+        await connection.rollback()
+    assert answer.outcome == outcome
