@@ -7,6 +7,7 @@ indexes, checks and foreign keys), the floor any ingest path pays; the ratio of 
 the cost of Metering's checks, accounting and HTTP on top of it.
 
     python bench/ingest.py [--records 200000] [--quick] [--senders 4] [--users 1000] [--workers 1]
+                           [--only postgres|sqlite|hook ...]
 
 Targets: PostgreSQL >= 50,000 records/s and >= 0.3 of raw; SQLite >= 20,000 records/s;
 the hook's build + enqueue <= 100 µs median (bench/hook_enqueue.py, also printed here).
@@ -180,8 +181,9 @@ async def raw_unnest_rate(dsn: str, records: list[dict], args: argparse.Namespac
 
 def raw_sqlite_rate(records: list[dict], args: argparse.Namespace) -> float:
     """Rows/s of a bare ``executemany`` INSERT … ON CONFLICT DO NOTHING, one transaction per batch, into the
-    migrated table with the app's pragmas. Foreign keys are off here (the parents do not exist), which only
-    makes the baseline faster than ingest can ever be."""
+    migrated table with the app's pragmas (``metering.db.SQLITE_PRAGMAS``). Foreign keys are off here (the
+    parents do not exist), which only makes the baseline faster than ingest can ever be."""
+    from metering.db import SQLITE_PRAGMAS
     from metering.migrate import upgrade_sync
 
     names = [name for name, _ in _RAW_COLUMNS]
@@ -203,7 +205,7 @@ def raw_sqlite_rate(records: list[dict], args: argparse.Namespace) -> float:
         path = f"{directory}/raw.db"
         upgrade_sync(f"sqlite+aiosqlite:///{path}")
         connection = sqlite3.connect(path, isolation_level=None)
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=OFF"):
+        for pragma in (*SQLITE_PRAGMAS, "foreign_keys=OFF"):
             connection.execute(f"PRAGMA {pragma}")
         started = time.perf_counter()
         for rows in prepared:
@@ -261,8 +263,10 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
-# One function per figure group; each returns rows of the table. Add new figures here.
-FIGURES: list[Callable[[argparse.Namespace], list[Row]]] = [postgres_figures, sqlite_figures, hook_figures]
+# One function per figure group, by name; each returns rows of the table. Add new figures here.
+FIGURES: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
+    "postgres": postgres_figures, "sqlite": sqlite_figures, "hook": hook_figures,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -273,6 +277,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--senders", type=int, default=4, help="concurrent senders (default 4)")
     parser.add_argument("--users", type=int, default=1_000, help="distinct users the records come from (default 1,000)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument(
+        "--only", action="append", choices=sorted(FIGURES), help="only these figure groups (repeatable; default all)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.records = min(args.records, 20_000)
@@ -282,8 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows: list[Row] = []
-    for figures in FIGURES:
-        rows.extend(figures(args))
+    for name, figures in FIGURES.items():
+        if args.only is None or name in args.only:
+            rows.extend(figures(args))
     print_table(
         f"usage ingest: {args.records:,} records from {args.users:,} users, batches of {args.batch:,}, "
         f"{args.senders} senders, {args.workers} uvicorn worker(s)",

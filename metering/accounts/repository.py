@@ -5,12 +5,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, select
+import orjson
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.models import Account, DisabledProvider, Membership
+
+_USER_COLUMNS = "INSERT INTO accounts (name, kind, plan, seats, status, created_at, updated_at) "
+# ``WHERE true`` keeps SQLite from reading ON CONFLICT as a join constraint of the SELECT.
+_SQLITE_INSERT_USERS = text(
+    _USER_COLUMNS + "SELECT value, 'user', :plan, 1, 'active', :now, :now FROM json_each(:names) WHERE true "
+    "ON CONFLICT DO NOTHING"
+).bindparams(bindparam("now", type_=Account.__table__.c.created_at.type))
+_PG_INSERT_USERS = text(
+    _USER_COLUMNS + "SELECT n, 'user', :plan, 1, 'active', :now, :now FROM unnest(CAST(:names AS varchar[])) AS n "
+    "ON CONFLICT DO NOTHING"
+).bindparams(bindparam("now", type_=Account.__table__.c.created_at.type))
 
 
 def dialect_insert(session: AsyncSession, table):  # noqa: ANN001, ANN201
@@ -30,13 +42,20 @@ class AccountRepository:
         return {row.name: row for row in rows}
 
     async def insert_missing_users(self, session: AsyncSession, names: Iterable[str], *, plan: str, now: datetime) -> None:
-        """Create users never seen before; existing accounts are left untouched."""
-        rows = [
-            {"name": n, "kind": "user", "plan": plan, "seats": 1, "status": "active", "created_at": now, "updated_at": now}
-            for n in sorted(set(names))
-        ]
-        if rows:
-            await session.execute(dialect_insert(session, Account).values(rows).on_conflict_do_nothing())
+        """Create users never seen before; existing accounts are left untouched.
+
+        One statement of fixed text whatever the number of names (they travel as one array),
+        so it is compiled and prepared once: a multi-row VALUES of 7 values a row took
+        150-300 ms to build for the thousand users of an ingest batch.
+        """
+        ordered = sorted(set(names))
+        if not ordered:
+            return
+        if session.bind.dialect.name == "sqlite":
+            values = {"names": orjson.dumps(ordered).decode(), "plan": plan, "now": now}
+            await session.execute(_SQLITE_INSERT_USERS, values)
+        else:
+            await session.execute(_PG_INSERT_USERS, {"names": ordered, "plan": plan, "now": now})
 
     async def membership(self, session: AsyncSession, *, org: str, user: str) -> Membership | None:
         return await session.get(Membership, (org, user))

@@ -31,7 +31,7 @@ from metering.periods import current_period, next_period, utcnow
 from metering.providers.repository import provider_repository
 from metering.usage.accounting_repository import SettledRow, accounting_repository
 from metering.usage.repository import usage_repository
-from metering.usage.types import AcceptedUsage, PricedRequest, QuarantinedRequest, SettleResult
+from metering.usage.types import PricedRequest, QuarantinedRequest, SettleResult
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,21 @@ class NewUsage(Protocol):
     def duration_ms(self) -> int | None: ...
     @property
     def hardware(self) -> str | None: ...
+
+
+class StoredUsage(NewUsage, Protocol):
+    """A stored record accounting reads: an ``AcceptedUsage``, or a row ingest just inserted."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def billing_account(self) -> str: ...
+    @property
+    def period(self) -> str: ...
+    @property
+    def hold_id(self) -> str | None: ...
+    @property
+    def estimate_nano_usd(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +97,7 @@ async def price_new_usage(session: AsyncSession, usages: Sequence[NewUsage]) -> 
 
 async def account_for_new_usage(
     session: AsyncSession,
-    accepted: list[AcceptedUsage],
+    accepted: Sequence[StoredUsage],
     *,
     pricing: NewUsagePricing | None = None,
     accounts: Mapping[str, PlanHolder] | None = None,

@@ -63,6 +63,8 @@ class NewUsageRow:
     content_hash: str
     # Written in the INSERT: the estimate the record gets unless a hold is attached to it.
     estimate_nano_usd: int = 0
+    # The id the INSERT gave the row (0 until then): ingest hands inserted rows to accounting as they are.
+    id: int = 0
 
     @property
     def key(self) -> Key:
@@ -128,11 +130,12 @@ class UsageRepository:
         self, session: AsyncSession, *, provider_ids: Iterable[str], names: Iterable[str]
     ) -> tuple[set[str], dict[str, AccountTerms]]:
         """The registered providers among ``provider_ids`` and the accounts among ``names``, in one statement."""
-        connection = await session.connection()
-        rows = await connection.exec_driver_sql(
-            _SQLITE_LOOKUP if is_sqlite(session) else _PG_LOOKUP,
-            (orjson.dumps(sorted(set(provider_ids))).decode(), orjson.dumps(sorted(set(names))).decode()),
-        )
+        params = (orjson.dumps(sorted(set(provider_ids))).decode(), orjson.dumps(sorted(set(names))).decode())
+        if is_sqlite(session):
+            rows = await _sqlite_fetchall(session, _SQLITE_LOOKUP, params)
+        else:
+            connection = await session.connection()
+            rows = await connection.exec_driver_sql(_PG_LOOKUP, params)
         providers: set[str] = set()
         accounts: dict[str, AccountTerms] = {}
         for kind, name, plan, seats in rows:
@@ -197,7 +200,7 @@ class UsageRepository:
                     received, 0, received,
                 )
             sql = _SQLITE_INSERT_HEAD + ", ".join([_SQLITE_ROW] * len(chunk)) + _SQLITE_INSERT_TAIL
-            result = await connection.exec_driver_sql(sql, tuple(params))
+            result = await _sqlite_fetchall(session, sql, params)
             inserted.update({(provider_id, request_id): id_ for id_, provider_id, request_id in result})
         return inserted
 
@@ -223,6 +226,18 @@ class UsageRepository:
             )
             stored.update({(p, r): h for p, r, h in result})
         return stored
+
+
+async def _sqlite_fetchall(session: AsyncSession, sql: str, params: Sequence[object]) -> list[tuple]:
+    """Run one statement of the session's transaction on the driver's connection and fetch its rows.
+
+    aiosqlite runs a connection's calls on a thread of its own. Through SQLAlchemy's adapter a
+    statement is four calls there (open a cursor, execute, fetch, close), each waking that thread
+    and then the event loop; this is one, which on a busy machine saves milliseconds a statement.
+    """
+    connection = await session.connection()
+    driver_connection = (await connection.get_raw_connection()).driver_connection
+    return await driver_connection.execute_fetchall(sql, params)
 
 
 usage_repository = UsageRepository()

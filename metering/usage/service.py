@@ -18,13 +18,9 @@ from metering.config import get_settings
 from metering.periods import utcnow
 from metering.usage import accounting
 from metering.usage.repository import AccountTerms, Key, NewUsageRow, usage_repository
-from metering.usage.types import AcceptedUsage
 from metering.usage.validation import Rejection, ValidRecord, check_records
 
 CONFLICT = "conflict: a different record with this provider and request_id exists"
-# Users created per statement: the account INSERT binds 7 values a row and both SQLite and
-# asyncpg cap a statement at 32,766 bound values.
-_USERS_PER_INSERT = 2_000
 
 
 @dataclass
@@ -58,7 +54,8 @@ class UsageService:
         firsts, repeats = _split_repeats(valid)
         new_users = {r.user for r in firsts} - accounts.keys()
         if new_users:
-            await self._create_new_users(session, new_users)
+            # Users never seen before are created on the free plan.
+            await account_service.ensure_users(session, new_users)
             # Read back rather than assumed: a concurrent sync may have created one first.
             accounts.update((await usage_repository.lookup(session, provider_ids=(), names=new_users))[1])
         rows = await self._billing_rows(session, firsts, accounts)
@@ -71,7 +68,13 @@ class UsageService:
         result = IngestResult(accepted=len(inserted), rejected=rejected)
         await self._judge_not_inserted(session, firsts, repeats, inserted, result)
 
-        accepted = [_accepted(row, inserted[row.key]) for row in rows if row.key in inserted]
+        # The inserted rows themselves, with their ids, are what accounting reads.
+        accepted = []
+        for row in rows:
+            id_ = inserted.get(row.key)
+            if id_ is not None:
+                row.id = id_
+                accepted.append(row)
         if accepted:
             await accounting.account_for_new_usage(session, accepted, pricing=pricing, accounts=accounts)
         _count(result)
@@ -93,12 +96,6 @@ class UsageService:
                 else:
                     result.rejected.append(Rejection(record.index, record.request_id, CONFLICT))
         result.rejected.sort(key=lambda rejection: rejection.index)
-
-    async def _create_new_users(self, session: AsyncSession, names: set[str]) -> None:
-        """Users never seen before are created on the free plan."""
-        missing = sorted(names)
-        for start in range(0, len(missing), _USERS_PER_INSERT):
-            await account_service.ensure_users(session, set(missing[start : start + _USERS_PER_INSERT]))
 
     async def _billing_rows(
         self, session: AsyncSession, records: list[ValidRecord], accounts: dict[str, AccountTerms]
@@ -176,15 +173,6 @@ def _split_repeats(records: list[ValidRecord]) -> tuple[list[ValidRecord], list[
 def _period(started_at: datetime) -> str:
     """``periods.period_of`` of a timestamp validation already made UTC, without converting it again."""
     return f"{started_at.year:04d}-{started_at.month:02d}"
-
-
-def _accepted(row: NewUsageRow, id_: int) -> AcceptedUsage:
-    return AcceptedUsage(
-        id=id_, provider_id=row.provider_id, request_id=row.request_id, user_name=row.user_name,
-        billing_account=row.billing_account, model=row.model, period=row.period, started_at=row.started_at,
-        custom_key=row.custom_key, hold_id=row.hold_id, duration_ms=row.duration_ms, hardware=row.hardware,
-        input_tokens=row.input_tokens, output_tokens=row.output_tokens, estimate_nano_usd=row.estimate_nano_usd,
-    )
 
 
 def _count(result: IngestResult) -> None:

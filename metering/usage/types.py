@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 
-# Not frozen: a frozen dataclass sets each field through object.__setattr__, and ingest builds
-# one of these per stored record (a fifth of its CPU when it was frozen).
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, a cost per record.
 @dataclass(slots=True)
 class AcceptedUsage:
-    """A usage record just stored by ingest (status ``pending`` or ``custom_key``)."""
+    """A usage record just stored (status ``pending`` or ``custom_key``), as accounting reads it.
+
+    Ingest itself hands accounting the rows it inserted (``NewUsageRow``, the same fields).
+    """
 
     id: int
     provider_id: str

@@ -6,6 +6,7 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select
 
 from metering.db import Database
@@ -14,6 +15,7 @@ from metering.models import Account, AccountPeriod, UsageRecord
 from metering.usage.repository import NewUsageRow, usage_repository
 from metering.usage.service import CONFLICT, usage_service
 from metering.usage.validation import Rejection
+from tests.factories.accounts import create_account
 from tests.factories.providers import create_provider
 
 STARTED = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -77,6 +79,29 @@ class TestIngestRecords:
         assert await ingest(db, records) == (0, 5_000, [])
 
 
+class TestNewUsers:
+    async def test_unseen_users_are_created_on_the_free_plan_and_known_accounts_left_as_they_are(
+        self, db: Database
+    ) -> None:
+        await setup(db)
+        async with db.session_scope() as session:
+            await create_account(session, "bob", plan="pro")
+        records = [record("r1", user="bob"), record("r2", user="carol"), record("r3", user="dave")]
+        records.append(record("r4", user="carol"))
+        assert await ingest(db, records) == (4, 0, [])
+        async with db.session_scope() as session:
+            accounts = {a.name: a for a in await session.scalars(select(Account))}
+        assert {name: (a.kind, a.plan, a.seats, a.status) for name, a in accounts.items()} == {
+            "bob": ("user", "pro", 1, "active"),
+            "carol": ("user", "free", 1, "active"),
+            "dave": ("user", "free", 1, "active"),
+        }
+        carol = accounts["carol"]
+        assert carol.created_at == carol.updated_at
+        assert carol.created_at.tzinfo is not None
+        assert abs((datetime.now(UTC) - carol.created_at).total_seconds()) < 60
+
+
 class TestEstimates:
     async def test_each_row_is_stored_with_its_estimate_and_added_once(self, db: Database) -> None:
         await setup(db)  # default estimate 100,000
@@ -124,6 +149,19 @@ class TestRepository:
         assert set(second) == {("together", "c")}
         assert len(set(first.values()) | set(second.values())) == 3
         assert hashes == {("together", "a"): "1" * 32, ("together", "b"): "0" * 32}
+
+    async def test_an_insert_is_undone_with_its_transaction(self, db: Database) -> None:
+        await setup(db)
+        async with db.session_scope() as session:
+            await usage_service.ingest_records(session, records=[record("seed")])
+        with pytest.raises(RuntimeError):
+            async with db.session_scope() as session:
+                assert set(await usage_repository.insert_new(session, [row("gone")], received_at=STARTED)) == {
+                    ("together", "gone")
+                }
+                raise RuntimeError("the use case fails after the insert")
+        async with db.session_scope() as session:
+            assert list(await session.scalars(select(UsageRecord.request_id))) == ["seed"]
 
     async def test_inserted_rows_start_pending_and_due_now(self, db: Database) -> None:
         await setup(db)
