@@ -7,19 +7,16 @@ import logging
 from typing import Optional
 
 import typer
-from prometheus_client import start_http_server
-from rich.console import Console
 
 from jobs.scheduler import JOBS, run_job, serve_scheduler
-from metering.config import get_settings
-from metering.db import Database
-from metering.metrics import registry
-from metering.migrate import upgrade_sync
 
 app = typer.Typer(help="Scheduled jobs: run the scheduler, or one pass of a job.", invoke_without_command=True)
 
 
 def _prepare() -> str:
+    from metering.config import get_settings
+    from metering.migrate import upgrade_sync  # Alembic is slow to import: loaded when a job runs
+
     settings = get_settings()
     if settings.is_sqlite:
         upgrade_sync(settings.database_url)
@@ -40,6 +37,11 @@ def scheduler(
     unknown = sorted(set(only or ()) - set(JOBS))
     if unknown:
         raise typer.BadParameter(f"unknown job(s) {', '.join(unknown)}; known: {', '.join(JOBS)}")
+    from prometheus_client import start_http_server
+    from rich.console import Console
+
+    from metering.metrics import registry
+
     database_url = _prepare()
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
@@ -61,6 +63,8 @@ def run_once(
         options["period"] = period
     if force:
         options["force"] = True
+    from metering.db import Database
+
     database_url = _prepare()
 
     async def once() -> str:

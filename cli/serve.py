@@ -5,12 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import typer
-import uvicorn
-from rich.console import Console
-
-from metering.config import EMBEDDED_DEV_TOKEN, get_settings
-from metering.migrate import upgrade_sync
-from metering.sample_data import seed_sample_data
 
 
 def serve(
@@ -20,6 +14,14 @@ def serve(
     sample_data: bool = typer.Option(True, help="Seed sample providers and accounts into an empty embedded database."),
 ) -> None:
     """Run the Metering API."""
+    # uvicorn, Alembic and the sample data load here: other commands should not pay for them at start-up.
+    import uvicorn
+    from rich.console import Console
+
+    from metering.config import EMBEDDED_DEV_TOKEN, get_settings
+    from metering.migrate import upgrade_sync
+    from metering.sample_data import seed_sample_data
+
     settings = get_settings()
     console = Console(stderr=True)
     if settings.is_sqlite:

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from metering.config import get_settings
-from metering.db import Database
-from metering.ledger.verify import VerifyReport, verify as run_verify
-from metering.migrate import upgrade_sync
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from metering.ledger.verify import VerifyReport
 
 
 def verify() -> None:
     """Check every ledger invariant (SPEC §7); exit 1 when money does not add up."""
+    # Imported here: ``metering`` lists this command without loading the database or Alembic.
+    from rich.console import Console
+
+    from metering.config import get_settings
+    from metering.migrate import upgrade_sync
+
     settings = get_settings()
     if settings.is_sqlite:
         upgrade_sync(settings.database_url)
@@ -25,6 +30,9 @@ def verify() -> None:
 
 
 async def _verify(database_url: str) -> VerifyReport:
+    from metering.db import Database
+    from metering.ledger.verify import verify as run_verify
+
     database = Database(database_url, pool_size=1)
     try:
         return await run_verify(database)
@@ -33,6 +41,8 @@ async def _verify(database_url: str) -> VerifyReport:
 
 
 def print_report(report: VerifyReport, console: Console) -> None:
+    from rich.table import Table
+
     table = Table(title="metering verify", show_lines=False)
     table.add_column("check")
     table.add_column("invariant")

@@ -25,11 +25,15 @@ PARQUET_BLOCK_BYTES = 2 * 1024 * 1024
 
 
 def _memory_pool() -> pa.MemoryPool:
-    """jemalloc hands freed blocks back to the system; the default mimalloc pool kept tens of MB more."""
-    try:
-        return pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a pyarrow build without jemalloc
-        return pa.system_memory_pool()
+    """Arrow's default pool, the one the Parquet writer's encoders use whatever pool it is given.
+
+    One allocator for the whole export: its high-water mark is reached in the first row groups
+    and stays there, whatever the row count. With a second pool (jemalloc) for parsing, each
+    allocator kept its own high-water mark and the peak crept up with the length of the export.
+    """
+    return pa.default_memory_pool()
+
+
 _QUOTE = b'"'
 _NEWLINE = b"\n"
 
@@ -77,7 +81,7 @@ async def write_csv_from_copy(
     yield b"".join(pending)
 
 
-def _row_end(block: bytearray) -> int:
+def _row_end(block: bytes) -> int:
     """Index just past the last complete row in ``block`` (which starts at a row), 0 if none."""
     end = block.rfind(_NEWLINE)
     while end >= 0 and block.count(_QUOTE, 0, end) % 2:
@@ -100,7 +104,7 @@ class _CsvTables:
             column_types=read_types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False
         )
 
-    def table(self, block: bytes) -> pa.Table:
+    def table(self, block: memoryview) -> pa.Table:
         table = pa_csv.read_csv(
             pa.py_buffer(block),
             read_options=self.read_options,
@@ -108,7 +112,42 @@ class _CsvTables:
             convert_options=self.convert_options,
             memory_pool=self.pool,
         )
-        return table.cast(self.schema)  # datetime columns: epoch microseconds → timestamp[us, UTC]
+        # Datetime columns arrive as epoch microseconds: the same int64 buffers viewed as
+        # timestamp[us, UTC] (a cast would copy every such column once more).
+        columns = [
+            column if column.type == field.type else pa.chunked_array([c.view(field.type) for c in column.chunks], field.type)
+            for column, field in zip(table.columns, self.schema, strict=True)
+        ]
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+
+class _RowGroups:
+    """Gathers parsed tables into row groups of exactly ``rows`` rows (the last may be shorter).
+
+    Slices are views, so a block's tail waits for the next row group without a copy; at most
+    one row group of Arrow data is held at a time.
+    """
+
+    def __init__(self, writer: pq.ParquetWriter, rows: int) -> None:
+        self.writer = writer
+        self.rows = rows
+        self.parts: list[pa.Table] = []
+        self.gathered = 0
+
+    def add(self, table: pa.Table) -> None:
+        while table.num_rows:
+            taken = min(self.rows - self.gathered, table.num_rows)
+            self.parts.append(table.slice(0, taken))
+            self.gathered += taken
+            table = table.slice(taken)
+            if self.gathered == self.rows:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.writer.write_table(pa.concat_tables(self.parts), row_group_size=self.rows)
+            self.parts.clear()
+            self.gathered = 0
 
 
 async def write_parquet_from_copy(
@@ -124,44 +163,40 @@ async def write_parquet_from_copy(
     tables = _CsvTables(columns, pool)
     sink = ChunkSink()
     writer = pq.ParquetWriter(sink, tables.schema, compression="zstd", memory_pool=pool)
-    group: list[pa.Table] = []
+    groups = _RowGroups(writer, row_group_rows)
 
-    def flush() -> None:
-        if group:
-            writer.write_table(pa.concat_tables(group), row_group_size=row_group_rows)
-            group.clear()
-
-    def add(block: bytes) -> int:
-        """Parse one block; write the gathered tables as a row group once it is full."""
+    def add(block: memoryview) -> int:
         table = tables.table(block)
-        group.append(table)
-        if sum(part.num_rows for part in group) >= row_group_rows:
-            flush()
+        groups.add(table)
         return table.num_rows
 
     # One worker thread: Arrow's allocations stay in one thread's arenas, and blocks keep their order.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-export")
     loop = asyncio.get_running_loop()
-    pending = bytearray()
+    pending: list[bytes] = []
+    size = 0
     try:
         async for chunk in chunks:
-            pending += chunk
-            if len(pending) < block_bytes:
+            pending.append(chunk)
+            size += len(chunk)
+            if size < block_bytes:
                 continue
-            end = _row_end(pending)
+            # One copy per block (the join); the partial row after the last row end starts the next one.
+            block = b"".join(pending)
+            end = _row_end(block)
+            pending, size = [block[end:]], len(block) - end
             if end:
-                block = bytes(pending[:end])
-                del pending[:end]
                 # Off the event loop: the next COPY buffers arrive while Arrow parses and compresses.
-                rows = await loop.run_in_executor(worker, add, block)
+                rows = await loop.run_in_executor(worker, add, memoryview(block)[:end])
                 if on_rows is not None:
                     on_rows(rows)
                 yield sink.drain()
-        if pending:
-            rows = await loop.run_in_executor(worker, add, bytes(pending))
+            del block  # not held while the next block gathers
+        if size:
+            rows = await loop.run_in_executor(worker, add, memoryview(b"".join(pending)))
             if on_rows is not None:
                 on_rows(rows)
-        await loop.run_in_executor(worker, flush)
+        await loop.run_in_executor(worker, groups.flush)
     finally:
         writer.close()
         worker.shutdown(wait=False)

@@ -109,6 +109,14 @@ class TestChunkBoundaries:
         assert parquet.num_row_groups > 1
         assert parquet.read().to_pylist() == expected.to_pylist() and expected.num_rows == len(NASTY)
 
+    async def test_parquet_row_groups_are_full_whatever_the_blocks(self, db: Database, nasty_world: None) -> None:
+        # Blocks of a few rows each: rows carry over between blocks until a row group is full.
+        pieces = _copy_in_pieces(db, "unpriced", shape="arrow", header=False, piece=7)
+        writer = write_parquet_from_copy(REPORTS["unpriced"].columns, pieces, block_bytes=150, row_group_rows=4)
+        parquet = pq.ParquetFile(io.BytesIO(b"".join([chunk async for chunk in writer])))
+        sizes = [parquet.metadata.row_group(index).num_rows for index in range(parquet.num_row_groups)]
+        assert sizes == [4, 4, 4, 4, 3] and len(NASTY) == 19
+
 
 class TestCrlfRows:
     @settings(max_examples=200, deadline=None)
