@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import sqlite3
 import sys
 import tempfile
@@ -95,13 +96,49 @@ async def _post_all(base_url: str, bodies: list[bytes], senders: int) -> tuple[f
         return time.perf_counter() - started, accepted
 
 
-def ingest_rate(database_url: str | None, records: list[dict], args: argparse.Namespace) -> float:
+def ingest_rate(database_url: str | None, records: list[dict], args: argparse.Namespace) -> tuple[float, float | None]:
+    """Records/s, and the server's CPU milliseconds (all threads and workers) per POST when readable."""
     bodies = [orjson.dumps({"records": batch}) for batch in batches_of(records, args.batch)]
     with serve(database_url, workers=args.workers) as base_url:
+        cpu_before = server_cpu_seconds(base_url)
         seconds, accepted = asyncio.run(_post_all(base_url, bodies, args.senders))
+        cpu_after = server_cpu_seconds(base_url)
     if accepted != len(records):
         raise RuntimeError(f"{accepted} of {len(records)} records accepted")
-    return len(records) / seconds
+    cpu_per_post = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) * 1000 / len(bodies)
+    return len(records) / seconds, cpu_per_post
+
+
+def server_cpu_seconds(base_url: str) -> float | None:
+    """User + system CPU seconds used so far by the ``metering serve`` listening at ``base_url`` and its
+    worker processes, read from /proc; None where there is no /proc (or no such process)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    port = base_url.rsplit(":", 1)[1].encode()
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    server = None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parents[pid], ticks[pid] = int(stat[1]), int(stat[11]) + int(stat[12])
+        if b"serve" in command and b"--port" in command and port in command:
+            server = pid
+    if server is None:
+        return None
+    tree, grown = {server}, True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grown = bool(children)
+    return sum(ticks[pid] for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 # The columns ingest writes, with the same constants; only the table differs.
@@ -222,10 +259,11 @@ def raw_sqlite_rate(records: list[dict], args: argparse.Namespace) -> float:
 
 def sqlite_figures(args: argparse.Namespace) -> list[Row]:
     records = make_records(args.records, users=args.users)
-    rate = ingest_rate(None, records, args)
+    rate, cpu_per_post = ingest_rate(None, records, args)
     raw = raw_sqlite_rate(records, args)
     return [
         Row("ingest sqlite", rate, "records/s", f">= {SQLITE_TARGET:,}", _verdict(rate >= SQLITE_TARGET)),
+        *_cpu_rows("ingest sqlite", cpu_per_post, args),
         Row("raw sqlite3 executemany (baseline)", raw, "rows/s"),
         Row("ingest sqlite / raw", rate / raw, "ratio"),
     ]
@@ -236,11 +274,12 @@ def postgres_figures(args: argparse.Namespace) -> list[Row]:
         return [Row("ingest postgres", 0, "records/s", f">= {PG_TARGET:,}", "skipped: PostgreSQL not reachable")]
     records = make_records(args.records, users=args.users)
     with pg_database() as (_name, url):
-        rate = ingest_rate(url, records, args)
+        rate, cpu_per_post = ingest_rate(url, records, args)
         raw = asyncio.run(raw_unnest_rate(_common.asyncpg_dsn(url), records, args))
     ratio = rate / raw
     return [
         Row("ingest postgres", rate, "records/s", f">= {PG_TARGET:,}", _verdict(rate >= PG_TARGET)),
+        *_cpu_rows("ingest postgres", cpu_per_post, args),
         Row("raw asyncpg unnest (baseline)", raw, "rows/s"),
         Row("ingest postgres / raw", ratio, "ratio", f">= {PG_RATIO_TARGET}", _verdict(ratio >= PG_RATIO_TARGET)),
     ]
@@ -257,6 +296,12 @@ def hook_figures(args: argparse.Namespace) -> list[Row]:
         Row("hook build + enqueue (median)", median, "µs", f"<= {target:.0f}", _verdict(median <= target)),
         Row("hook enqueue only (median)", figures["append_normal"]["median_us"], "µs"),
     ]
+
+
+def _cpu_rows(figure: str, cpu_per_post: float | None, args: argparse.Namespace) -> list[Row]:
+    if cpu_per_post is None:
+        return []
+    return [Row(f"{figure}: server CPU per POST", cpu_per_post, "ms", "", f"{args.batch:,} records, all threads")]
 
 
 def _verdict(met: bool) -> str:

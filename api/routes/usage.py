@@ -34,6 +34,5 @@ _DOCUMENTED_MAX_RECORDS = Settings.model_fields["max_records_per_post"].default
 async def post_usage(request: Request, db: DatabaseDep, settings: SettingsDep) -> OrjsonResponse:
     """Store a batch of usage records; idempotent on (provider, request_id)."""
     records = parse_body(await request.body(), max_records=settings.max_records_per_post)
-    async with db.session_scope() as session:
-        result = await usage_service.ingest_records(session, records=records)
+    result = await usage_service.ingest(db, records=records)
     return OrjsonResponse(result.as_dict())

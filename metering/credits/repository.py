@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import orjson
@@ -168,18 +168,20 @@ class CreditsRepository:
         PostgreSQL: the rows are locked first in (period, account) order, the lock order of every
         writer (``lock_rows``), and the UPDATE touches only rows that lock already holds.
         """
-        ordered = sorted(deltas, key=lambda key: (key[1], key[0]))
-        connection = await session.connection()
         left_out: set[tuple[str, str]] = set()
         if is_sqlite(session):
+            # Unordered: BEGIN IMMEDIATE already serializes SQLite's writers, so no lock order to keep.
+            ordered = list(deltas)
             for part in chunks(ordered, _SQLITE_KEYS_PER_UPDATE):
-                params = [value for key in part for value in (key[0], key[1], deltas[key], targets[key])]
-                result = await connection.exec_driver_sql(
-                    _SQLITE_ADD_PENDING_HEAD + ", ".join(["(?, ?, ?, ?)"] * len(part)) + _SQLITE_ADD_PENDING_TAIL,
-                    tuple(params),
-                )
-                left_out.update(set(part) - {(account, period) for account, period in result})
+                params = []
+                extend = params.extend
+                for key in part:
+                    extend((key[0], key[1], deltas[key], targets[key]))
+                sql = _SQLITE_ADD_PENDING_HEAD + ", ".join(["(?, ?, ?, ?)"] * len(part)) + _SQLITE_ADD_PENDING_TAIL
+                left_out.update(set(part).difference(map(tuple, await _sqlite_fetchall(session, sql, params))))
         else:
+            ordered = sorted(deltas, key=lambda key: (key[1], key[0]))
+            connection = await session.connection()
             for part in chunks(ordered, _PG_KEYS_PER_UPDATE):
                 batch = [
                     {"account_name": a, "period": p, "delta": deltas[(a, p)], "target": targets[(a, p)]} for a, p in part
@@ -269,6 +271,14 @@ class CreditsRepository:
         if after is not None:
             statement = statement.where(Account.name > after)
         return list(await session.scalars(statement))
+
+
+async def _sqlite_fetchall(session: AsyncSession, sql: str, params: Sequence[object]) -> list[tuple]:
+    """Run one statement of the session's transaction on the aiosqlite driver's connection: one
+    call on its thread, where SQLAlchemy's adapter makes four (cursor, execute, fetch, close)."""
+    connection = await session.connection()
+    driver_connection = (await connection.get_raw_connection()).driver_connection
+    return await driver_connection.execute_fetchall(sql, params)
 
 
 credits_repository = CreditsRepository()

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.config import get_settings
+from metering.config import PlanTerms, get_settings
 from metering.credits.repository import PeriodTotals, credits_repository
 from metering.ledger import codes
 from metering.ledger.service import Posting, ledger_service
@@ -29,9 +29,10 @@ class PlanHolder(Protocol):
     def seats(self) -> int: ...
 
 
-def credits_for(account: PlanHolder) -> int:
-    """The period's credits the account's plan and seats entitle it to."""
-    terms = get_settings().plans.get(account.plan)
+def credits_for(account: PlanHolder, plans: Mapping[str, PlanTerms] | None = None) -> int:
+    """The period's credits the account's plan and seats entitle it to (``plans``: the settings',
+    passed by callers that ask for many accounts at once)."""
+    terms = (get_settings().plans if plans is None else plans).get(account.plan)
     if terms is None:
         return 0
     return terms.credits_nano_usd * (account.seats if terms.per_seat else 1)
@@ -82,7 +83,8 @@ class CreditsService:
         """
         if not deltas:
             return
-        targets = {key: credits_for(accounts[key[0]]) for key in deltas}
+        plans = get_settings().plans
+        targets = {key: credits_for(accounts[key[0]], plans) for key in deltas}
         rest = await credits_repository.add_pending_where_granted(session, deltas, targets)
         if not rest:
             return
@@ -110,9 +112,10 @@ class CreditsService:
     async def _grant(self, session: AsyncSession, rows: list, accounts: Mapping[str, PlanHolder]) -> int:
         postings: list[Posting] = []
         changed: list = []
+        plans = get_settings().plans
         for row in rows:
             account = accounts[row.account_name]
-            target = credits_for(account)
+            target = credits_for(account, plans)
             if target <= row.credits_granted_nano_usd:
                 continue
             amount = target - row.credits_granted_nano_usd

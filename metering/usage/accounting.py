@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,7 +30,7 @@ from metering.money import duration_cost_nano
 from metering.periods import current_period, next_period, utcnow
 from metering.providers.repository import provider_repository
 from metering.usage.accounting_repository import SettledRow, accounting_repository
-from metering.usage.repository import usage_repository
+from metering.usage.repository import ProviderTerms, usage_repository
 from metering.usage.types import PricedRequest, QuarantinedRequest, SettleResult
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,25 @@ class NewUsagePricing:
     only the rows a hold attaches to are updated afterwards.
     """
 
-    providers: dict[str, Provider]
+    providers: Mapping[str, Provider | ProviderTerms]
     estimates: dict[tuple[str, str], int]
+
+    @classmethod
+    def of_lookup(
+        cls,
+        providers: Mapping[str, ProviderTerms],
+        stored: Mapping[tuple[str, str], tuple[int, int]],
+        keys: Iterable[tuple[str, str]],
+    ) -> NewUsagePricing:
+        """Ingest's pricing from its one look-up: each (provider, model) of ``keys`` gets its stored
+        mean when it has samples, else its provider's default (``estimate_for_many``'s rule)."""
+        estimates = {}
+        for key in keys:
+            terms = providers.get(key[0])
+            if terms is not None and terms.pricing != "compute_time":
+                samples, mean = stored.get(key, (0, 0))
+                estimates[key] = mean if samples > 0 else terms.default_estimate_nano_usd
+        return cls(providers, estimates)
 
     def estimate(self, usage: NewUsage) -> int:
         """A record's estimate unless a hold attaches: its compute_time price (0 when it cannot
@@ -130,17 +147,25 @@ async def account_for_new_usage(
     quarantined: dict[int, tuple[str, str]] = {}
     changed: dict[int, int] = {}
     deltas: dict[tuple[str, str], int] = defaultdict(int)
+    # Per provider, not per record: a batch holds thousands of records of a few providers.
+    compute_time = {
+        provider_id: provider
+        for provider_id, provider in pricing.providers.items()
+        if provider.pricing == "compute_time"
+    }
+    estimate_of = pricing.estimate
     for usage in billable:
-        provider = pricing.providers[usage.provider_id]
-        if provider.pricing == "compute_time":
+        usage_id = usage.id
+        provider = compute_time.get(usage.provider_id)
+        if provider is not None:
             cost, problem = _compute_time_cost(usage, provider)
             if problem is None:
-                priced[usage.id] = cost
+                priced[usage_id] = cost
             else:
-                quarantined[usage.id] = problem
-        estimate = held[usage.id] if usage.id in held else pricing.estimate(usage)
+                quarantined[usage_id] = problem
+        estimate = held[usage_id] if usage_id in held else estimate_of(usage)
         if estimate != usage.estimate_nano_usd:
-            changed[usage.id] = estimate
+            changed[usage_id] = estimate
         deltas[(usage.billing_account, usage.period)] += estimate
     await accounting_repository.set_estimates(session, changed)
     # The account rows are locked last: concurrent batches of the same accounts wait on these
@@ -159,7 +184,7 @@ async def account_for_new_usage(
                 metrics.requests_quarantined.labels(usage.provider_id, quarantined[usage.id][0]).inc()
 
 
-def _compute_time_cost(usage: NewUsage, provider: Provider) -> tuple[int, tuple[str, str] | None]:
+def _compute_time_cost(usage: NewUsage, provider: Provider | ProviderTerms) -> tuple[int, tuple[str, str] | None]:
     """Duration × the hardware's price per second, or (metric label, reason) it cannot be priced."""
     if usage.duration_ms is None:
         return 0, ("missing_duration", "compute_time: missing duration_ms")

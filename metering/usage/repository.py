@@ -10,9 +10,10 @@ values travel as multi-row VALUES of positional parameters, without per-value OR
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import select, text, tuple_
@@ -81,6 +82,27 @@ class AccountTerms:
     seats: int
 
 
+@dataclass(slots=True)
+class ProviderTerms:
+    """The columns of a provider that pricing a new record reads (named as ``Provider``'s)."""
+
+    id: str
+    pricing: str
+    default_estimate_nano_usd: int
+    credit_eligible: bool
+    hardware_prices_nano_usd_per_second: dict
+
+
+@dataclass(slots=True)
+class BatchLookup:
+    """What one ingest batch decides with, read in one statement."""
+
+    providers: dict[str, ProviderTerms]
+    accounts: dict[str, AccountTerms]
+    # (provider, model) -> (samples, mean) of the pairs with a stored estimate.
+    estimates: dict[tuple[str, str], tuple[int, int]]
+
+
 def _pg_insert_sql() -> str:
     columns = ", ".join(INSERT_COLUMNS)
     record = ", ".join(f"{c} {_PG_TYPES.get(c, 'varchar')}" for c in INSERT_COLUMNS)
@@ -96,17 +118,29 @@ def _pg_insert_sql() -> str:
 
 # $1: the rows as a JSON array of NewUsageRow objects; $2: received_at.
 _PG_INSERT = _pg_insert_sql()
-# Names travel as one JSON array, so the statement text never changes and stays prepared. On
+# Names travel as JSON arrays, so the statement text never changes and stays prepared. On
 # PostgreSQL they are joined rather than tested with ``= ANY(array)``: a filter with ANY compares
 # every row read with every element, quadratic in the batch once the planner picks a scan.
+# One statement answers everything a batch decides with: its providers' pricing terms, its
+# accounts' terms, and the stored estimates of its (provider, model) pairs. Each row is
+# (kind, name, text, number, number, text): see ``UsageRepository.lookup_batch``.
 _PG_LOOKUP = (
-    "SELECT 'provider', id, '', 0 FROM providers WHERE id IN (SELECT json_array_elements_text($1::json)) "
-    "UNION ALL SELECT a.kind, a.name, a.plan, a.seats FROM accounts AS a "
-    "JOIN json_array_elements_text($2::json) AS n(name) ON a.name = n.name"
+    "SELECT CAST('provider' AS varchar), p.id, p.pricing, p.default_estimate_nano_usd, "
+    "CAST(CASE WHEN p.credit_eligible THEN 1 ELSE 0 END AS bigint), "
+    "CAST(p.hardware_prices_nano_usd_per_second AS text) "
+    "FROM providers AS p WHERE p.id IN (SELECT json_array_elements_text($1::json)) "
+    "UNION ALL SELECT a.kind, a.name, a.plan, CAST(a.seats AS bigint), CAST(0 AS bigint), CAST(NULL AS text) "
+    "FROM accounts AS a JOIN json_array_elements_text($2::json) AS n(name) ON a.name = n.name "
+    "UNION ALL SELECT CAST('estimate' AS varchar), e.provider_id, e.model, CAST(e.samples AS bigint), e.mean_nano_usd, "
+    "CAST(NULL AS text) FROM cost_estimates AS e "
+    "JOIN json_array_elements($3::json) AS k(pair) ON e.provider_id = k.pair->>0 AND e.model = k.pair->>1"
 )
 _SQLITE_LOOKUP = (
-    "SELECT 'provider', id, '', 0 FROM providers WHERE id IN (SELECT value FROM json_each(?)) "
-    "UNION ALL SELECT kind, name, plan, seats FROM accounts WHERE name IN (SELECT value FROM json_each(?))"
+    "SELECT 'provider', id, pricing, default_estimate_nano_usd, credit_eligible, hardware_prices_nano_usd_per_second "
+    "FROM providers WHERE id IN (SELECT value FROM json_each(?1)) "
+    "UNION ALL SELECT kind, name, plan, seats, 0, NULL FROM accounts WHERE name IN (SELECT value FROM json_each(?2)) "
+    "UNION ALL SELECT 'estimate', provider_id, model, samples, mean_nano_usd, NULL FROM cost_estimates "
+    "WHERE (provider_id, model) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?3))"
 )
 _PG_MEMBERSHIPS = text(
     "SELECT m.org_name, m.user_name FROM memberships AS m "
@@ -130,20 +164,40 @@ class UsageRepository:
         self, session: AsyncSession, *, provider_ids: Iterable[str], names: Iterable[str]
     ) -> tuple[set[str], dict[str, AccountTerms]]:
         """The registered providers among ``provider_ids`` and the accounts among ``names``, in one statement."""
-        params = (orjson.dumps(sorted(set(provider_ids))).decode(), orjson.dumps(sorted(set(names))).decode())
+        found = await self.lookup_batch(session, provider_ids=provider_ids, names=names)
+        return set(found.providers), found.accounts
+
+    async def lookup_batch(
+        self,
+        session: AsyncSession,
+        *,
+        provider_ids: Iterable[str],
+        names: Iterable[str],
+        estimate_keys: Iterable[tuple[str, str]] = (),
+    ) -> BatchLookup:
+        """The providers among ``provider_ids``, the accounts among ``names`` and the stored estimates
+        among ``estimate_keys`` (provider, model), in one statement."""
+        params = (
+            orjson.dumps(sorted(set(provider_ids))).decode(),
+            orjson.dumps(sorted(set(names))).decode(),
+            orjson.dumps(sorted(set(estimate_keys))).decode(),
+        )
         if is_sqlite(session):
             rows = await _sqlite_fetchall(session, _SQLITE_LOOKUP, params)
         else:
             connection = await session.connection()
             rows = await connection.exec_driver_sql(_PG_LOOKUP, params)
-        providers: set[str] = set()
-        accounts: dict[str, AccountTerms] = {}
-        for kind, name, plan, seats in rows:
+        found = BatchLookup({}, {}, {})
+        for kind, name, text_value, first, second, document in rows:
             if kind == "provider":
-                providers.add(name)
+                # Decoded as the ORM's JSON column decodes it.
+                prices = json.loads(document) if document is not None else None
+                found.providers[name] = ProviderTerms(name, text_value, first, bool(second), prices)
+            elif kind == "estimate":
+                found.estimates[(name, text_value)] = (first, second)
             else:
-                accounts[name] = AccountTerms(name, kind, plan, seats)
-        return providers, accounts
+                found.accounts[name] = AccountTerms(name, kind, text_value, first)
+        return found
 
     async def memberships(self, session: AsyncSession, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which (org, user) pairs are memberships; reads only the members named, not whole orgs."""
@@ -183,22 +237,20 @@ class UsageRepository:
         return {(provider_id, request_id): id_ for id_, provider_id, request_id in result}
 
     async def _insert_sqlite(self, session: AsyncSession, rows: Sequence[NewUsageRow], *, received_at: datetime) -> dict[Key, int]:
-        connection = await session.connection()
-        # The column type's own processor, so timestamps are stored exactly as the ORM stores them.
-        to_db_time = UsageRecord.__table__.c.started_at.type.bind_processor(connection.dialect)
-        received = to_db_time(received_at)
+        received = sqlite_time(received_at)
         inserted: dict[Key, int] = {}
         for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
             chunk = rows[start : start + _SQLITE_ROWS_PER_INSERT]
             params: list[object] = []
+            extend = params.extend
             for r in chunk:
-                params += (
+                extend((
                     r.provider_id, r.request_id, r.user_name, r.bill_to, r.billing_account, r.bill_to_flag_reason,
-                    r.model, r.task, r.custom_key, to_db_time(r.started_at), r.period, r.duration_ms, r.hardware,
+                    r.model, r.task, r.custom_key, sqlite_time(r.started_at), r.period, r.duration_ms, r.hardware,
                     r.input_tokens, r.output_tokens, r.hold_id, r.content_hash, r.estimate_nano_usd,
                     r.bill_to_flag_reason is not None, "custom_key" if r.custom_key else "pending",
                     received, 0, received,
-                )
+                ))
             sql = _SQLITE_INSERT_HEAD + ", ".join([_SQLITE_ROW] * len(chunk)) + _SQLITE_INSERT_TAIL
             result = await _sqlite_fetchall(session, sql, params)
             inserted.update({(provider_id, request_id): id_ for id_, provider_id, request_id in result})
@@ -226,6 +278,14 @@ class UsageRepository:
             )
             stored.update({(p, r): h for p, r, h in result})
         return stored
+
+
+def sqlite_time(moment: datetime) -> str:
+    """A timestamp as the ORM's ``UTCDateTime`` column stores it on SQLite (UTC, naive, microseconds),
+    formatted directly: the column's own bind processors cost several times more per row."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 async def _sqlite_fetchall(session: AsyncSession, sql: str, params: Sequence[object]) -> list[tuple]:

@@ -1,12 +1,16 @@
 """Usage ingest (SPEC §5.2): validate a batch, store new records idempotently, hand them to accounting.
 
-One call is one transaction. Look-ups are per batch (sets of names), never per record, and
-the INSERT is a single ON CONFLICT DO NOTHING statement, so a replay of the same batch, or
-fifty concurrent ones, stores each record exactly once.
+A batch is stored in one transaction (on SQLite, one it may share with the batches queued
+behind the same writer: ``group_commit``). Look-ups are per batch (sets of names), never per
+record, and the INSERT is a single ON CONFLICT DO NOTHING statement, so a replay of the same
+batch, or fifty concurrent ones, stores each record exactly once. The checks that need no
+database run before the transaction (``check_batch``).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,11 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import metrics
 from metering.accounts.service import account_service, bill_to_refusal
 from metering.config import get_settings
+from metering.db import Database
 from metering.periods import utcnow
-from metering.usage import accounting
+from metering.usage import accounting, group_commit
 from metering.usage.repository import AccountTerms, Key, NewUsageRow, usage_repository
 from metering.usage.validation import Rejection, ValidRecord, check_records
 
+# Records checked between two yields to the event loop: about a millisecond of work.
+_RECORDS_BETWEEN_YIELDS = 200
 CONFLICT = "conflict: a different record with this provider and request_id exists"
 
 
@@ -37,20 +44,72 @@ class IngestResult:
         }
 
 
+@dataclass(slots=True)
+class CheckedBatch:
+    """A POST's records after the checks that need no database: the valid ones and the rejections."""
+
+    received_at: datetime
+    valid: list[ValidRecord]
+    rejected: list[Rejection]
+
+
 class UsageService:
     async def ingest_records(self, session: AsyncSession, *, records: list[object]) -> IngestResult:
         """Store the valid, new records of one POST; name every other record as duplicate or rejected."""
-        settings = get_settings()
+        result = await self.store_checked(session, batch=await self.check_batch(records))
+        _count(result)
+        return result
+
+    async def check_batch(self, records: list[object]) -> CheckedBatch:
+        """The checks of each record on its own (no database), done before the transaction.
+
+        On SQLite they run while other batches are being written; the event loop is given back
+        every few hundred records, so the writer's next statement is not kept waiting for a
+        whole batch's checks.
+        """
         received_at = utcnow()
-        valid, rejected = check_records(
-            records, now=received_at, max_future_skew_seconds=settings.max_future_skew_seconds
-        )
-        providers, accounts = await usage_repository.lookup(
+        skew = get_settings().max_future_skew_seconds
+        valid: list[ValidRecord] = []
+        rejected: list[Rejection] = []
+        for start in range(0, len(records), _RECORDS_BETWEEN_YIELDS):
+            if start:
+                await asyncio.sleep(0)
+            checked, refused = check_records(
+                records[start : start + _RECORDS_BETWEEN_YIELDS], now=received_at, max_future_skew_seconds=skew,
+                first_index=start,
+            )
+            valid += checked
+            rejected += refused
+        return CheckedBatch(received_at, valid, rejected)
+
+    async def ingest(self, db: Database, *, records: list[object]) -> IngestResult:
+        """``ingest_records`` in a transaction it opens and commits: of its own on PostgreSQL; on
+        SQLite, one shared with the batches queued behind the same writer (``group_commit``)."""
+        if db.dialect != "sqlite":
+            batch = await self.check_batch(records)
+            async with db.session_scope() as session:
+                result = await self.store_checked(session, batch=batch)
+        else:
+            # The transaction is opened here rather than by the caller: it is not this request's alone.
+            with group_commit.arriving(db):
+                batch = await self.check_batch(records)
+            result = await group_commit.store_in_turn(db, batch, _store_checked)
+        _count(result)
+        return result
+
+    async def store_checked(self, session: AsyncSession, *, batch: CheckedBatch) -> IngestResult:
+        """The database part of ``ingest_records``, in the caller's transaction; ``batch`` is left
+        as it was, so a batch can be stored again after a rollback."""
+        valid, rejected = batch.valid, list(batch.rejected)
+        estimate_keys = {(r.provider, r.model) for r in valid if not r.custom_key}
+        found = await usage_repository.lookup_batch(
             session,
             provider_ids={r.provider for r in valid},
             names={r.user for r in valid} | {r.bill_to for r in valid if r.bill_to},
+            estimate_keys=estimate_keys,
         )
-        valid = _drop_org_users(_drop_unknown_providers(valid, providers, rejected), accounts, rejected)
+        accounts = found.accounts
+        valid = _drop_org_users(_drop_unknown_providers(valid, found.providers, rejected), accounts, rejected)
         firsts, repeats = _split_repeats(valid)
         new_users = {r.user for r in firsts} - accounts.keys()
         if new_users:
@@ -60,11 +119,12 @@ class UsageService:
             accounts.update((await usage_repository.lookup(session, provider_ids=(), names=new_users))[1])
         rows = await self._billing_rows(session, firsts, accounts)
         # Each row is inserted with its estimate; accounting then rewrites only those a hold attaches to.
-        pricing = await accounting.price_new_usage(session, rows)
+        pricing = accounting.NewUsagePricing.of_lookup(found.providers, found.estimates, estimate_keys)
+        estimate = pricing.estimate
         for row in rows:
-            row.estimate_nano_usd = pricing.estimate(row)
+            row.estimate_nano_usd = estimate(row)
 
-        inserted = await usage_repository.insert_new(session, rows, received_at=received_at)
+        inserted = await usage_repository.insert_new(session, rows, received_at=batch.received_at)
         result = IngestResult(accepted=len(inserted), rejected=rejected)
         await self._judge_not_inserted(session, firsts, repeats, inserted, result)
 
@@ -77,7 +137,6 @@ class UsageService:
                 accepted.append(row)
         if accepted:
             await accounting.account_for_new_usage(session, accepted, pricing=pricing, accounts=accounts)
-        _count(result)
         return result
 
     async def _judge_not_inserted(
@@ -105,31 +164,34 @@ class UsageService:
             session, {(r.bill_to, r.user) for r in records if r.bill_to in accounts and accounts[r.bill_to].kind == "org"}
         )
         refusals: dict[tuple[str, str], str | None] = {}
-        rows = []
+        rows: list[NewUsageRow] = []
+        append = rows.append
         for r in records:
-            reason = None
-            if r.bill_to is not None:
-                pair = (r.bill_to, r.user)
+            user, bill_to, started_at = r.user, r.bill_to, r.started_at
+            payer, reason = user, None
+            if bill_to is not None:
+                pair = (bill_to, user)
                 if pair not in refusals:
                     # bill_to_refusal reads the org's kind and plan, which AccountTerms carries.
-                    org = accounts.get(r.bill_to)
-                    refusals[pair] = bill_to_refusal(user=r.user, org=org, is_member=pair in members)  # type: ignore[arg-type]
+                    org = accounts.get(bill_to)
+                    refusals[pair] = bill_to_refusal(user=user, org=org, is_member=pair in members)  # type: ignore[arg-type]
                 reason = refusals[pair]
-            rows.append(
+                if reason is None:
+                    payer = bill_to
+            # Positional, in NewUsageRow's field order: keywords cost a measurable share per record.
+            # started_at is UTC already (validation), so its period needs no ``periods.period_of``.
+            append(
                 NewUsageRow(
-                    provider_id=r.provider, request_id=r.request_id, user_name=r.user, bill_to=r.bill_to,
-                    billing_account=r.bill_to if r.bill_to is not None and reason is None else r.user,
-                    bill_to_flag_reason=reason, model=r.model, task=r.task, custom_key=r.custom_key,
-                    started_at=r.started_at, period=_period(r.started_at), duration_ms=r.duration_ms,
-                    hardware=r.hardware, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-                    hold_id=r.hold_id, content_hash=r.content_hash,
+                    r.provider, r.request_id, user, bill_to, payer, reason, r.model, r.task, r.custom_key,
+                    started_at, f"{started_at.year:04d}-{started_at.month:02d}", r.duration_ms, r.hardware,
+                    r.input_tokens, r.output_tokens, r.hold_id, r.content_hash,
                 )
             )
         return rows
 
 
 def _drop_unknown_providers(
-    records: list[ValidRecord], known: set[str], rejected: list[Rejection]
+    records: list[ValidRecord], known: Container[str], rejected: list[Rejection]
 ) -> list[ValidRecord]:
     kept = []
     for record in records:
@@ -170,11 +232,6 @@ def _split_repeats(records: list[ValidRecord]) -> tuple[list[ValidRecord], list[
     return firsts, repeats
 
 
-def _period(started_at: datetime) -> str:
-    """``periods.period_of`` of a timestamp validation already made UTC, without converting it again."""
-    return f"{started_at.year:04d}-{started_at.month:02d}"
-
-
 def _count(result: IngestResult) -> None:
     metrics.records_ingested.labels(outcome="accepted").inc(result.accepted)
     metrics.records_ingested.labels(outcome="duplicate").inc(result.duplicates)
@@ -182,3 +239,7 @@ def _count(result: IngestResult) -> None:
 
 
 usage_service = UsageService()
+
+
+async def _store_checked(session: AsyncSession, batch: CheckedBatch) -> IngestResult:
+    return await usage_service.store_checked(session, batch=batch)

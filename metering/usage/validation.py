@@ -120,13 +120,16 @@ def _refuse_constant(name: str) -> None:
 
 
 def check_records(
-    records: list[object], *, now: datetime, max_future_skew_seconds: int
+    records: list[object], *, now: datetime, max_future_skew_seconds: int, first_index: int = 0
 ) -> tuple[list[ValidRecord], list[Rejection]]:
-    """Split records into valid ones and rejections; one bad record never affects another."""
+    """Split records into valid ones and rejections; one bad record never affects another.
+
+    ``first_index``: the index of ``records[0]`` in the request, when checking a slice of it.
+    """
     latest_start = now + timedelta(seconds=max_future_skew_seconds)
     valid: list[ValidRecord] = []
     rejected: list[Rejection] = []
-    for index, raw in enumerate(records):
+    for index, raw in enumerate(records, first_index):
         try:
             valid.append(
                 check_record(index, raw, latest_start=latest_start, max_future_skew_seconds=max_future_skew_seconds)
@@ -158,8 +161,13 @@ def check_record(index: int, raw: object, *, latest_start: datetime, max_future_
     if None in (get("request_id"), get("provider"), get("user"), get("model"), get("started_at")):
         missing = [name for name in REQUIRED if get(name) is None]
         raise RecordInvalid(f"missing required field(s): {', '.join(missing)}")
-    request_id = _text(get("request_id"), "request_id", MAX_REQUEST_ID)
-    provider = _text(get("provider"), "provider", MAX_PROVIDER_ID)
+    # Required strings: the everyday value passes inline; any other goes to ``_text`` for its reason.
+    request_id = get("request_id")
+    if type(request_id) is not str or not 0 < len(request_id) <= MAX_REQUEST_ID or not request_id.isprintable():
+        request_id = _text(request_id, "request_id", MAX_REQUEST_ID)
+    provider = get("provider")
+    if type(provider) is not str or not 0 < len(provider) <= MAX_PROVIDER_ID or not provider.isprintable():
+        provider = _text(provider, "provider", MAX_PROVIDER_ID)
     user = get("user")
     if type(user) is not str or not _ACCOUNT_NAME.match(user):
         raise RecordInvalid(
@@ -171,7 +179,9 @@ def check_record(index: int, raw: object, *, latest_start: datetime, max_future_
     # An empty bill_to names no account: stored and flagged like any unknown name.
     if (bill_to := get("bill_to")) is not None:
         bill_to = _text(bill_to, "bill_to", MAX_ACCOUNT_NAME, min_length=0)
-    model = _text(get("model"), "model", MAX_MODEL)
+    model = get("model")
+    if type(model) is not str or not 0 < len(model) <= MAX_MODEL or not model.isprintable():
+        model = _text(model, "model", MAX_MODEL)
     if (task := get("task")) is not None:
         task = _text(task, "task", MAX_TASK)
     custom_key = get("custom_key")

@@ -179,6 +179,19 @@ class TestIdempotency:
         assert all(b["rejected"] == [] for b in bodies)
         assert await count_rows(db) == 1
 
+    async def test_concurrent_batches_of_the_same_users_all_commit_with_their_estimates(
+        self, client: httpx.AsyncClient, db: Database, provider: str
+    ) -> None:
+        batches = [[record(f"b{n}-{i}", user=f"user-{i}") for i in range(40)] for n in range(6)]
+        responses = await asyncio.gather(*(client.post(URL, json={"records": batch}) for batch in batches))
+        assert [r.json() for r in responses] == [{"accepted": 40, "duplicates": 0, "rejected": []}] * 6
+        async with db.session_scope() as session:
+            pending = dict(
+                (await session.execute(select(AccountPeriod.account_name, AccountPeriod.pending_estimate_nano_usd))).all()
+            )
+        assert pending == {f"user-{i}": 6 * 100_000 for i in range(40)}
+        assert await count_rows(db) == 240
+
 
 class TestBillTo:
     async def test_member_of_a_team_org_bills_the_org(self, client: httpx.AsyncClient, db: Database, acme: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from metering.db import Database
+from metering.holds.estimates import estimates_service
 from metering.ledger.verify import verify_session
 from metering.models import Account, AccountPeriod, UsageRecord
 from metering.usage.repository import NewUsageRow, usage_repository
@@ -116,6 +117,33 @@ class TestEstimates:
         assert pending == {"user-0": 300_000, "user-1": 300_000, "user-2": 300_000}
 
 
+    async def test_stored_means_provider_defaults_and_compute_time_prices_in_one_batch(self, db: Database) -> None:
+        """A (provider, model) with samples gets its mean, one without its provider's default, and a
+        compute_time record its price."""
+        async with db.session_scope() as session:
+            await create_provider(session, "together", default_estimate_nano_usd=100_000)
+            await create_provider(session, "spaces", pricing="compute_time")  # cpu-basic: 120,000 a second
+            await estimates_service.observe_costs(session, [("together", "org/seen", 7_000)])
+        records = [
+            record("a", model="org/seen"),
+            record("b", model="org/unseen"),
+            record("c", provider="spaces", hardware="cpu-basic", duration_ms=2_000),
+        ]
+        assert await ingest(db, records) == (3, 0, [])
+        async with db.session_scope() as session:
+            stored = {
+                r.request_id: (r.estimate_nano_usd, r.status, r.cost_nano_usd)
+                for r in await session.scalars(select(UsageRecord))
+            }
+            pending = await session.scalar(select(AccountPeriod.pending_estimate_nano_usd))
+        assert stored == {
+            "a": (7_000, "pending", None),
+            "b": (100_000, "pending", None),
+            "c": (240_000, "priced", 240_000),
+        }
+        assert pending == 107_000
+
+
 class TestConcurrentIngest:
     async def test_batches_naming_the_same_accounts_in_any_order_all_commit(self, db: Database) -> None:
         """Eight concurrent batches over the same 100 users, each in its own order: on PostgreSQL
@@ -162,6 +190,18 @@ class TestRepository:
                 raise RuntimeError("the use case fails after the insert")
         async with db.session_scope() as session:
             assert list(await session.scalars(select(UsageRecord.request_id))) == ["seed"]
+
+    async def test_a_whole_second_started_at_matches_the_same_instant_bound_by_the_orm(self, db: Database) -> None:
+        """Timestamps are written as the ORM writes them: SQLite compares them as text, so a row
+        written any other way would fall outside a range starting at its own instant."""
+        await setup(db)
+        await ingest(db, [record("r1", started_at="2026-11-20T08:00:00Z"), record("r2", started_at="2026-11-20T07:59:59Z")])
+        async with db.session_scope() as session:
+            found = list(await session.scalars(select(UsageRecord.request_id).where(UsageRecord.started_at >= STARTED)))
+            received = await session.scalar(
+                select(func.count()).where(UsageRecord.received_at == UsageRecord.next_attempt_at)
+            )
+        assert (found, received) == (["r1"], 2)
 
     async def test_inserted_rows_start_pending_and_due_now(self, db: Database) -> None:
         await setup(db)
