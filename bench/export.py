@@ -208,7 +208,6 @@ async def fill_usage(dsn: str, requests: int, members: int = 100) -> None:
         )
         # A steady-state table: autovacuum has set the visibility map, so index-only scans
         # need no heap fetches (a bulk load right before the query would not have it yet).
-        # The hourly totals are folded as the scheduler's fold-usage-rollups job leaves them.
         await connection.execute("VACUUM (ANALYZE) usage_records")
     finally:
         await connection.close()
@@ -255,6 +254,7 @@ async def time_usage_series(url: str, repeats: int) -> tuple[list[float], list[f
         service_ms, route_ms, direct_ms = [], [], []
         points = 0
         try:
+            # The usage totals as the scheduler's fold-usage-rollups job leaves them, analysed.
             await fold_usage_rollups(database)
             async with database.engine.connect() as connection:
                 autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
