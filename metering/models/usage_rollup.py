@@ -19,9 +19,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from metering.models.base import Base, BigIntPK, UTCDateTime
 
-# The group_by values of the usage series, each a column of usage_records.
-ROLLUP_DIMENSIONS = {"member": "user_name", "provider": "provider_id", "model": "model"}
-
 
 class UsageRollup(Base):
     """A signed difference of one (account, span, dimension, key), or their folded sum.
