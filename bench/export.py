@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -85,7 +84,9 @@ async def fill_ledger(dsn: str, entries: int) -> None:
             SELECT 2 * i, i, {PROVIDERS} + 1 + i % {ACCOUNTS}, 1000 + i FROM generate_series(1, {transactions}) AS i
             """
         )
-        await connection.execute("ANALYZE ledger_accounts, ledger_transactions, ledger_entries")
+        # A closed period's rows are long settled: vacuumed (hint bits set, visibility map
+        # current) before the export, and no autovacuum of the fresh insert runs beside it.
+        await connection.execute("VACUUM (ANALYZE) ledger_accounts, ledger_transactions, ledger_entries")
     finally:
         await connection.close()
 
@@ -100,9 +101,25 @@ async def copy_baseline(dsn: str, out: Path) -> float:
         await connection.close()
 
 
+# The wrapper that runs one export and reports its usage. A ``python -c`` of the standard
+# library only: starting this file instead would import the bench's own dependencies
+# (asyncpg, the test support) in the wrapper and add their import time to every export's wall time.
+_WRAPPER = """
+import resource, subprocess, sys
+returncode = subprocess.run(sys.argv[1:], check=False).returncode
+if returncode:
+    sys.exit(returncode)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+"""
+
+
 def measured_child(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """Run ``command`` under a wrapper that reports its usage; returns (wall s, peak MiB, CPU s)."""
-    wrapper = [sys.executable, __file__, "--child", "--", *command]
+    """Run ``command`` under a wrapper that reports its usage; returns (wall s, peak MiB, CPU s).
+
+    Peak RSS is read with ``RUSAGE_CHILDREN`` in a wrapper that runs nothing else, so it is that export's own.
+    """
+    wrapper = [sys.executable, "-S", "-c", _WRAPPER, *command]
     started = time.perf_counter()
     result = subprocess.run(wrapper, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
@@ -110,15 +127,6 @@ def measured_child(command: list[str], env: dict[str, str]) -> tuple[float, floa
         raise RuntimeError(f"export failed: {result.stderr[-2000:]}")
     peak_kib, cpu_seconds = result.stdout.strip().splitlines()[-1].split()
     return elapsed, int(peak_kib) / 1024, float(cpu_seconds)
-
-
-def run_child(command: list[str]) -> None:
-    """Wrapper mode: run the export, then print the peak RSS (KiB) and CPU seconds of that one child."""
-    returncode = subprocess.run(command, check=False).returncode
-    if returncode != 0:
-        sys.exit(returncode)
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
 
 
 def export_env(url: str, data_dir: str) -> dict[str, str]:
@@ -313,9 +321,6 @@ def bench_usage(url: str, requests: int, repeats: int) -> list[Row]:
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        run_child(sys.argv[3:])
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100k and 300k ledger rows")
     parser.add_argument("--sizes", default=None, help="comma-separated ledger row counts")
