@@ -81,4 +81,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Added last, so it runs first: inside only the framework's outermost error layer.
+    app.add_middleware(authorize.AuthorizeFastLane, max_bytes=settings.max_body_bytes)
     return app

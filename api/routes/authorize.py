@@ -4,38 +4,51 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ServiceAuth, is_service_token
+from api.errors import error_body, status_for
 from api.schemas.authorize import AuthorizeCreate, AuthorizeRead
 from api.schemas.errors import BODY_TOO_LARGE, NO_SERVICE_TOKEN, UNREADABLE_BODY, error_responses
 from metering.authorize.service import AuthorizeRequest, Decision, authorize_service
 from metering.db import Database
+from metering.errors import MeteringError
 
 _JSON_HEADERS_WITHOUT_LENGTH = [(b"content-type", b"application/json")]
 
 
-class AuthorizeRoute(APIRoute):
-    """The route as declared below, with its everyday request answered without FastAPI's request handling.
+AUTHORIZE_PATH = "/internal/v1/authorize"
 
-    FastAPI's per-request work (a ``Request``, dependency solving, body parsing and
-    validation through its field machinery, exit stacks) costs the hot path several
-    times the decision's own Python. A request that is a POST with a valid service
-    token, a ``Content-Length``, ``Content-Type: application/json`` and a body that
-    parses and validates as ``AuthorizeCreate`` is decided here; any other request goes
-    to FastAPI's handling with its body replayed, so every refusal of the framework
-    (400, 401, 422) is FastAPI's own, byte for byte. orjson accepts a subset of what
-    the framework's parser accepts, with the same values, so both validate the same
-    object with the same model. Errors of the decision propagate to the app's
-    handlers, as they would from the endpoint.
+
+class AuthorizeFastLane:
+    """ASGI middleware: the route's everyday request answered before FastAPI's middleware and request handling.
+
+    FastAPI's per-request work (its middleware layers, routing, a ``Request``,
+    dependency solving, body parsing and validation through its field machinery, exit
+    stacks) costs the hot path several times the decision's own Python. A request to
+    the route that is a POST with a valid service token, ``Content-Type:
+    application/json`` and a ``Content-Length`` within the body limit, whose body
+    parses and validates as ``AuthorizeCreate``, is decided here; any other request goes
+    on to the app with its body replayed, so every refusal of the framework (400, 401,
+    413, 422) is FastAPI's own, byte for byte. orjson accepts a subset of what the
+    framework's parser accepts, with the same values, so both validate the same object
+    with the same model. A refusal of the decision (``MeteringError``, e.g. 503) gets
+    the body the app's handler gives it; any other error reaches the app's outermost
+    layer, which answers 500, as it would from the endpoint.
     """
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST" or not _fast_lane_headers(scope):
-            await super().handle(scope, receive, send)
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http" or scope["path"] != AUTHORIZE_PATH or scope["method"] != "POST"
+            or not _fast_lane_headers(scope, self.max_bytes)
+        ):
+            await self.app(scope, receive, send)
             return
         received: list[Message] = []
         body = b""
@@ -43,7 +56,7 @@ class AuthorizeRoute(APIRoute):
             message = await receive()
             received.append(message)
             if message["type"] != "http.request":
-                await super().handle(scope, _replay(received, receive), send)
+                await self.app(scope, _replay(received, receive), send)
                 return
             body += message.get("body", b"")
             if not message.get("more_body", False):
@@ -51,21 +64,26 @@ class AuthorizeRoute(APIRoute):
         try:
             fields = AuthorizeCreate.model_validate(orjson.loads(body))
         except (orjson.JSONDecodeError, ValidationError):
-            await super().handle(scope, _replay(received, receive), send)
+            await self.app(scope, _replay(received, receive), send)
             return
-        payload = await _decide(scope["app"].state.database, fields)
+        status = 200
+        try:
+            payload = await _decide(scope["app"].state.database, fields)
+        except MeteringError as error:
+            status, payload = status_for(error), orjson.dumps(error_body(type(error).__name__, error.detail))
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
+                "status": status,
                 "headers": [(b"content-length", str(len(payload)).encode()), *_JSON_HEADERS_WITHOUT_LENGTH],
             }
         )
         await send({"type": "http.response.body", "body": payload})
 
 
-def _fast_lane_headers(scope: Scope) -> bool:
-    """A JSON body of a declared length, and a service token as ``HTTPBearer`` and ``require_service_token`` read it."""
+def _fast_lane_headers(scope: Scope, max_bytes: int) -> bool:
+    """A JSON body of a declared length within ``max_bytes``, and a service token as ``HTTPBearer`` and
+    ``require_service_token`` read it."""
     authorization = content_type = length = None
     for name, value in scope["headers"]:
         if name == b"authorization" and authorization is None:
@@ -75,6 +93,8 @@ def _fast_lane_headers(scope: Scope) -> bool:
         elif name == b"content-length" and length is None:
             length = value
     if content_type != b"application/json" or length is None or not length.isdigit() or authorization is None:
+        return False
+    if int(length) > max_bytes:
         return False
     scheme, _, credentials = authorization.decode("latin-1").partition(" ")
     credentials = credentials.strip()
@@ -115,9 +135,7 @@ def _encode(decision: Decision) -> bytes:
     )
 
 
-router = APIRouter(
-    prefix="/internal/v1", tags=["internal"], dependencies=[ServiceAuth], route_class=AuthorizeRoute
-)
+router = APIRouter(prefix="/internal/v1", tags=["internal"], dependencies=[ServiceAuth])
 
 
 @router.post(

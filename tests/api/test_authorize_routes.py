@@ -11,8 +11,10 @@ from fastapi.routing import APIRoute
 
 from api.app import create_app
 from metering.authorize.catalog import provider_catalog
+from metering.authorize.service import authorize_service
 from metering.config import Settings
 from metering.db import Database
+from metering.errors import ServiceUnavailable
 from metering.metrics import registry
 from metering.models import Account
 from tests.conftest import SERVICE_TOKEN
@@ -340,6 +342,33 @@ class TestFastLane:
         assert answer.status_code == 200
         assert answer.json() == refused("unknown_provider", "alice")
         assert len(framework_calls) == 1
+
+    async def test_a_body_over_the_limit_is_refused_by_the_framework(
+        self, client: httpx.AsyncClient, framework_calls: list[str], settings: Settings, db: Database
+    ) -> None:
+        padding = " " * settings.max_body_bytes
+        body = f'{{"user": "alice", "provider": "together", "model": "m"{padding}}}'.encode()
+        answer = await self.post(client, body)
+        assert (answer.status_code, answer.json()["error"]) == (413, "PayloadTooLarge")
+        assert await holds(db) == []
+
+    async def test_a_refusal_of_the_decision_gets_the_app_s_error_body(
+        self, client: httpx.AsyncClient, framework_calls: list[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A lost database connection is the real cause of this error; raising it directly is the
+        # only way to make both lanes meet it at the same point.
+        async def unavailable(*_args: object, **_kwargs: object) -> None:
+            raise ServiceUnavailable("the database connection was lost; ask again")
+
+        monkeypatch.setattr(authorize_service, "authorize", unavailable)
+        body = b'{"user": "alice", "provider": "together", "model": "m"}'
+        fast = await self.post(client, body)
+        framework = await self.post(client, body, "application/json; charset=utf-8")
+        assert framework_calls == ["application/json; charset=utf-8"]
+        assert fast.status_code == framework.status_code == 503
+        assert fast.content == framework.content
+        assert fast.json() == {"error": "ServiceUnavailable", "detail": "the database connection was lost; ask again"}
+        assert fast.headers["content-type"] == framework.headers["content-type"] == "application/json"
 
     async def test_other_methods_are_the_framework_s(self, client: httpx.AsyncClient) -> None:
         answer = await client.get(URL)
