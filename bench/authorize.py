@@ -17,10 +17,10 @@ does at period start. Then:
     python bench/authorize.py [--quick] [--rate 1000] [--duration 30] [--workers 1]
 
 Targets: p99 <= 5 ms at 1,000 req/s; saturation >= 0.4 of the trivial route's; exactly 10 of
-the 64 allowed; overshoot = allowed × (actual − estimate), i.e. bounded by estimate error. The load generator shares the machine
-with the server and PostgreSQL, so its own scheduling lag counts in the latency (which errs
-against the server, never for it); its cyclic collector is paused while it measures, so its
-own collection pauses do not.
+the 64 allowed; overshoot = allowed × (actual − estimate), i.e. bounded by estimate error.
+The load generator shares the machine with the server and PostgreSQL, so its own scheduling
+lag counts in the latency (which errs against the server, never for it); its cyclic
+collector is paused while it measures, so its own collection pauses do not.
 """
 
 from __future__ import annotations
