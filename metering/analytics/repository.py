@@ -57,12 +57,25 @@ def _floor_naive(moment: datetime, interval: str) -> datetime:
     return moment.replace(hour=0) if interval == "day" else moment
 
 
+# A bucket of the hourly totals: the hour itself, or its UTC day (``date_bin`` from a UTC
+# midnight: arithmetic on the instant, without the time zone lookups of ``date_trunc``).
+_ROLLUP_BUCKET = {"hour": "starts_at", "day": "date_bin(interval '1 day', starts_at, timestamptz '2000-01-01 00:00:00+00')"}
+_ROLLUP_MEASURES = ("requests", "priced_requests", "cost_nano_usd", "pending_requests", "custom_key_requests")
+_BUCKET_SUMS = ", ".join(f"sum({m}) AS {m}" for m in _ROLLUP_MEASURES)
+
+
+def _rollup_totals(bucket: str, dimension: str) -> str:
+    """Per (bucket, key) sums of one dimension's hourly totals of ``:account`` in ``[:start, :end)``."""
+    return f"""
+        SELECT {bucket} AS bucket, key, {_BUCKET_SUMS}
+        FROM usage_rollups
+        WHERE billing_account = :account AND span = 'hour' AND dimension = {dimension}
+          AND starts_at >= :start AND starts_at < :end
+        GROUP BY 1, 2"""
+
+
 def _on_the_hour(moment: datetime) -> bool:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0) == moment
-
-
-def _on_the_day(moment: datetime) -> bool:
-    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) == moment
 
 
 def _bucket_start(value: object) -> datetime:
@@ -129,33 +142,39 @@ class AnalyticsRepository:
     async def _buckets_rollup(
         self, session: AsyncSession, *, account: str, start: datetime, end: datetime, interval: str, group_by: str
     ) -> Sequence[Row]:
-        """The same buckets summed from the totals the triggers keep (``usage_rollups``, PostgreSQL).
+        """The same buckets summed from the hourly totals the triggers keep (``usage_rollups``, PostgreSQL).
 
-        Only for a range on whole hours: the totals cannot split an hour. Daily totals
-        serve a daily series on whole days; otherwise hourly ones are summed into buckets.
-        A key whose requests and custom-key requests sum to zero has no usage left in the
-        bucket (its differences cancelled out): the direct query has no group for it either.
+        Only for a range on whole hours: the totals cannot split an hour. A day sums its
+        hours. The totals keep no member row for the account itself (a user paying for their
+        own requests, migration 0006): that member's usage is the account's total (its
+        provider rows) less its other members'. A key whose requests and custom-key requests
+        sum to zero has no usage left in the bucket (its differences cancelled out): the
+        direct query has no group for it either.
         """
-        span = "day" if interval == "day" and _on_the_day(start) and _on_the_day(end) else "hour"
-        bucket = "starts_at" if span == interval else "date_trunc(:interval, starts_at, 'UTC')"
-        statement = text(
-            f"""
-            SELECT {bucket} AS bucket, key,
-                   sum(requests), sum(priced_requests), sum(cost_nano_usd),
-                   sum(pending_requests), sum(custom_key_requests)
-            FROM usage_rollups
-            WHERE billing_account = :account AND span = :span AND dimension = :dimension
-              AND starts_at >= :start AND starts_at < :end
-            GROUP BY 1, 2
-            HAVING sum(requests) <> 0 OR sum(custom_key_requests) <> 0
-            ORDER BY 1, 2
-            """
-        )
-        parameters = {"account": account, "span": span, "dimension": group_by, "start": start, "end": end}
-        if span != interval:
-            parameters["interval"] = interval
+        bucket = _ROLLUP_BUCKET[interval]
+        if group_by == "member":
+            # The account itself as a member: its total (the provider totals) less its other members'.
+            statement = f"""
+                WITH members AS ({_rollup_totals(bucket, "'member'")}),
+                providers AS ({_rollup_totals(bucket, "'provider'")}),
+                account AS (SELECT bucket, {_BUCKET_SUMS} FROM providers GROUP BY 1),
+                others AS (SELECT bucket, {_BUCKET_SUMS} FROM members GROUP BY 1),
+                itself AS (
+                    SELECT a.bucket, CAST(:account AS varchar) AS key,
+                           {", ".join(f"a.{m} - coalesce(o.{m}, 0) AS {m}" for m in _ROLLUP_MEASURES)}
+                    FROM account AS a LEFT JOIN others AS o ON o.bucket = a.bucket
+                )
+                SELECT * FROM (SELECT * FROM members UNION ALL SELECT * FROM itself) AS groups
+                WHERE requests <> 0 OR custom_key_requests <> 0
+                ORDER BY 1, 2"""
+        else:
+            statement = f"""
+                SELECT * FROM ({_rollup_totals(bucket, ":dimension")}) AS groups
+                WHERE requests <> 0 OR custom_key_requests <> 0
+                ORDER BY 1, 2"""
+        parameters = {"account": account, "dimension": group_by, "start": start, "end": end}
         await session.execute(text("SET LOCAL jit = off"))
-        return (await session.execute(statement, parameters)).all()
+        return (await session.execute(text(statement), parameters)).all()
 
     async def _buckets_postgres(
         self, session: AsyncSession, *, account: str, start: datetime, end: datetime, interval: str, group_by: str

@@ -1,7 +1,7 @@
 """Folding the hourly usage totals: the triggers' differences of a key become one row.
 
-Every statement that writes usage records appends one row per key it changed (migration
-0005), so without folding the totals would grow about as fast as the records themselves.
+Every statement that writes usage records appends one row per key it changed (migrations
+0005 and 0006), so without folding the totals would grow about as fast as the records themselves.
 Folding deletes all rows of the keys that have new differences and inserts their sum, in
 one statement: a reader sees the totals before or after it, equal either way. Differences
 committed while it runs are not in its snapshot and wait for the next pass.
@@ -80,27 +80,26 @@ class RollupMismatch:
 
 _MEASURES = ("requests", "priced_requests", "cost_nano_usd", "pending_requests", "custom_key_requests")
 
-# The records summed as the triggers sum them (migration 0005), beside the totals' sums.
+# The records summed as the triggers sum them (migration 0006), beside the totals' sums.
 _MISMATCHES = text(
     f"""
     WITH records AS (
-        SELECT billing_account,
-               CASE WHEN GROUPING(hour) = 0 THEN 'hour' ELSE 'day' END AS span,
-               CASE WHEN GROUPING(hour) = 0 THEN hour ELSE day END AS starts_at,
-               CASE WHEN GROUPING(user_name) = 0 THEN 'member'
+        SELECT billing_account, 'hour' AS span, hour AS starts_at,
+               CASE WHEN GROUPING(member) = 0 THEN 'member'
                     WHEN GROUPING(provider_id) = 0 THEN 'provider' ELSE 'model' END AS dimension,
-               CASE WHEN GROUPING(user_name) = 0 THEN user_name
+               CASE WHEN GROUPING(member) = 0 THEN member
                     WHEN GROUPING(provider_id) = 0 THEN provider_id ELSE model END AS key,
                count(*) FILTER (WHERE NOT custom_key) AS requests,
                count(*) FILTER (WHERE status = 'priced') AS priced_requests,
                coalesce(sum(cost_nano_usd), 0) AS cost_nano_usd,
                count(*) FILTER (WHERE status = 'pending') AS pending_requests,
                count(*) FILTER (WHERE custom_key) AS custom_key_requests
-        FROM (SELECT *, date_trunc('hour', started_at, 'UTC') AS hour, date_trunc('day', started_at, 'UTC') AS day
+        FROM (SELECT *, date_trunc('hour', started_at, 'UTC') AS hour,
+                     CASE WHEN user_name <> billing_account THEN user_name END AS member
               FROM usage_records) AS u
-        GROUP BY GROUPING SETS (
-            (billing_account, hour, user_name), (billing_account, hour, provider_id), (billing_account, hour, model),
-            (billing_account, day, user_name), (billing_account, day, provider_id), (billing_account, day, model))
+        GROUP BY GROUPING SETS ((billing_account, hour, member), (billing_account, hour, provider_id),
+                                (billing_account, hour, model))
+        HAVING GROUPING(member) = 1 OR member IS NOT NULL
     ), totals AS (
         SELECT billing_account, span, starts_at, dimension, key,
                {", ".join(f"sum({m}) AS {m}" for m in _MEASURES)}

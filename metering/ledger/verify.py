@@ -180,7 +180,7 @@ async def _spending_limits(session: AsyncSession) -> Check:
 
 async def _usage_rollups(session: AsyncSession) -> Check:
     """The usage series reads these totals: a difference would show usage that never was."""
-    check = Check("usage_rollups", "the hourly and daily usage totals equal the usage records (PostgreSQL)")
+    check = Check("usage_rollups", "the hourly usage totals equal the usage records (PostgreSQL)")
     for m in await rollup_mismatches(session):
         check.breach(
             f"{m.billing_account} {m.span} {m.starts_at:%Y-%m-%d %H:00} {m.dimension} {m.key}: "

@@ -1,10 +1,12 @@
-"""Hourly and daily usage totals per billing account, kept by PostgreSQL triggers on ``usage_records``.
+"""Hourly usage totals per billing account, kept by PostgreSQL triggers on ``usage_records``.
 
 The usage time series of a large org reads about a million usage records a month; these
-rows hold the same counts per UTC hour and per UTC day for each member, provider and
-model, so the series reads a few thousand rows instead. Each statement that inserts, updates or deletes usage
-records appends its signed difference in the same transaction (migration 0005), so the
-totals are exact at every commit and no writer waits on another; ``fold-usage-rollup``
+rows hold the same counts per UTC hour for each member, provider and model, so the series
+reads tens of thousands of rows instead (a day sums its hours). The account itself, as a
+member (a user paying for their own requests), has no member rows: its provider rows less
+its other members' are its usage. Each statement that inserts, updates or deletes usage
+records appends its signed difference in the same transaction (migrations 0005, 0006), so
+the totals are exact at every commit and no writer waits on another; ``fold-usage-rollups``
 folds those differences into one row per key. SQLite has no statement triggers: there the
 table stays empty and the series reads the usage records, as an embedded database holds
 little.
