@@ -58,11 +58,14 @@ async def seed(url: str, *, requests: int, baseline: int, cost_endpoint: str, fi
     """
     set_settings(Settings(environment="embedded", database_url=url, secret_key=SECRET_KEY, service_tokens="x", jwt_secret="x" * 32))
     database = Database(url)
+    url_of_provider = cost_endpoint.rsplit("/billing", 1)[0]
+    registrations = {
+        "sim": ProviderRegistration(url=url_of_provider, pricing="cost_endpoint", cost_endpoint=cost_endpoint, cost_token=TOKEN),
+        # Priced by compute time: the job asks no cost endpoint for its rows, which stay the baseline's.
+        "raw": ProviderRegistration(url=url_of_provider, pricing="compute_time", hardware_prices_nano_usd_per_second={"cpu": 1}),
+    }
     async with database.session_scope() as session:
-        for provider_id in ("sim", "raw"):
-            registration = ProviderRegistration(
-                url=cost_endpoint.rsplit("/billing", 1)[0], pricing="cost_endpoint", cost_endpoint=cost_endpoint, cost_token=TOKEN
-            )
+        for provider_id, registration in registrations.items():
             await provider_service.upsert(session, provider_id=provider_id, registration=registration)
     await database.dispose()
     now = datetime.now(UTC)
