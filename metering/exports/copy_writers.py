@@ -25,13 +25,20 @@ PARQUET_BLOCK_BYTES = 2 * 1024 * 1024
 
 
 def _memory_pool() -> pa.MemoryPool:
-    """Arrow's default pool, the one the Parquet writer's encoders use whatever pool it is given.
+    """One allocator for the whole export, Arrow's jemalloc pool where the build has it, made the
+    process's default so the Parquet writer's encoders (which use the default pool whatever
+    pool they are given) share it.
 
-    One allocator for the whole export: its high-water mark is reached in the first row groups
-    and stays there, whatever the row count. With a second pool (jemalloc) for parsing, each
-    allocator kept its own high-water mark and the peak crept up with the length of the export.
+    With two pools, each kept its own high-water mark and the peak crept up with the length of
+    the export. With the default mimalloc pool alone, the peak of the same 1M-row export
+    varied from 185 to 218 MiB run to run; with jemalloc it stays within a few MiB (160-167).
     """
-    return pa.default_memory_pool()
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a build without jemalloc: its default pool
+        return pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    return pool
 
 
 _QUOTE = b'"'
