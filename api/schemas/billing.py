@@ -7,10 +7,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas.providers import PROVIDER_ID_PATTERN
+from api.schemas.providers import MAX_NANO_USD, PROVIDER_ID_PATTERN
 
 PERIOD_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
-MAX_NANO_USD = 2**63 - 1
 ProviderId = Annotated[str, Field(pattern=PROVIDER_ID_PATTERN, max_length=64)]
 
 

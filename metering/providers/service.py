@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.config import get_settings
 from metering.errors import ProviderNotFound
 from metering.models import Provider
 from metering.periods import utcnow
@@ -92,6 +93,14 @@ def _check_registration(registration: ProviderRegistration, *, has_token: bool) 
             raise InvalidProviderRegistration("compute_time pricing needs hardware_prices_nano_usd_per_second")
     else:
         raise InvalidProviderRegistration(f"unknown pricing mode {registration.pricing!r}")
+    # An estimate is held against limits and summed with others: one above what a single request
+    # may cost (costs above it are quarantined) is a mistake, and could overflow those sums.
+    ceiling = get_settings().cost_ceiling_nano_usd
+    if registration.default_estimate_nano_usd > ceiling:
+        raise InvalidProviderRegistration(
+            f"default_estimate_nano_usd {registration.default_estimate_nano_usd} exceeds the per-request "
+            f"cost ceiling of {ceiling}"
+        )
 
 
 provider_service = ProviderService()

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import metrics
 from metering.accounts.repository import account_repository
+from metering.config import get_settings
 from metering.credits.repository import PeriodTotals, credits_repository
 from metering.credits.service import PlanHolder, credits_service, pays_as_you_go
 from metering.holds.estimates import estimates_service
@@ -185,7 +186,10 @@ async def account_for_new_usage(
 
 
 def _compute_time_cost(usage: NewUsage, provider: Provider | ProviderTerms) -> tuple[int, tuple[str, str] | None]:
-    """Duration × the hardware's price per second, or (metric label, reason) it cannot be priced."""
+    """Duration × the hardware's price per second, or (metric label, reason) it cannot be priced.
+
+    A cost over the per-request ceiling is quarantined, as one a provider reports would be.
+    """
     if usage.duration_ms is None:
         return 0, ("missing_duration", "compute_time: missing duration_ms")
     if not usage.hardware:
@@ -193,7 +197,11 @@ def _compute_time_cost(usage: NewUsage, provider: Provider | ProviderTerms) -> t
     price = (provider.hardware_prices_nano_usd_per_second or {}).get(usage.hardware)
     if not isinstance(price, int) or isinstance(price, bool) or price < 0:
         return 0, ("unknown_hardware", f"compute_time: unknown hardware {usage.hardware[:64]!r}")
-    return duration_cost_nano(usage.duration_ms, price), None
+    cost = duration_cost_nano(usage.duration_ms, price)
+    ceiling = get_settings().cost_ceiling_nano_usd
+    if cost > ceiling:
+        return 0, ("over_ceiling", f"compute_time: {cost} nano-USD exceeds the ceiling of {ceiling}")
+    return cost, None
 
 
 async def settle(

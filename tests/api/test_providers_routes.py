@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from metering.config import Settings
 from metering.db import Database
 from metering.models import Provider
 from metering.providers.service import provider_service
@@ -60,6 +61,28 @@ class TestPutProvider:
         assert (
             await client.put("/internal/v1/providers/p1", json=REGISTRATION | {"default_estimate_nano_usd": -1})
         ).status_code == 422
+
+    async def test_amounts_a_bigint_cannot_hold_are_refused(self, client: httpx.AsyncClient) -> None:
+        too_large = 2**63
+        compute = {"url": "https://hf.example", "pricing": "compute_time"}
+        for body in (
+            REGISTRATION | {"default_estimate_nano_usd": too_large},
+            compute | {"hardware_prices_nano_usd_per_second": {"cpu": too_large}},
+            REGISTRATION | {"models": {"org/m": {"input_nano_usd_per_million_tokens": too_large,
+                                                 "output_nano_usd_per_million_tokens": 0}}},
+        ):
+            response = await client.put("/internal/v1/providers/p1", json=body)
+            assert (response.status_code, response.json()["error"]) == (422, "ValidationError"), body
+        largest = compute | {"hardware_prices_nano_usd_per_second": {"cpu": too_large - 1}}
+        assert (await client.put("/internal/v1/providers/p1", json=largest)).status_code == 200
+
+    async def test_an_estimate_above_the_cost_ceiling_is_refused(self, client: httpx.AsyncClient, settings: Settings) -> None:
+        ceiling = settings.cost_ceiling_nano_usd
+        response = await client.put("/internal/v1/providers/p1", json=REGISTRATION | {"default_estimate_nano_usd": ceiling + 1})
+        assert response.status_code == 422
+        assert "exceeds the per-request cost ceiling" in response.json()["detail"]
+        at_ceiling = REGISTRATION | {"default_estimate_nano_usd": ceiling}
+        assert (await client.put("/internal/v1/providers/p1", json=at_ceiling)).status_code == 200
 
 
 class TestPublicProviders:

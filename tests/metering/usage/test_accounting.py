@@ -116,6 +116,19 @@ class TestAccountForNewUsage:
         assert stored.quarantine_reason == "compute_time: unknown hardware 'tpu-v9'"
         assert await transactions(session, kind=codes.REQUEST_COST) == []
 
+    async def test_compute_time_over_the_ceiling_is_quarantined(self, session) -> None:
+        await create_account(session, "alice", plan="pro")
+        await create_provider(session, "hf-inference", pricing="compute_time")
+        # 1,000,000 s at 120,000 nano-USD/s: 120 USD, over the default ceiling of 100 USD.
+        usage = await store_usage(session, provider="hf-inference", duration_ms=1_000_000_000, hardware="cpu-basic")
+        stored = await record(session, usage.id)
+        assert (stored.status, stored.cost_nano_usd, stored.estimate_nano_usd) == ("quarantined", None, 0)
+        assert stored.quarantine_reason == (
+            "compute_time: 120000000000 nano-USD exceeds the ceiling of 100000000000"
+        )
+        assert await transactions(session, kind=codes.REQUEST_COST) == []
+        assert (await period_row(session, "alice", usage.period)).credits_used_nano_usd == 0
+
     async def test_month_boundary_picks_the_started_at_period(self, session) -> None:
         await create_account(session, "alice", plan="pro")
         await create_provider(session, "hf-inference", pricing="compute_time")
