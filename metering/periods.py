@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-PERIOD_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# YYYY-MM with a year from 1000 to 9998: every period has a previous and a next one that
+# ``datetime`` can hold (year 0 and the month after 9999-12 cannot be).
+PERIOD_REGEX = r"^([1-8]\d{3}|9[0-8]\d{2}|99[0-8]\d|999[0-8])-(0[1-9]|1[0-2])$"
+PERIOD_PATTERN = re.compile(PERIOD_REGEX)
 
 # Added to the wall clock by ``utcnow``. Zero everywhere except ``metering demo``, which
 # steps it through a past month to play that month's billing in seconds; every module

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.providers import MAX_NANO_USD, PROVIDER_ID_PATTERN
+from metering.periods import PERIOD_REGEX
 
-PERIOD_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+PERIOD_PATTERN = PERIOD_REGEX
 ProviderId = Annotated[str, Field(pattern=PROVIDER_ID_PATTERN, max_length=64)]
 
 

@@ -28,6 +28,14 @@ def _recent(minutes: int) -> datetime:
     return max(utcnow() - timedelta(minutes=minutes), start)
 
 
+@pytest.mark.parametrize("period", ["0000-01", "9999-12", "2026-13"])
+@pytest.mark.parametrize("route", ["billing", "requests"])
+async def test_a_period_out_of_range_is_422(client: httpx.AsyncClient, world: None, route: str, period: str) -> None:
+    """Year 0 and the month after 9999-12 have no dates: a clear refusal, not a server error."""
+    response = await client.get(f"/v1/accounts/acme/{route}?period={period}", headers=ALICE)
+    assert (response.status_code, response.json()["error"]) == (422, "ValidationError")
+
+
 class TestBillingSummary:
     async def test_credits_then_payg_after_priced_requests(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
         await ingest(

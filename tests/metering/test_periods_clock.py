@@ -52,3 +52,17 @@ class TestClockOffset:
         set_clock_offset(timedelta(hours=-5))
         set_clock_offset(timedelta(0))
         assert abs(utcnow() - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+class TestPeriodNames:
+    @pytest.mark.parametrize("name", ["1000-01", "2026-11", "9998-12"])
+    def test_a_period_with_a_previous_and_a_next_one_is_accepted(self, name: str) -> None:
+        assert periods.parse_period(name) == name
+        start, end = periods.period_bounds(name)
+        assert (period_of(start), period_of(end)) == (name, periods.next_period(name))
+        assert periods.previous_period(name) < name < periods.next_period(name)
+
+    @pytest.mark.parametrize("name", ["0000-01", "0999-12", "9999-01", "9999-12", "2026-13", "2026-00", "26-11"])
+    def test_a_period_datetime_cannot_bound_is_refused(self, name: str) -> None:
+        with pytest.raises(ValueError, match="YYYY-MM"):
+            periods.parse_period(name)
