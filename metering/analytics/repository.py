@@ -172,7 +172,9 @@ class AnalyticsRepository:
                 SELECT * FROM ({_rollup_totals(bucket, ":dimension")}) AS groups
                 WHERE requests <> 0 OR custom_key_requests <> 0
                 ORDER BY 1, 2"""
-        parameters = {"account": account, "dimension": group_by, "start": start, "end": end}
+        parameters = {"account": account, "start": start, "end": end}
+        if group_by != "member":
+            parameters["dimension"] = group_by
         await session.execute(text("SET LOCAL jit = off"))
         return (await session.execute(text(statement), parameters)).all()
 
