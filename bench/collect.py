@@ -5,7 +5,8 @@ A fresh database gets N pending usage records (COPY) of 1,000 users; a simulated
 ``metering jobs run-once collect-costs`` processes drain the backlog in batches of 10,000.
 Prints priced/s end to end (process start to exit) and while draining, the mean time of a
 10k batch split into claim / HTTP / validate / apply, then the raw baseline: a SKIP LOCKED
-claim plus a one-transaction UPDATE/INSERT of 10,000 rows with plain asyncpg, and the ratio.
+claim and the UPDATE/INSERT of its 10,000 rows in one transaction with plain asyncpg (the
+shape of the job's held lease), and the ratio.
 
     python bench/collect.py [--requests 1000000] [--quick]
 
@@ -129,7 +130,7 @@ def parse_summary(text: str) -> dict[str, float]:
 
 
 async def raw_baseline(url: str, count: int) -> tuple[float, int]:
-    """SKIP LOCKED claim + one transaction that prices 10k rows and inserts their postings, plain asyncpg."""
+    """SKIP LOCKED claim, pricing of its 10k rows and their postings in one transaction, plain asyncpg."""
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         ids = await connection.fetch(
@@ -140,22 +141,20 @@ async def raw_baseline(url: str, count: int) -> tuple[float, int]:
         batches = 0
         started = time.perf_counter()
         while True:
+            # The job's own shape on PostgreSQL: rows locked SKIP LOCKED, priced and posted in one transaction.
             async with connection.transaction():
                 rows = await connection.fetch(
-                    "UPDATE usage_records SET lease_owner = 'raw', lease_expires_at = now() + interval '2 minutes' "
-                    "WHERE id IN (SELECT id FROM usage_records WHERE provider_id = 'raw' AND status = 'pending' "
-                    "LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id, request_id",
+                    "SELECT id, request_id FROM usage_records WHERE provider_id = 'raw' AND status = 'pending' "
+                    "LIMIT $1 FOR UPDATE SKIP LOCKED",
                     BATCH,
                 )
-            if not rows:
-                break
-            record_ids = [row["id"] for row in rows]
-            costs = [100_000 + row["id"] % 400_000 for row in rows]
-            async with connection.transaction():
+                if not rows:
+                    break
+                record_ids = [row["id"] for row in rows]
+                costs = [100_000 + row["id"] % 400_000 for row in rows]
                 await connection.execute(
-                    "UPDATE usage_records u SET status = 'priced', cost_nano_usd = c.cost, priced_at = now(), "
-                    "lease_owner = NULL, lease_expires_at = NULL FROM unnest($1::bigint[], $2::bigint[]) AS c(id, cost) "
-                    "WHERE u.id = c.id AND u.status = 'pending'",
+                    "UPDATE usage_records u SET status = 'priced', cost_nano_usd = c.cost, priced_at = now() "
+                    "FROM unnest($1::bigint[], $2::bigint[]) AS c(id, cost) WHERE u.id = c.id AND u.status = 'pending'",
                     record_ids, costs,
                 )
                 transactions = await connection.fetch(

@@ -1,7 +1,7 @@
 """The collect-costs job: ask every ``cost_endpoint`` provider for the cost of its due pending requests.
 
 Providers are drained concurrently (one asyncio task each, each batch in its own
-session scopes), so a slow or failing provider never delays the others; a
+``BatchScope``), so a slow or failing provider never delays the others; a
 provider that fails is logged and backed off while the rest go on.
 
 Test hook: ``METERING_TEST_PAUSE_AT`` = ``after_claim`` | ``after_answer`` |
@@ -21,11 +21,13 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from metering.config import Settings, get_settings
 from metering.db import Database
 from metering.metrics import cost_batch_seconds, cost_batches
 from metering.periods import utcnow
+from metering.pricing.batch_scope import BatchScope, LeaseLost
 from metering.pricing.cost_client import CostClient
 from metering.pricing.errors import ProviderUnavailable
 from metering.pricing.service import CollectTarget, collection_service
@@ -48,6 +50,8 @@ class ProviderPass:
     replayed: int = 0
     lost_lease: int = 0
     failure: str | None = None
+    # Rows of the batch being worked on, counted as lost if its lease lapses before it is applied.
+    in_flight: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("claim", "http", "validate", "apply"), 0.0))
 
     def describe(self) -> str:
@@ -80,53 +84,84 @@ async def collect_provider(
     due_before = utcnow()  # rows deferred during this pass are not asked again in it
     while True:
         started = time.perf_counter()
+        # Its own transaction: a half-open circuit's probe is taken (and seen taken) at once.
         async with database.session_scope() as session:
             gate = await collection_service.check_gate(
                 session, provider_id=target.provider_id, now=utcnow(), lease_seconds=settings.cost_lease_seconds
             )
-            if gate in ("backoff", "circuit_open"):
-                stats.failure = stats.failure or gate
-                return stats
-            batch = await collection_service.claim_batch(
-                session, target=target, owner=owner, due_before=due_before, settings=settings, probe=gate == "probe"
-            )
-        claimed = time.perf_counter()
-        stats.seconds["claim"] += claimed - started
-        if batch is None:
+        if gate in ("backoff", "circuit_open"):
+            stats.failure = stats.failure or gate
             return stats
-        await _pause("after_claim")
+        stats.seconds["claim"] += time.perf_counter() - started
         try:
-            body = await collection_service.ask(client, batch=batch)
-            asked = time.perf_counter()
-            stats.seconds["http"] += asked - claimed
-            answer = collection_service.read(body, batch=batch, settings=settings)
-            stats.seconds["validate"] += time.perf_counter() - asked
-        except ProviderUnavailable as failure:
-            async with database.session_scope() as session:
-                until = await collection_service.fail_batch(session, batch=batch, failure=failure)
-            cost_batches.labels(target.provider_id, failure.kind).inc()
-            log.warning("provider %s failed (%s): %s; backed off until %s", target.provider_id, failure.kind, failure.detail, until.isoformat())
-            stats.failure = failure.kind
+            async with BatchScope(database, lease_seconds=settings.cost_lease_seconds) as scope:
+                done = await _collect_batch(
+                    scope, client, target, stats, owner=owner, settings=settings, due_before=due_before, probe=gate == "probe"
+                )
+        except LeaseLost as lost:
+            # The server ended the batch's transaction: its rows are pending again, unwritten.
+            log.warning("provider %s: a batch's lease lapsed before it was applied (%s); nothing written", target.provider_id, lost)
+            stats.lost_lease += stats.in_flight
+            done = False
+        stats.in_flight = 0
+        if done:
             return stats
-        await _pause("after_answer")
-        applying = time.perf_counter()
-        async with database.session_scope() as session:
-            outcome = await collection_service.apply_answer(session, batch=batch, answer=answer, settings=settings)
-            await _pause("mid_transaction")
-        finished = time.perf_counter()
-        stats.seconds["apply"] += finished - applying
-        cost_batches.labels(target.provider_id, "ok").inc()
-        cost_batch_seconds.labels(target.provider_id).observe(finished - started)
-        stats.batches += 1
-        stats.priced += outcome.priced
-        stats.quarantined += outcome.quarantined
-        stats.unpriced += outcome.unpriced
-        stats.deferred += outcome.deferred
-        stats.replayed += outcome.replayed
-        stats.lost_lease += outcome.lost_lease
-        if batch.probe:
-            # A half-open circuit lets one batch through; the next pass drains if it went well.
-            return stats
+
+
+async def _collect_batch(
+    scope: BatchScope,
+    client: CostClient,
+    target: CollectTarget,
+    stats: ProviderPass,
+    *,
+    owner: str,
+    settings: Settings,
+    due_before: datetime,
+    probe: bool,
+) -> bool:
+    """Claim, ask and apply one batch in ``scope``; True when the provider's pass is over."""
+    started = time.perf_counter()
+    async with scope.step() as session:
+        batch = await collection_service.claim_batch(
+            session, target=target, owner=owner, due_before=due_before, settings=settings, probe=probe, held=scope.held
+        )
+    claimed = time.perf_counter()
+    stats.seconds["claim"] += claimed - started
+    if batch is None:
+        return True
+    stats.in_flight = len(batch.rows)
+    await _pause("after_claim")
+    try:
+        body = await collection_service.ask(client, batch=batch)
+        asked = time.perf_counter()
+        stats.seconds["http"] += asked - claimed
+        answer = collection_service.read(body, batch=batch, settings=settings)
+        stats.seconds["validate"] += time.perf_counter() - asked
+    except ProviderUnavailable as failure:
+        async with scope.step(last=True) as session:
+            until = await collection_service.fail_batch(session, batch=batch, failure=failure)
+        cost_batches.labels(target.provider_id, failure.kind).inc()
+        log.warning("provider %s failed (%s): %s; backed off until %s", target.provider_id, failure.kind, failure.detail, until.isoformat())
+        stats.failure = failure.kind
+        return True
+    await _pause("after_answer")
+    applying = time.perf_counter()
+    async with scope.step(last=True) as session:
+        outcome = await collection_service.apply_answer(session, batch=batch, answer=answer, settings=settings)
+        await _pause("mid_transaction")
+    finished = time.perf_counter()
+    stats.seconds["apply"] += finished - applying
+    cost_batches.labels(target.provider_id, "ok").inc()
+    cost_batch_seconds.labels(target.provider_id).observe(finished - started)
+    stats.batches += 1
+    stats.priced += outcome.priced
+    stats.quarantined += outcome.quarantined
+    stats.unpriced += outcome.unpriced
+    stats.deferred += outcome.deferred
+    stats.replayed += outcome.replayed
+    stats.lost_lease += outcome.lost_lease
+    # A half-open circuit lets one batch through; the next pass drains if it went well.
+    return batch.probe
 
 
 async def _guarded(database: Database, client: CostClient, target: CollectTarget, *, owner: str, settings: Settings) -> ProviderPass:

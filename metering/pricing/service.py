@@ -1,10 +1,12 @@
 """Cost collection as steps a job composes: claim a batch, ask the provider, apply the answer.
 
-Each step that touches the database takes the caller's session (one transaction
-per step); asking the provider happens between them, outside any transaction.
-Money moves only through ``metering.usage.accounting.settle``, which is
-exactly-once on its own; the lease check in ``apply_answer`` keeps a worker
-whose lease lapsed from writing rows another worker has taken over.
+Each step that touches the database takes the caller's session; asking the provider
+happens between them. Where the steps' transactions are, and so what a lease is, is
+``metering.pricing.batch_scope``'s to say: on PostgreSQL one transaction whose row
+locks are the lease, on SQLite one transaction per step and a lease written on the rows.
+Money moves only through ``metering.usage.accounting.settle``, which is exactly-once on
+its own; the lease check in ``apply_answer`` keeps a worker whose written lease lapsed
+from writing rows another worker has taken over.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Batch:
     rows: list[ClaimedRow]
     # True when this batch is the one probe of a half-open circuit.
     probe: bool = False
+    # True when the rows are locked by the transaction the batch is applied in (no written lease).
+    held: bool = False
     by_request_id: dict[str, ClaimedRow] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -129,8 +133,10 @@ class CollectionService:
         due_before: datetime,
         settings: Settings,
         probe: bool = False,
+        held: bool = False,
     ) -> Batch | None:
-        """Lease the next due rows of a provider; None when there is nothing due."""
+        """Lease the next due rows of a provider (``held``: locked for the session's transaction,
+        which must stay open until the batch is applied); None when there is nothing due."""
         now = utcnow()
         rows = await claim_repository.claim_due(
             session,
@@ -140,8 +146,9 @@ class CollectionService:
             now=now,
             lease_until=now + timedelta(seconds=settings.cost_lease_seconds),
             limit=settings.cost_batch_size,
+            held=held,
         )
-        return Batch(target, owner, rows, probe=probe) if rows else None
+        return Batch(target, owner, rows, probe=probe, held=held) if rows else None
 
     async def ask(self, client: CostClient, *, batch: Batch) -> bytes:
         """The provider's raw answer for the batch (no transaction is open meanwhile)."""
@@ -171,9 +178,10 @@ class CollectionService:
         """Write one answer in the caller's transaction: prices and quarantines through ``settle``,
         missing IDs deferred with back-off (or ``unpriced`` past the maximum age).
 
-        Every write is conditional on the row being still pending and leased by this batch's
-        owner, so rows another worker took over after our lease lapsed are left alone (counted
-        as ``lost_lease``).
+        Every write is conditional on the row being still pending and, for a written lease,
+        leased by this batch's owner, so rows another worker took over after our lease lapsed
+        are left alone (counted as ``lost_lease``). A held batch's rows are locked by this very
+        transaction, so no other worker can have them.
         """
         now = utcnow()
         provider = batch.target.provider_id
@@ -196,14 +204,15 @@ class CollectionService:
                 unpriced.append(row.id)
             else:
                 deferred.setdefault(row.attempts, []).append(row.id)
+        lease_owner = None if batch.held else batch.owner
         result = await accounting.settle(
-            session, priced=priced, quarantined=quarantined, unpriced=unpriced, lease_owner=batch.owner
+            session, priced=priced, quarantined=quarantined, unpriced=unpriced, lease_owner=lease_owner
         )
         deferred_count = 0
         for attempts, ids in deferred.items():
             delay = min(self.policy.retry_base_seconds * 2 ** min(attempts, 32), self.policy.retry_cap_seconds)
             deferred_count += await claim_repository.defer(
-                session, ids=ids, owner=batch.owner, next_attempt_at=now + timedelta(seconds=max(delay, 0.001))
+                session, ids=ids, owner=lease_owner, next_attempt_at=now + timedelta(seconds=max(delay, 0.001))
             )
         if batch.probe or await self._had_failures(session, provider_id=provider):
             await collection_state_repository.clear(session, provider_id=provider, now=now)
@@ -233,8 +242,11 @@ class CollectionService:
     async def fail_batch(
         self, session: AsyncSession, *, batch: Batch, failure: ProviderUnavailable
     ) -> datetime:
-        """Give the rows back and back the provider off; returns until when it is backed off."""
-        await claim_repository.release(session, ids=[row.id for row in batch.rows], owner=batch.owner)
+        """Give the rows back and back the provider off; returns until when it is backed off.
+
+        A held batch's rows go back when its transaction ends: there is no lease to clear."""
+        if not batch.held:
+            await claim_repository.release(session, ids=[row.id for row in batch.rows], owner=batch.owner)
         return await self.record_failure(session, provider_id=batch.target.provider_id, failure=failure)
 
     async def record_failure(self, session: AsyncSession, *, provider_id: str, failure: ProviderUnavailable) -> datetime:

@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select, text
 
 from jobs.collect_costs import run_once
 from metering.config import Settings
 from metering.db import Database
+from metering.models import UsageRecord
 from simulator.server import SimulatorHandle
 from tests.conftest import SERVICE_TOKEN, TEST_JWT_SECRET, TEST_SECRET_KEY
 from tests.jobs.conftest import assert_priced_exactly_once, make_backlog, statuses
@@ -114,3 +116,37 @@ class TestConcurrentWorkers:
         await assert_priced_exactly_once(db, backlog.cost_by_row())
         # No request was even asked twice: a live lease is never taken over.
         assert set(simulator.stats()["asks"].values()) == {1}
+
+
+class TestLeaseKinds:
+    async def test_a_live_lease_is_skipped_by_another_worker_and_held_leases_write_nothing(
+        self, db: Database, simulator: SimulatorHandle, settings: Settings, tmp_path: Path
+    ) -> None:
+        backlog = await make_backlog(db, simulator, count=12)
+        env = _worker_env(settings, tmp_path, METERING_TEST_PAUSE_AT="after_claim", METERING_TEST_PAUSE_SECONDS="2")
+        worker = _start_worker(env)
+        _wait_for_pause(worker, "after_claim")
+
+        assert "priced=0" in await run_once(db)  # every row is the paused worker's
+        async with db.session_scope() as session:
+            written = await session.scalar(select(func.count()).where(UsageRecord.lease_owner.is_not(None)))
+        # PostgreSQL: the lease is the worker's row locks, nothing is written to claim.
+        # SQLite: the lease is written on the rows and committed before the provider is asked.
+        assert written == (0 if db.dialect == "postgresql" else 12)
+
+        out, err = worker.communicate(timeout=30)
+        assert worker.returncode == 0, err
+        assert "priced=12" in out and "lost_lease=0" in out
+        await assert_priced_exactly_once(db, backlog.cost_by_row())
+        assert set(simulator.stats()["asks"].values()) == {1}
+
+    async def test_the_lease_timeout_ends_with_the_batch_transaction(
+        self, db: Database, simulator: SimulatorHandle, backend: str
+    ) -> None:
+        if backend != "postgres":
+            pytest.skip("SQLite leases are written on the rows, with no server-side timeout")
+        await make_backlog(db, simulator, count=3)
+        assert "priced=3" in await run_once(db)
+        # The pooled connections the job used are back at the server's default (no timeout).
+        async with db.session_scope() as session:
+            assert await session.scalar(text("SHOW idle_in_transaction_session_timeout")) == "0"

@@ -1,10 +1,15 @@
 """SQL of cost collection: leases on pending usage records, and each provider's collection state.
 
-A claim marks rows with the worker's lease (owner, expiry) and commits before
-the provider is asked, so a second worker skips them while the lease holds and
-takes them over once it lapses (a worker killed mid-batch loses nothing). On
-PostgreSQL the claim locks with ``FOR UPDATE SKIP LOCKED``; on SQLite every
-transaction is ``BEGIN IMMEDIATE``, so a claim is already a serialized section.
+Two kinds of lease (``metering.pricing.batch_scope`` says which runs where):
+
+- held (PostgreSQL): the claim locks the rows ``FOR UPDATE SKIP LOCKED`` in a
+  transaction that stays open until the batch is applied; it writes nothing.
+- written (SQLite): the claim marks rows with the worker's lease (owner, expiry)
+  and commits before the provider is asked, so a second worker skips them while
+  the lease holds and takes them over once it lapses. Every SQLite transaction is
+  ``BEGIN IMMEDIATE``, so a claim is already a serialized section.
+
+Either way a worker killed mid-batch loses nothing.
 """
 
 from __future__ import annotations
@@ -50,16 +55,23 @@ class ClaimRepository:
         now: datetime,
         lease_until: datetime,
         limit: int,
+        held: bool = False,
     ) -> list[ClaimedRow]:
-        """Lease up to ``limit`` pending rows of a provider that are due and not leased by a live worker."""
+        """Lease up to ``limit`` pending rows of a provider that are due and not leased by a live
+        worker: ``held``, by locking them for the caller's transaction (PostgreSQL), else by
+        writing the lease on them."""
+        if held:
+            locked = (
+                select(_usage.c.id, _usage.c.request_id, _usage.c.received_at, _usage.c.attempts)
+                .where(*self._due(provider_id, due_before=due_before, now=now))
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            rows = (await session.execute(locked)).all()
+            return [ClaimedRow(row.id, row.request_id, row.received_at, row.attempts) for row in rows]
         due = (
             select(_usage.c.id)
-            .where(
-                _usage.c.provider_id == provider_id,
-                _usage.c.status == "pending",
-                or_(_usage.c.next_attempt_at.is_(None), _usage.c.next_attempt_at <= due_before),
-                or_(_usage.c.lease_expires_at.is_(None), _usage.c.lease_expires_at <= now),
-            )
+            .where(*self._due(provider_id, due_before=due_before, now=now))
             .limit(limit)
         )
         if session.bind.dialect.name == "postgresql":
@@ -73,6 +85,16 @@ class ClaimRepository:
         rows = (await session.execute(statement)).all()
         return [ClaimedRow(row.id, row.request_id, row.received_at, row.attempts) for row in rows]
 
+    @staticmethod
+    def _due(provider_id: str, *, due_before: datetime, now: datetime) -> tuple:
+        """Pending rows of the provider, due, and with no written lease still running."""
+        return (
+            _usage.c.provider_id == provider_id,
+            _usage.c.status == "pending",
+            or_(_usage.c.next_attempt_at.is_(None), _usage.c.next_attempt_at <= due_before),
+            or_(_usage.c.lease_expires_at.is_(None), _usage.c.lease_expires_at <= now),
+        )
+
     async def release(self, session: AsyncSession, *, ids: Sequence[int], owner: str) -> int:
         """Give the rows back untouched (the provider failed, not the requests)."""
         if not ids:
@@ -85,14 +107,18 @@ class ClaimRepository:
         result = await session.execute(statement)
         return result.rowcount
 
-    async def defer(self, session: AsyncSession, *, ids: Sequence[int], owner: str, next_attempt_at: datetime) -> int:
+    async def defer(
+        self, session: AsyncSession, *, ids: Sequence[int], owner: str | None, next_attempt_at: datetime
+    ) -> int:
         """Count one more unanswered ask, set when to ask again, and end the lease, on the rows
-        still pending and leased by ``owner``; returns how many."""
+        still pending and leased by ``owner`` (``None``: held by the caller's transaction);
+        returns how many."""
         if not ids:
             return 0
+        owned = () if owner is None else (_usage.c.lease_owner == owner,)
         statement = (
             update(_usage)
-            .where(_id_in(session, ids), _usage.c.lease_owner == owner, _usage.c.status == "pending")
+            .where(_id_in(session, ids), *owned, _usage.c.status == "pending")
             .values(
                 attempts=_usage.c.attempts + 1, next_attempt_at=next_attempt_at, lease_owner=None, lease_expires_at=None
             )
