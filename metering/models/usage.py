@@ -45,7 +45,8 @@ class UsageRecord(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))
     request_id: Mapped[str] = mapped_column(String(256))
-    user_name: Mapped[str] = mapped_column(ForeignKey("accounts.name"), index=True)
+    # Not indexed on its own: members are read through ix_usage_records_billing_time (migration 0007).
+    user_name: Mapped[str] = mapped_column(ForeignKey("accounts.name"))
     # The raw X-HF-Bill-To value as the router saw it.
     bill_to: Mapped[str | None] = mapped_column(String(96), nullable=True)
     # Who pays: the bill_to org when it was valid at record time, else the user.
@@ -63,7 +64,7 @@ class UsageRecord(Base):
     hardware: Mapped[str | None] = mapped_column(String(64), nullable=True)
     input_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     output_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    hold_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    hold_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     # Hash of the record's content as sent: equal hash = duplicate, different = conflict.
     content_hash: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default="pending")
