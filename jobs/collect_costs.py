@@ -27,7 +27,7 @@ from metering.config import Settings, get_settings
 from metering.db import Database
 from metering.metrics import cost_batch_seconds, cost_batches
 from metering.periods import utcnow
-from metering.pricing.batch_scope import BatchScope, LeaseLost
+from metering.pricing.batch_scope import BatchScope, HeldSlots, LeaseLost
 from metering.pricing.cost_client import CostClient
 from metering.pricing.errors import ProviderUnavailable
 from metering.pricing.service import CollectTarget, collection_service
@@ -77,7 +77,7 @@ async def _pause(point: str) -> None:
 
 
 async def collect_provider(
-    database: Database, client: CostClient, target: CollectTarget, *, owner: str, settings: Settings
+    database: Database, client: CostClient, target: CollectTarget, *, owner: str, settings: Settings, slots: HeldSlots
 ) -> ProviderPass:
     """Drain one provider's due requests, batch after batch, until none is due or it fails."""
     stats = ProviderPass(target.provider_id)
@@ -94,13 +94,14 @@ async def collect_provider(
             return stats
         stats.seconds["claim"] += time.perf_counter() - started
         try:
-            async with BatchScope(database, lease_seconds=settings.cost_lease_seconds) as scope:
+            async with BatchScope(database, lease_seconds=settings.cost_lease_seconds, slots=slots) as scope:
                 done = await _collect_batch(
                     scope, client, target, stats, owner=owner, settings=settings, due_before=due_before, probe=gate == "probe"
                 )
         except LeaseLost as lost:
-            # The server ended the batch's transaction: its rows are pending again, unwritten.
-            log.warning("provider %s: a batch's lease lapsed before it was applied (%s); nothing written", target.provider_id, lost)
+            # The batch's transaction ended before it was applied: its rows are asked again.
+            log.warning("provider %s: a batch's lease ended before it was applied (%s)", target.provider_id, lost)
+            cost_batches.labels(target.provider_id, "lease_lost").inc()
             stats.lost_lease += stats.in_flight
             done = False
         stats.in_flight = 0
@@ -164,10 +165,12 @@ async def _collect_batch(
     return batch.probe
 
 
-async def _guarded(database: Database, client: CostClient, target: CollectTarget, *, owner: str, settings: Settings) -> ProviderPass:
+async def _guarded(
+    database: Database, client: CostClient, target: CollectTarget, *, owner: str, settings: Settings, slots: HeldSlots
+) -> ProviderPass:
     """One provider's pass; an unexpected error is logged and does not stop the other providers."""
     try:
-        stats = await collect_provider(database, client, target, owner=owner, settings=settings)
+        stats = await collect_provider(database, client, target, owner=owner, settings=settings, slots=slots)
     except Exception:  # noqa: BLE001 - one failing unit is logged and the rest go on
         log.exception("collecting costs of provider %s failed", target.provider_id)
         cost_batches.labels(target.provider_id, "error").inc()
@@ -187,9 +190,12 @@ async def run_once(database: Database) -> str:
     started = time.perf_counter()
     async with database.session_scope() as session:
         targets = await collection_service.list_targets(session)
+    # Held leases keep a connection each through the provider's answer: at most the pool's size,
+    # so the other providers' short transactions always find a connection (the pool overflows).
+    slots = HeldSlots(database.pool_size)
     async with CostClient(settings) as client:
         passes = await asyncio.gather(
-            *(_guarded(database, client, target, owner=owner, settings=settings) for target in targets)
+            *(_guarded(database, client, target, owner=owner, settings=settings, slots=slots) for target in targets)
         )
     elapsed = time.perf_counter() - started
     priced = sum(p.priced for p in passes)

@@ -104,6 +104,7 @@ class Database:
 
     def __init__(self, database_url: str, *, pool_size: int = 10) -> None:
         self.url = database_url
+        self.pool_size = pool_size
         self.engine = create_engine(database_url, pool_size=pool_size)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 

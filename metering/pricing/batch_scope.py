@@ -10,6 +10,10 @@ the next worker, and its own next statement fails as ``LeaseLost``.
 
 SQLite has one writer at a time, so no transaction may stay open while a provider is asked:
 each step is a transaction of its own and the lease is written on the rows (owner, expiry).
+PostgreSQL does the same for a batch that finds every ``HeldSlots`` of its process taken: a
+held batch keeps a pooled connection through its provider's answer, so with more providers
+in flight than the pool has connections, the others write their lease rather than wait for
+one (a slow provider must not delay the others). Both kinds of lease skip each other's rows.
 """
 
 from __future__ import annotations
@@ -36,31 +40,56 @@ def _ended_by_server(error: DBAPIError) -> bool:
     return error.connection_invalidated or getattr(error.orig, "sqlstate", None) == _IDLE_TIMEOUT_SQLSTATE
 
 
+class HeldSlots:
+    """How many batches of one process may hold a connection through their provider's answer."""
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+
+    def take(self) -> bool:
+        if self.free <= 0:
+            return False
+        self.free -= 1
+        return True
+
+    def give_back(self) -> None:
+        self.free += 1
+
+
 class BatchScope:
     """Sessions for a batch's steps: ``async with scope.step() as session`` for the claim, then
     ``scope.step(last=True)`` for the apply (or the failure). Held (PostgreSQL): every step
     shares the scope's one transaction, committed at the end of the last step and rolled back
-    if the scope ends without one. Not held (SQLite): each step commits alone."""
+    if the scope ends without one. Not held (SQLite, or no slot free): each step commits alone."""
 
-    def __init__(self, database: Database, *, lease_seconds: int) -> None:
+    def __init__(self, database: Database, *, lease_seconds: int, slots: HeldSlots) -> None:
         self.database = database
-        self.held = database.dialect == "postgresql"
         self.lease_seconds = lease_seconds
+        self.slots = slots
+        self.held = False
         self._session: AsyncSession | None = None
 
     async def __aenter__(self) -> BatchScope:
+        self.held = self.database.dialect == "postgresql" and self.slots.take()
         if self.held:
             self._session = self.database.sessionmaker()
-            await self._session.begin()
-            # SET LOCAL ends with the transaction: the pooled connection keeps no timeout.
-            timeout_ms = int(self.lease_seconds * 1000)
-            await self._session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms}"))
+            try:
+                await self._session.begin()
+                # SET LOCAL ends with the transaction: the pooled connection keeps no timeout.
+                timeout_ms = int(self.lease_seconds * 1000)
+                await self._session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms}"))
+            except BaseException as error:
+                await self.__aexit__(type(error), error, error.__traceback__)
+                raise
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> bool:
         session, self._session = self._session, None
+        if self.held:
+            self.held = False
+            self.slots.give_back()
         if session is not None:
             await session.close()  # rolls back a transaction the last step did not commit
         if isinstance(error, DBAPIError) and _ended_by_server(error):

@@ -151,7 +151,8 @@ class CollectionService:
         return Batch(target, owner, rows, probe=probe, held=held) if rows else None
 
     async def ask(self, client: CostClient, *, batch: Batch) -> bytes:
-        """The provider's raw answer for the batch (no transaction is open meanwhile)."""
+        """The provider's raw answer for the batch (no statement runs meanwhile; a held batch's
+        transaction waits idle, within its lease)."""
         return await client.fetch(
             provider=batch.target.provider_id,
             endpoint=batch.target.endpoint,

@@ -214,6 +214,35 @@ class TestIsolation:
         assert finished["a-slow"] - finished["b-fast"] >= timedelta(seconds=1.5)
         await assert_priced_exactly_once(db, fast_backlog.cost_by_row() | slow_backlog.cost_by_row())
 
+    async def test_with_more_providers_in_flight_than_connections_the_others_write_their_lease(
+        self, db: Database, simulator: SimulatorHandle, settings: Settings, backend: str
+    ) -> None:
+        if backend != "postgres":
+            pytest.skip("SQLite leases are always written on the rows")
+        small = Database(settings.database_url, pool_size=1)  # one held lease, one overflow connection
+        try:
+            with simulator_in_thread(seed=13) as slow:
+                slow_backlog = await make_backlog(db, slow, count=10, provider_id="a-slow", prefix="s")
+                fast_backlog = await make_backlog(db, simulator, count=10, provider_id="b-fast", prefix="f")
+                slow.set_faults(slow_seconds=2.0)
+                started = utcnow()
+
+                assert "priced=20" in await run_once(small)
+        finally:
+            await small.dispose()
+
+        async with db.session_scope() as session:
+            rows = (await session.execute(
+                select(UsageRecord.provider_id, func.max(UsageRecord.priced_at), func.count(UsageRecord.lease_owner))
+                .group_by(UsageRecord.provider_id)
+            )).all()
+        finished = {provider: last for provider, last, _ in rows}
+        written_leases = {provider: leased for provider, _, leased in rows}
+        # One provider held the one slot; the other wrote its lease instead of waiting for a connection.
+        assert sorted(written_leases.values()) == [0, 10]
+        assert finished["b-fast"] - started < timedelta(seconds=1.5)
+        await assert_priced_exactly_once(db, fast_backlog.cost_by_row() | slow_backlog.cost_by_row())
+
     async def test_an_unreachable_provider_is_logged_and_the_others_go_on(
         self, db: Database, simulator: SimulatorHandle
     ) -> None:

@@ -4,7 +4,8 @@ Two kinds of lease (``metering.pricing.batch_scope`` says which runs where):
 
 - held (PostgreSQL): the claim locks the rows ``FOR UPDATE SKIP LOCKED`` in a
   transaction that stays open until the batch is applied; it writes nothing.
-- written (SQLite): the claim marks rows with the worker's lease (owner, expiry)
+- written (SQLite, and PostgreSQL batches beyond the held ones a process may
+  have in flight): the claim marks rows with the worker's lease (owner, expiry)
   and commits before the provider is asked, so a second worker skips them while
   the lease holds and takes them over once it lapses. Every SQLite transaction is
   ``BEGIN IMMEDIATE``, so a claim is already a serialized section.
