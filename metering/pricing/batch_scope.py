@@ -33,10 +33,12 @@ _IDLE_TIMEOUT_SQLSTATE = "25P03"
 
 
 class LeaseLost(Exception):
-    """The server ended the batch's transaction (its lease): nothing of the batch was written."""
+    """The batch's transaction (its lease) ended before its commit: the server ended it, or its
+    connection was lost; its rows are asked again (and stay priced once if a commit did land)."""
 
 
 def _ended_by_server(error: DBAPIError) -> bool:
+    """The session is gone (idle timeout or a lost connection), not a failed statement."""
     return error.connection_invalidated or getattr(error.orig, "sqlstate", None) == _IDLE_TIMEOUT_SQLSTATE
 
 
