@@ -50,8 +50,6 @@ class ProviderPass:
     replayed: int = 0
     lost_lease: int = 0
     failure: str | None = None
-    # Rows of the batch being worked on, counted as lost if its lease lapses before it is applied.
-    in_flight: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("claim", "http", "validate", "apply"), 0.0))
 
     def describe(self) -> str:
@@ -93,8 +91,9 @@ async def collect_provider(
             stats.failure = stats.failure or gate
             return stats
         stats.seconds["claim"] += time.perf_counter() - started
+        scope = BatchScope(database, lease_seconds=settings.cost_lease_seconds, slots=slots)
         try:
-            async with BatchScope(database, lease_seconds=settings.cost_lease_seconds, slots=slots) as scope:
+            async with scope:
                 done = await _collect_batch(
                     scope, client, target, stats, owner=owner, settings=settings, due_before=due_before, probe=gate == "probe"
                 )
@@ -102,9 +101,8 @@ async def collect_provider(
             # The batch's transaction ended before it was applied: its rows are asked again.
             log.warning("provider %s: a batch's lease ended before it was applied (%s)", target.provider_id, lost)
             cost_batches.labels(target.provider_id, "lease_lost").inc()
-            stats.lost_lease += stats.in_flight
+            stats.lost_lease += scope.rows_claimed
             done = False
-        stats.in_flight = 0
         if done:
             return stats
 
@@ -130,7 +128,7 @@ async def _collect_batch(
     stats.seconds["claim"] += claimed - started
     if batch is None:
         return True
-    stats.in_flight = len(batch.rows)
+    scope.rows_claimed = len(batch.rows)
     await _pause("after_claim")
     try:
         body = await collection_service.ask(client, batch=batch)

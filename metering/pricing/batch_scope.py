@@ -69,6 +69,8 @@ class BatchScope:
         self.lease_seconds = lease_seconds
         self.slots = slots
         self.held = False
+        # Set by the caller once it has claimed: the rows counted as lost if the lease ends first.
+        self.rows_claimed = 0
         self._session: AsyncSession | None = None
 
     async def __aenter__(self) -> BatchScope:
