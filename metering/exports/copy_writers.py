@@ -21,7 +21,10 @@ from metering.exports.writers import CSV_FLUSH_BYTES, PARQUET_OPTIONS, PARQUET_R
 
 # CSV parsed per block of whole rows; blocks are gathered into row groups of
 # PARQUET_ROW_GROUP_ROWS. The block and one row group of Arrow data are the memory bound.
-PARQUET_BLOCK_BYTES = 2 * 1024 * 1024
+# Half a MiB: a row group rarely ends on a block's last row, and whatever part of a block is
+# not yet written stays in memory beside the row group, so a smaller block is a steadier peak
+# (a 1M-row ledger export, 5 runs each: 166-169 MiB with 2 MiB blocks, 162-167 MiB with 512 KiB).
+PARQUET_BLOCK_BYTES = 512 * 1024
 
 
 def _memory_pool() -> pa.MemoryPool:
@@ -94,9 +97,9 @@ async def write_csv_from_copy(
     yield b"".join(pending)
 
 
-def _row_end(block: bytes) -> int:
-    """Index just past the last complete row in ``block`` (which starts at a row), 0 if none."""
-    end = block.rfind(_NEWLINE)
+def _row_end(block: bytes | bytearray, size: int) -> int:
+    """Index just past the last complete row in ``block[:size]`` (which starts at a row), 0 if none."""
+    end = block.rfind(_NEWLINE, 0, size)
     while end >= 0 and block.count(_QUOTE, 0, end) % 2:
         end = block.rfind(_NEWLINE, 0, end)
     return end + 1
@@ -132,6 +135,41 @@ class _CsvTables:
             for column, field in zip(table.columns, self.schema, strict=True)
         ]
         return pa.Table.from_arrays(columns, schema=self.schema)
+
+
+class _Block:
+    """The bytes gathered for the next parse, in one buffer reused for every block of the export.
+
+    A block joined anew for every parse is a fresh allocation in the interpreter's heap each
+    time, and a long export met more of its highs: a 5M-row ledger export peaked at a median
+    of 169 MiB that way against 166 MiB with one buffer (512 KiB blocks, 5 and 16 runs).
+    Arrow copies what it parses, so the buffer can be reused as soon as a parse returns.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.buffer = bytearray(capacity)
+        self.size = 0
+
+    def append(self, chunk: bytes) -> None:
+        end = self.size + len(chunk)
+        if end > len(self.buffer):
+            self.buffer.extend(bytes(end - len(self.buffer)))
+        self.buffer[self.size : end] = chunk
+        self.size = end
+
+    def row_end(self) -> int:
+        """Index just past the last complete row gathered, 0 if none."""
+        return _row_end(self.buffer, self.size)
+
+    def view(self, end: int) -> memoryview:
+        """The first ``end`` bytes, not copied: released before the buffer changes again."""
+        return memoryview(self.buffer)[:end]
+
+    def consume(self, end: int) -> None:
+        """Keep the partial row after ``end``: it starts the next block."""
+        tail = self.size - end
+        self.buffer[:tail] = self.buffer[end : self.size]
+        self.size = tail
 
 
 class _RowGroups:
@@ -178,35 +216,31 @@ async def write_parquet_from_copy(
     writer = pq.ParquetWriter(sink, tables.schema, memory_pool=pool, **PARQUET_OPTIONS)
     groups = _RowGroups(writer, row_group_rows)
 
-    def add(block: memoryview) -> int:
-        table = tables.table(block)
+    def add(view: memoryview) -> int:
+        with view:
+            table = tables.table(view)
         groups.add(table)
         return table.num_rows
 
     # One worker thread: Arrow's allocations stay in one thread's arenas, and blocks keep their order.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-export")
     loop = asyncio.get_running_loop()
-    pending: list[bytes] = []
-    size = 0
+    block = _Block(block_bytes)
     try:
         async for chunk in chunks:
-            pending.append(chunk)
-            size += len(chunk)
-            if size < block_bytes:
+            block.append(chunk)
+            if block.size < block_bytes:
                 continue
-            # One copy per block (the join); the partial row after the last row end starts the next one.
-            block = b"".join(pending)
-            end = _row_end(block)
-            pending, size = [block[end:]], len(block) - end
+            end = block.row_end()
             if end:
                 # Off the event loop: the next COPY buffers arrive while Arrow parses and compresses.
-                rows = await loop.run_in_executor(worker, add, memoryview(block)[:end])
+                rows = await loop.run_in_executor(worker, add, block.view(end))
+                block.consume(end)
                 if on_rows is not None:
                     on_rows(rows)
                 yield sink.drain()
-            del block  # not held while the next block gathers
-        if size:
-            rows = await loop.run_in_executor(worker, add, memoryview(b"".join(pending)))
+        if block.size:
+            rows = await loop.run_in_executor(worker, add, block.view(block.size))
             if on_rows is not None:
                 on_rows(rows)
         await loop.run_in_executor(worker, groups.flush)
