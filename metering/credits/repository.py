@@ -105,12 +105,18 @@ class CreditsRepository:
             return {}
         # Most rows exist (an account's first request of a period creates its row): lock those
         # first, then create and lock only the missing ones.
-        rows = await self._select_locked(session, ordered, plain=plain)
+        rows = await self._select_rows(session, ordered, plain=plain)
         missing = [key for key in ordered if key not in rows]
         if missing:
             await self._insert_missing(session, missing)
-            rows.update(await self._select_locked(session, missing, plain=plain))
+            rows.update(await self._select_rows(session, missing, plain=plain))
         return rows
+
+    async def read_totals(self, session: AsyncSession, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], PeriodTotals]:
+        """The existing ``account_periods`` rows of ``(account, period)`` keys, read without a lock:
+        what a writer plans from before it locks them (``lock_rows``) and checks its plan against."""
+        ordered = sorted(set(keys), key=lambda key: (key[1], key[0]))
+        return await self._select_rows(session, ordered, plain=True, lock=False) if ordered else {}
 
     async def _insert_missing(self, session: AsyncSession, keys: list[tuple[str, str]]) -> None:
         if is_sqlite(session):
@@ -129,8 +135,8 @@ class CreditsRepository:
             {"accounts": [a for a, _ in keys], "periods": [p for _, p in keys]},
         )
 
-    async def _select_locked(
-        self, session: AsyncSession, ordered: list[tuple[str, str]], *, plain: bool
+    async def _select_rows(
+        self, session: AsyncSession, ordered: list[tuple[str, str]], *, plain: bool, lock: bool = True
     ) -> dict[tuple[str, str], AccountPeriod | PeriodTotals]:
         by_period: dict[str, list[str]] = defaultdict(list)
         for account, period in ordered:
@@ -140,12 +146,12 @@ class CreditsRepository:
         for period in sorted(by_period):
             for part in chunks(by_period[period]):
                 if plain:
-                    result = await session.execute(
+                    statement = (
                         select(*(table.c[name] for name in _COLUMNS))
                         .where(table.c.period == period, table.c.account_name.in_(part))
                         .order_by(table.c.account_name)
-                        .with_for_update()
                     )
+                    result = await session.execute(statement.with_for_update() if lock else statement)
                     rows.update({(r[0], r[1]): PeriodTotals(*r) for r in result})
                     continue
                 result = await session.scalars(

@@ -95,6 +95,10 @@ class LedgerRepository:
             ids.update(await self._ids(session, missing))
         return ids
 
+    async def account_ids(self, session: AsyncSession, account_codes: Iterable[str]) -> dict[str, int]:
+        """Ids of the ledger accounts named that exist."""
+        return await self._ids(session, sorted(set(account_codes)))
+
     async def _ids(self, session: AsyncSession, account_codes: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         for part in chunks(account_codes):

@@ -35,6 +35,14 @@ class Posting:
     memo: str | None = None
 
 
+@dataclass(slots=True)
+class WrittenPostings:
+    """What ``write_many`` wrote: per posting, True when written now; and the balance moves owed."""
+
+    fresh: list[bool]
+    balance_deltas: dict[int, int]
+
+
 def normalized(entries: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
     """Entries summed per account, zeros dropped, sorted: the form two postings are compared in."""
     sums: dict[str, int] = {}
@@ -89,6 +97,23 @@ class LedgerService:
         Every posting is checked before anything is written; a conflict raises and the
         caller's transaction rolls back whole.
         """
+        written = await self.write_many(session, postings)
+        assert written is not None  # accounts are created
+        await self.move_balances(session, written)
+        return written.fresh
+
+    async def write_many(
+        self, session: AsyncSession, postings: Sequence[Posting], *, create_accounts: bool = True
+    ) -> WrittenPostings | None:
+        """``post_many`` but for the cached balances, which ``move_balances`` moves later in the
+        same transaction: their rows are locked until it ends, so a caller that has slower work
+        between the two keeps them locked for less time.
+
+        Without ``create_accounts``, writes nothing and returns None when a ledger account the
+        postings name does not exist yet: a caller that will lock other rows after writing must
+        not hold an uncreated account's insert meanwhile, which a writer holding those rows may
+        be about to insert too.
+        """
         checked = [_check(posting) for posting in postings]
         first_of_key: dict[str, int] = {}
         for index, posting in enumerate(postings):
@@ -98,9 +123,13 @@ class LedgerService:
                     f"two different postings for {posting.idempotency_key!r} in one batch", key=posting.idempotency_key
                 )
         unique = sorted(first_of_key.values())
-        account_ids = await ledger_repository.ensure_accounts(
-            session, {code for index in unique for code, _ in checked[index]}
-        )
+        named = {code for index in unique for code, _ in checked[index]}
+        if create_accounts:
+            account_ids = await ledger_repository.ensure_accounts(session, named)
+        else:
+            account_ids = await ledger_repository.account_ids(session, named)
+            if len(account_ids) < len(named):
+                return None
         entries = [
             (postings[index].idempotency_key, account_ids[code], amount) for index in unique for code, amount in checked[index]
         ]
@@ -112,14 +141,16 @@ class LedgerService:
         for key, account_id, amount in entries:
             if key not in left_out:
                 deltas[account_id] += amount
-        await ledger_repository.add_to_balances(session, deltas)
         written_now: set[str] = set()
-        results = []
-        for index, posting in enumerate(postings):
-            fresh = posting.idempotency_key not in left_out and posting.idempotency_key not in written_now
+        fresh = []
+        for posting in postings:
+            fresh.append(posting.idempotency_key not in left_out and posting.idempotency_key not in written_now)
             written_now.add(posting.idempotency_key)
-            results.append(fresh)
-        return results
+        return WrittenPostings(fresh, deltas)
+
+    async def move_balances(self, session: AsyncSession, written: WrittenPostings) -> None:
+        """Add what ``write_many`` wrote to the cached balances of its accounts."""
+        await ledger_repository.add_to_balances(session, written.balance_deltas)
 
     async def _check_replays(
         self, session: AsyncSession, indexes: list[int], postings: Sequence[Posting], checked: list[tuple]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,13 +24,13 @@ from metering.credits.repository import PeriodTotals, credits_repository
 from metering.credits.service import PlanHolder, credits_service, pays_as_you_go
 from metering.holds.estimates import estimates_service
 from metering.holds.service import holds_service
-from metering.ledger import codes
-from metering.ledger.service import Posting, ledger_service
+from metering.ledger.service import WrittenPostings, ledger_service
 from metering.models import Provider
 from metering.money import duration_cost_nano
 from metering.periods import current_period, next_period, utcnow
 from metering.providers.repository import provider_repository
 from metering.usage.accounting_repository import SettledRow, accounting_repository
+from metering.usage.cost_split import CostSplit, split_costs
 from metering.usage.repository import ProviderTerms, usage_repository
 from metering.usage.types import PricedRequest, QuarantinedRequest, SettleResult
 
@@ -272,7 +272,15 @@ async def settle(
 async def _move_money(
     session: AsyncSession, priced_rows: list[SettledRow], costs: dict[int, int], released_rows: list[SettledRow]
 ) -> None:
-    """Post the costs of ``priced_rows`` and release every moved record's pending estimate."""
+    """Post the costs of ``priced_rows`` and release every moved record's pending estimate.
+
+    The account-period totals the split depends on are locked until the transaction ends, and
+    every worker settling the same accounts waits for them. So the split is planned from the
+    totals read without a lock and its postings written first, in a savepoint; the totals are
+    locked after, and the postings kept when the locked totals split the batch the same way
+    (nearly always: only credits running out under another worker can change it). Otherwise
+    the savepoint is rolled back and the batch planned again.
+    """
     # Late costs go to the current period, or the next open one after a forced early close.
     candidates = [current_period()]
     for _ in range(2):
@@ -284,64 +292,72 @@ async def _move_money(
         return open_period if row.period in closed else row.period
 
     all_rows = priced_rows + released_rows
-    keys = {(row.billing_account, row.period) for row in all_rows}
-    keys |= {(row.billing_account, posting_period(row)) for row in priced_rows}
+    priced_keys = {(row.billing_account, posting_period(row)) for row in priced_rows}
+    keys = priced_keys | {(row.billing_account, row.period) for row in all_rows}
     # Plain terms, not ORM accounts: a batch names up to a thousand accounts.
     _, accounts = await usage_repository.lookup(session, provider_ids=(), names={row.billing_account for row in all_rows})
     providers = await provider_repository.get_many(session, {row.provider_id for row in priced_rows})
-    locked = await credits_service.lock_account_periods(session, keys=keys, accounts=accounts)
+    eligible = {provider_id: provider.credit_eligible for provider_id, provider in providers.items()}
+    payg = {name: pays_as_you_go(terms) for name, terms in accounts.items()}
 
-    postings: list[Posting] = []
-    # A batch names a few hundred accounts thousands of times: their codes and terms once each.
-    codes_of: dict[tuple[str, str], tuple[str, str, str]] = {}
-    payg_of = {name: pays_as_you_go(terms) for name, terms in accounts.items()}
-    for row in sorted(priced_rows, key=lambda r: r.id):
-        period = posting_period(row)
-        account = row.billing_account
-        state = locked[(account, period)]
-        cost = costs[row.id]
-        from_credits, payg, written_off = _split(
-            cost, state, eligible=providers[row.provider_id].credit_eligible, payg=payg_of[account]
-        )
-        state.credits_used_nano_usd += from_credits
-        state.payg_nano_usd += payg
-        state.written_off_nano_usd += written_off
-        account_codes = codes_of.get((account, period))
-        if account_codes is None:
-            account_codes = codes_of[(account, period)] = (
-                codes.credits(account, period), codes.receivable(account, period), codes.write_off(period)
-            )
-        late = row.period != period
-        postings.append(
-            Posting(
-                kind=codes.LATE_REQUEST_COST if late else codes.REQUEST_COST,
-                idempotency_key=f"cost:{row.id}",
-                period=period,
-                original_period=row.period if late else None,
-                account_name=account,
-                provider_id=row.provider_id,
-                usage_record_id=row.id,
-                entries=(
-                    (account_codes[0], from_credits),
-                    (account_codes[1], payg),
-                    (account_codes[2], written_off),
-                    (codes.payable(row.provider_id, period), -cost),
-                ),
-            )
-        )
+    def split_from(totals: Mapping[tuple[str, str], PeriodTotals]) -> CostSplit:
+        return split_costs(priced_rows, costs, totals, eligible=eligible, payg=payg, posting_period=posting_period)
+
+    planned = None
+    for _ in range(_PLANS_BEFORE_LOCKING if priced_rows else 0):
+        try:
+            planned = await _write_split_then_lock(session, keys=keys, accounts=accounts, split_from=split_from)
+            break
+        except _SplitChanged:
+            continue
+        except _CannotPlan:
+            break
+    if planned is None:
+        # Nothing priced, rows or accounts to create, or credits kept changing: lock, then split.
+        locked = await credits_service.lock_account_periods(session, keys=keys, accounts=accounts)
+        split = split_from(locked)
+        written = await ledger_service.write_many(session, split.postings)
+    else:
+        locked, split, written = planned
+    split.apply_to(locked)
     for row in all_rows:
         state = locked[(row.billing_account, row.period)]
         # Never below zero: a drifted cache must not wedge pricing; verify reports the drift.
         state.pending_estimate_nano_usd = max(0, state.pending_estimate_nano_usd - row.estimate_nano_usd)
-    if postings:
-        await ledger_service.post_many(session, postings)
+    await ledger_service.move_balances(session, written)
     await credits_repository.save_totals(session, list(locked.values()))
 
 
-def _split(cost: int, state: PeriodTotals, *, eligible: bool, payg: bool) -> tuple[int, int, int]:
-    """(credits, pay-as-you-go, written off): credits first (eligible providers only), then
-    pay-as-you-go, else written off."""
-    available = max(0, state.credits_granted_nano_usd - state.credits_used_nano_usd)
-    from_credits = min(cost, available) if eligible else 0
-    rest = cost - from_credits
-    return (from_credits, rest, 0) if payg else (from_credits, 0, rest)
+async def _write_split_then_lock(
+    session: AsyncSession,
+    *,
+    keys: set[tuple[str, str]],
+    accounts: Mapping[str, PlanHolder],
+    split_from: Callable[[Mapping[tuple[str, str], PeriodTotals]], CostSplit],
+) -> tuple[dict[tuple[str, str], PeriodTotals], CostSplit, WrittenPostings]:
+    """Split from the totals read without a lock, write the postings, then lock the totals; in a
+    savepoint, rolled back unless the locked totals split the batch the same way."""
+    seen = await credits_repository.read_totals(session, keys)
+    if len(seen) < len(keys):
+        raise _CannotPlan  # rows to create (and grant) first: under the lock, as every writer does
+    split = split_from(seen)
+    async with session.begin_nested():
+        written = await ledger_service.write_many(session, split.postings, create_accounts=False)
+        if written is None:
+            raise _CannotPlan  # accounts to create: under the lock too
+        locked = await credits_service.lock_account_periods(session, keys=keys, accounts=accounts)
+        if not split.holds_for(locked):
+            raise _SplitChanged
+    return locked, split, written
+
+
+# Plans of a batch from unlocked totals before it locks them first (each one savepoint).
+_PLANS_BEFORE_LOCKING = 3
+
+
+class _SplitChanged(Exception):
+    """The locked totals split the batch otherwise than the unlocked ones it was planned from."""
+
+
+class _CannotPlan(Exception):
+    """The batch needs rows or ledger accounts created, which only happens under the lock."""

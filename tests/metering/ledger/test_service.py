@@ -1,4 +1,4 @@
-"""ledger_service.post / post_many: balanced, idempotent postings with cached balances."""
+"""ledger_service.post / post_many / write_many: balanced, idempotent postings with cached balances."""
 
 from __future__ import annotations
 
@@ -88,3 +88,22 @@ class TestPostMany:
         with pytest.raises(LedgerConflict):
             await ledger_service.post_many(session, [first, second])
         assert await transactions(session) == []
+
+
+class TestWriteMany:
+    async def test_balances_move_only_with_move_balances(self, session) -> None:
+        posting = Posting(kind="adjustment", idempotency_key="k", period=PERIOD, entries=((EXPENSE, 3), (ALICE, -3)))
+        written = await ledger_service.write_many(session, [posting])
+        assert written.fresh == [True]
+        assert (await entries_sum(session, ALICE), await balance(session, ALICE)) == (-3, 0)
+        await ledger_service.move_balances(session, written)
+        assert await balance(session, ALICE) == -3
+
+    async def test_without_creating_accounts_a_missing_one_writes_nothing(self, session) -> None:
+        await ledger_service.post(session, kind="adjustment", idempotency_key="k1", period=PERIOD, entries=[(EXPENSE, 1), (ALICE, -1)])
+        bob = codes.credits("bob", PERIOD)
+        posting = Posting(kind="adjustment", idempotency_key="k2", period=PERIOD, entries=((EXPENSE, 2), (bob, -2)))
+        assert await ledger_service.write_many(session, [posting], create_accounts=False) is None
+        assert len(await transactions(session)) == 1
+        existing = Posting(kind="adjustment", idempotency_key="k3", period=PERIOD, entries=((EXPENSE, 2), (ALICE, -2)))
+        assert (await ledger_service.write_many(session, [existing], create_accounts=False)).fresh == [True]

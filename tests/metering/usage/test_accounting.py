@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from sqlalchemy import text
+
 from metering.credits.service import credits_service
 from metering.db import Database
 from metering.holds.service import holds_service
@@ -295,3 +298,59 @@ class TestConcurrentSettle:
             assert row.credits_used_nano_usd == sum(1_000 + i for i in ids)
             assert row.pending_estimate_nano_usd == 0
             assert (await verify_session(session)).ok
+
+
+class TestSettlePlannedBeforeTheLock:
+    """A batch's split is planned from totals read without a lock and checked once they are locked."""
+
+    async def test_credits_used_meanwhile_by_another_worker_are_not_spent_twice(self, db, settings, backend) -> None:
+        if backend == "sqlite":
+            pytest.skip("SQLite has one writer at a time: no other worker can settle in between")
+        async with db.session_scope() as session:
+            await create_account(session, "alice", plan="pro")
+            await create_provider(session, "together", default_estimate_nano_usd=10)
+            warm_up, theirs, ours = [await store_usage(session) for _ in range(3)]
+            # The first cost creates alice's ledger accounts, so the next ones plan before locking.
+            await settle(session, priced=[PricedRequest(warm_up.id, 100)])
+        other = Database(settings.database_url)
+        try:
+            async with other.session_scope() as their_session:
+                # Another worker takes all but 1,000 of alice's credits and holds her row until it commits.
+                await settle(their_session, priced=[PricedRequest(theirs.id, PRO - 100 - 1_000)])
+                ours_settled = asyncio.create_task(_settle_alone(db, PricedRequest(ours.id, 5_000)))
+                # Ours read the totals before that commit and now waits for alice's row.
+                await _until_waiting_for_a_lock(db, ours_settled)
+            result = await ours_settled
+        finally:
+            await other.dispose()
+        assert result.priced == 1
+        async with db.session_scope() as session:
+            row = await period_row(session, "alice", ours.period)
+            assert (row.credits_used_nano_usd, row.payg_nano_usd) == (PRO, 4_000)
+            assert await balance(session, codes.receivable("alice", ours.period)) == 4_000
+            assert await balance(session, codes.credits("alice", ours.period)) == 0
+            assert len(await transactions(session, kind=codes.REQUEST_COST)) == 3
+            assert (await verify_session(session)).ok
+
+
+async def _settle_alone(db: Database, request: PricedRequest):  # noqa: ANN202
+    async with db.session_scope() as session:
+        return await settle(session, priced=[request])
+
+
+async def _until_waiting_for_a_lock(db: Database, task: asyncio.Task) -> None:
+    """Until some session of the database waits for a lock (PostgreSQL), or ``task`` is done."""
+    for _ in range(500):
+        if task.done():
+            return
+        async with db.session_scope() as session:
+            waiting = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no session ever waited for a lock")
