@@ -351,8 +351,10 @@ async def _write_split_then_lock(
     return locked, split, written
 
 
-# Plans of a batch from unlocked totals before it locks them first (each one savepoint).
-_PLANS_BEFORE_LOCKING = 3
+# Plans of a batch from unlocked totals before it locks them first. Each plan that fails has
+# written the batch's postings in vain (then rolled back), so a second failure, which takes
+# another worker settling the same accounts' last credits in between, falls back to the lock.
+_PLANS_BEFORE_LOCKING = 2
 
 
 class _SplitChanged(Exception):
