@@ -28,25 +28,22 @@ PARQUET_BLOCK_BYTES = 512 * 1024
 
 
 def _memory_pool() -> pa.MemoryPool:
-    """One allocator for the whole export, Arrow's jemalloc pool where the build has it, made the
-    process's default so the Parquet writer's encoders (which use the default pool whatever
-    pool they are given) share it.
+    """Arrow's default pool — jemalloc, as ``metering.exports`` sets it — with freed pages returned at once.
 
-    With two pools, each kept its own high-water mark and the peak crept up with the length of
-    the export. Measured on a 1M-row ledger export: a peak of 185-218 MiB over five runs with
-    the default mimalloc pool, 181-185 MiB with jemalloc. Arrow's own allocations peak at
-    15 MiB either way; the rest is the interpreter, its libraries and buffers outside the pool.
+    Every Arrow allocation of the export is in that one pool: the CSV parser's and the Parquet
+    encoders' own buffers go to the process's default pool whatever pool they are given, and
+    ``pa.set_memory_pool`` does not change that one. With mimalloc as that default, what it kept
+    for reuse grew with the export: peaks of 178-182 MiB for a 1M-row ledger against 178-193 MiB
+    for 5M; with jemalloc, 150.1-150.8 against 151.0-151.5.
 
-    Freed pages go back to the system at once (decay 0): an export frees a row group's worth
-    of buffers every few milliseconds, and pages kept for reuse were what moved the peak from
-    run to run (5M-row ledger, no dictionary pages: 171-173 MiB with, 179-195 MiB without).
+    Decay 0 applies to the arenas jemalloc creates from now on, among them the export's worker
+    thread's, where all of the Arrow work is done. Kept pages made the peak vary: with a 20 ms
+    decay, 161-164 MiB (1M) and 165-167 (5M). Returning them costs page faults: about 0.4 CPU s
+    per million rows (170k faults), the price of a peak that does not depend on the length.
     """
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a build without jemalloc: its default pool
-        return pa.default_memory_pool()
-    pa.jemalloc_set_decay_ms(0)
-    pa.set_memory_pool(pool)
+    pool = pa.default_memory_pool()
+    if pool.backend_name == "jemalloc":
+        pa.jemalloc_set_decay_ms(0)
     return pool
 
 

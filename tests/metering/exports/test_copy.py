@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -133,3 +137,25 @@ class TestCrlfRows:
         converted = [converter.convert(data[start : start + cut]) for start in range(0, len(data), cut)]
         assert b"".join(chunk for chunk, _ in converted) == crlf.getvalue().encode()
         assert sum(rows_ended for _, rows_ended in converted) == len(rows)
+
+
+class TestArrowAllocator:
+    """The export package picks Arrow's process-wide allocator before pyarrow is first used."""
+
+    @staticmethod
+    def _backend_after_import(**env: str) -> str:
+        clean = {key: value for key, value in os.environ.items() if key != "ARROW_DEFAULT_MEMORY_POOL"}
+        script = "import metering.exports.copy_writers, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+        result = subprocess.run([sys.executable, "-c", script], env={**clean, **env}, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def test_jemalloc_is_the_default_pool_where_the_build_has_it(self) -> None:
+        try:
+            pa.jemalloc_memory_pool()
+        except NotImplementedError:
+            pytest.skip("this pyarrow build has no jemalloc")
+        assert self._backend_after_import() == "jemalloc"
+
+    def test_an_allocator_chosen_in_the_environment_is_kept(self) -> None:
+        assert self._backend_after_import(ARROW_DEFAULT_MEMORY_POOL="system") == "system"
