@@ -20,7 +20,12 @@ async def _export(database_url: str, report: str, period: str, fmt: str, out: Pa
 
     from metering.db import Database
     from metering.exports.service import export_service
+    from metering.startup import loaded_objects_out_of_the_collector
 
+    # Every buffer an export passes on allocates young objects (futures, queue entries): full
+    # collections came often enough to walk the libraries' objects for a tenth of the time
+    # (1M-row Parquet export, two paired runs: 3.80 s against 4.36 s, 5.05 s against 5.52 s).
+    loaded_objects_out_of_the_collector()
     database = Database(database_url, pool_size=2)
     rows_written = 0
     try:

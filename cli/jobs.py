@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from typing import Optional
 
 import typer
 
 from jobs.scheduler import JOBS, job_function, run_job, serve_scheduler
+from metering.startup import loaded_objects_out_of_the_collector
 
 app = typer.Typer(help="Scheduled jobs: run the scheduler, or one pass of a job.", invoke_without_command=True)
 
@@ -36,8 +36,7 @@ def _startup_objects_out_of_the_collector(names: list[str]) -> None:
     """
     for name in names:
         job_function(name)
-    gc.collect()
-    gc.freeze()
+    loaded_objects_out_of_the_collector()
 
 
 @app.callback()
