@@ -36,17 +36,6 @@ ROUTERS = [
 ]
 
 
-def _startup_objects_out_of_the_collector() -> None:
-    """The app's ~150,000 long-lived objects (modules, routes, schemas) leave the cyclic collector's
-    view (``gc.freeze``), after a collection so no garbage is frozen with them.
-
-    Otherwise every full collection walks them all while the event loop waits, every few
-    tens of thousands of requests: pauses of up to 0.2 s measured on the benchmark machine,
-    which set the authorize route's p99. Young objects are collected as before.
-    """
-    loaded_objects_out_of_the_collector()
-
-
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
     """Build the app. A given ``database`` is used as is (tests); otherwise the lifespan makes one."""
     settings = settings or get_settings()
@@ -59,7 +48,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             if settings.is_sqlite:
                 await upgrade(settings.database_url)
             app.state.database = Database(settings.database_url)
-        _startup_objects_out_of_the_collector()
+        # The app's ~150,000 long-lived objects (modules, routes, schemas): otherwise every full
+        # collection walked them all while the event loop waited, pauses of up to 0.2 s every few
+        # tens of thousands of requests, which set the authorize route's p99.
+        loaded_objects_out_of_the_collector()
         try:
             yield
         finally:

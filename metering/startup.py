@@ -1,4 +1,4 @@
-"""What every long-running entry point does once its modules are loaded."""
+"""What the API, the jobs and the export command do once their modules are loaded."""
 
 from __future__ import annotations
 
