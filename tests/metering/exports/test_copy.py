@@ -19,7 +19,7 @@ from sqlalchemy import update
 
 from metering.db import Database
 from metering.exports.copy_repository import copy_query, copy_repository
-from metering.exports.copy_writers import CrlfRows, write_csv_from_copy, write_parquet_from_copy
+from metering.exports.copy_writers import CrlfRows, _row_end, write_csv_from_copy, write_parquet_from_copy
 from metering.exports.reports import REPORTS
 from metering.exports.repository import export_repository
 from metering.exports.service import export_service
@@ -137,6 +137,25 @@ class TestCrlfRows:
         converted = [converter.convert(data[start : start + cut]) for start in range(0, len(data), cut)]
         assert b"".join(chunk for chunk, _ in converted) == crlf.getvalue().encode()
         assert sum(rows_ended for _, rows_ended in converted) == len(rows)
+
+
+class TestRowEnd:
+    @settings(max_examples=300, deadline=None)
+    @given(
+        rows=st.lists(st.lists(st.text(alphabet='ab,"\n x', max_size=6), min_size=1, max_size=4), max_size=6),
+        size=st.integers(min_value=0, max_value=80),
+    )
+    def test_a_block_is_cut_after_its_last_whole_row(self, rows: list[list[str]], size: int) -> None:
+        """With or without quoted cells (newlines inside quotes do not end a row), and with room to spare."""
+        ends, text = [0], io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        for row in rows:
+            writer.writerow(row)
+            ends.append(len(text.getvalue().encode()))
+        data = text.getvalue().encode()
+        size = min(size, len(data))
+        block = bytearray(data[:size] + b'"\nspare"')  # bytes past ``size`` are not looked at
+        assert _row_end(block, size) == max(end for end in ends if end <= size)
 
 
 class TestArrowAllocator:
