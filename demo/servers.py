@@ -17,10 +17,16 @@ from starlette.types import ASGIApp
 START_TIMEOUT_SECONDS = 20.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _listening_socket(port: int) -> socket.socket:
+    """Bound here and handed to uvicorn (0: any free port).
+
+    A free port found, let go and bound again later could be taken in between, for example as
+    the local end of an outgoing connection; uvicorn then exits the whole process from its task.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -35,7 +41,8 @@ class LoopbackServer:
 
     def __init__(self, name: str, app: ASGIApp, *, port: int | None = None, lifespan: str = "on") -> None:
         self.name = name
-        self.port = port or free_port()
+        self._socket = _listening_socket(port or 0)
+        self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan, access_log=False
@@ -44,7 +51,7 @@ class LoopbackServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(), name=f"server-{self.name}")
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]), name=f"server-{self.name}")
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
         while not self._server.started:
             if self._task.done():
@@ -56,6 +63,7 @@ class LoopbackServer:
 
     async def stop(self) -> None:
         if self._task is None:
+            self._socket.close()  # never served; uvicorn closes it otherwise
             return
         self._server.should_exit = True
         await self._task

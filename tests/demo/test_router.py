@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,12 @@ async def world(settings: Settings, db: Database, tmp_path: Path) -> AsyncIterat
     """acme (team) with alice as admin and fireworks-ai switched off; mallory is no member; kai brings his own key."""
     providers = {spec.id: SimulatedProvider(spec) for spec in PROVIDERS}
     metering = LoopbackServer("metering", create_app(settings, database=db))
-    servers = [*(provider.server for provider in providers.values()), metering]
-    for server in servers:
-        await server.start()
-    async with httpx.AsyncClient(timeout=30) as http:
+    # Each server is stopped even when a later one fails to start: one left serving breaks the tests after it.
+    async with contextlib.AsyncExitStack() as stack:
+        for server in [*(provider.server for provider in providers.values()), metering]:
+            await server.start()
+            stack.push_async_callback(server.stop)
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
         platform = Platform(http, metering_url=metering.url, service_token=SERVICE_TOKEN, jwt_secret=TEST_JWT_SECRET)
         for provider_id, provider in providers.items():
             await platform.put_provider(provider_id, provider.registration())
@@ -71,12 +74,8 @@ async def world(settings: Settings, db: Database, tmp_path: Path) -> AsyncIterat
         router_app = create_router_app(config)
         router = LoopbackServer("router", router_app)
         await router.start()
-        try:
-            yield World(router.url, router_app, providers, http)
-        finally:
-            await router.stop()
-            for server in reversed(servers):
-                await server.stop()
+        stack.push_async_callback(router.stop)
+        yield World(router.url, router_app, providers, http)
 
 
 async def _records(db: Database) -> list[UsageRecord]:
