@@ -21,7 +21,8 @@ def _listening_socket(port: int) -> socket.socket:
     """Bound here and handed to uvicorn (0: any free port).
 
     A free port found, let go and bound again later could be taken in between, for example as
-    the local end of an outgoing connection; uvicorn then exits the whole process from its task.
+    the local end of an outgoing connection; uvicorn then raises ``SystemExit`` in its task,
+    which stops the whole event loop, not just this server.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

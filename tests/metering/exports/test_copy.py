@@ -35,6 +35,10 @@ NASTY = [
 ]
 
 
+# Rows of short cells with the characters that decide where a CSV row ends: quotes, commas, newlines.
+CSV_ROWS = st.lists(st.lists(st.text(alphabet='ab,"\n x', max_size=6), min_size=1, max_size=4), max_size=6)
+
+
 @pytest.fixture
 async def nasty_world(db: Database) -> None:
     """Ledger and unpriced rows whose text holds every special case; one timestamp on a whole second."""
@@ -124,10 +128,7 @@ class TestChunkBoundaries:
 
 class TestCrlfRows:
     @settings(max_examples=200, deadline=None)
-    @given(
-        rows=st.lists(st.lists(st.text(alphabet='ab,"\n x', max_size=6), min_size=1, max_size=4), max_size=6),
-        cut=st.integers(min_value=1, max_value=9),
-    )
+    @given(rows=CSV_ROWS, cut=st.integers(min_value=1, max_value=9))
     def test_row_ends_become_crlf_and_cells_keep_their_lf(self, rows: list[list[str]], cut: int) -> None:
         lf, crlf = io.StringIO(), io.StringIO()
         csv.writer(lf, lineterminator="\n").writerows(rows)
@@ -141,10 +142,7 @@ class TestCrlfRows:
 
 class TestRowEnd:
     @settings(max_examples=300, deadline=None)
-    @given(
-        rows=st.lists(st.lists(st.text(alphabet='ab,"\n x', max_size=6), min_size=1, max_size=4), max_size=6),
-        size=st.integers(min_value=0, max_value=80),
-    )
+    @given(rows=CSV_ROWS, size=st.integers(min_value=0, max_value=80))
     def test_a_block_is_cut_after_its_last_whole_row(self, rows: list[list[str]], size: int) -> None:
         """With or without quoted cells (newlines inside quotes do not end a row), and with room to spare."""
         ends, text = [0], io.StringIO()
