@@ -27,10 +27,10 @@ from metering.config import Settings, get_settings
 from metering.db import Database
 from metering.metrics import cost_batch_seconds, cost_batches
 from metering.periods import utcnow
-from metering.pricing.batch_scope import BatchScope, HeldSlots, LeaseLost
-from metering.pricing.cost_client import CostClient
-from metering.pricing.errors import ProviderUnavailable
-from metering.pricing.service import CollectTarget, collection_service
+from metering.collection.batch_scope import BatchScope, HeldSlots, LeaseLost
+from metering.collection.cost_client import CostClient
+from metering.collection.errors import ProviderUnavailable
+from metering.collection.service import CollectTarget, collection_service
 
 log = logging.getLogger("metering.jobs.collect_costs")
 

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_records_per_post: int = Field(default=5_000, ge=1, le=5_000)
     max_future_skew_seconds: int = 24 * 3600
+    # A record whose started_at is older than this is rejected (SPEC §5.2): its month may be closed.
+    max_record_age_days: int = Field(default=35, ge=1, le=3650)
     hold_ttl_seconds: int = Field(default=15 * 60, ge=1)
 
     cost_batch_size: int = Field(default=MAX_COST_BATCH, ge=1)
@@ -62,6 +64,13 @@ class Settings(BaseSettings):
     cost_lease_seconds: int = Field(default=120, ge=1)
     pending_max_age_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     period_grace_hours: int = Field(default=48, ge=0)
+
+    # PostgreSQL statement_timeout of each kind of process; 0 would mean none, so at least 1 ms.
+    api_statement_timeout_ms: int = Field(default=5_000, ge=1)
+    jobs_statement_timeout_ms: int = Field(default=120_000, ge=1)
+    export_statement_timeout_ms: int = Field(default=3_600_000, ge=1)
+    # The most points a usage time series may have (hours or days × nothing else): more is a 422.
+    usage_max_series_points: int = Field(default=24 * 400, ge=1)
 
     plans: dict[str, PlanTerms] = Field(default_factory=default_plans)
 

@@ -10,7 +10,7 @@ MeteringError
 ├── Conflict                    the request clashes with stored state (409)
 │   └── LedgerConflict          a second, different posting for one idempotency key
 └── ServiceUnavailable          a dependency is down (503)
-    └── ProviderUnavailable     a provider's cost endpoint failed (see metering.pricing)
+    └── ProviderUnavailable     a provider's cost endpoint failed (see metering.collection)
 
 HTTP statuses are assigned in api/errors.py only.
 """

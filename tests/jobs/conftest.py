@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from metering.db import Database
 from metering.ledger.verify import verify
 from metering.models import Account, LedgerAccount, LedgerEntry, LedgerTransaction, ProviderCollectionState, UsageRecord
-from metering.pricing.service import CollectionPolicy, collection_service
+from metering.collection.service import CollectionPolicy, collection_service
 from simulator.server import SimulatorHandle, simulator_in_thread
 from tests.factories.accounts import create_account
 from tests.factories.providers import create_provider

@@ -15,7 +15,7 @@ import httpx
 import orjson
 
 from metering.config import Settings
-from metering.pricing.errors import ProviderUnavailable
+from metering.collection.errors import ProviderUnavailable
 
 # Retry-After is clamped to this range: a provider can neither make us hammer it nor park us for days.
 RETRY_AFTER_MIN_SECONDS = 1.0

@@ -2,7 +2,7 @@
 
 Each step that touches the database takes the caller's session; asking the provider
 happens between them. Where the steps' transactions are, and so what a lease is, is
-``metering.pricing.batch_scope``'s to say: on PostgreSQL one transaction whose row
+``metering.collection.batch_scope``'s to say: on PostgreSQL one transaction whose row
 locks are the lease, on SQLite one transaction per step and a lease written on the rows.
 Money moves only through ``metering.usage.accounting.settle``, which is exactly-once on
 its own; the lease check in ``apply_answer`` keeps a worker whose written lease lapsed
@@ -22,15 +22,15 @@ from metering import metrics
 from metering.config import Settings
 from metering.errors import MeteringError
 from metering.periods import utcnow
-from metering.pricing.claims.repository import ClaimedRow, claim_repository, collection_state_repository
-from metering.pricing.cost_client import CostClient
-from metering.pricing.errors import ProviderUnavailable
-from metering.pricing.validation import CostAnswer, read_answer
+from metering.collection.claims.repository import ClaimedRow, claim_repository, collection_state_repository
+from metering.collection.cost_client import CostClient
+from metering.collection.errors import ProviderUnavailable
+from metering.collection.validation import CostAnswer, read_answer
 from metering.providers.service import provider_service
 from metering.usage import accounting
 from metering.usage.types import PricedRequest, QuarantinedRequest
 
-log = logging.getLogger("metering.pricing")
+log = logging.getLogger("metering.collection")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from metering.config import Settings
-from metering.pricing.cost_client import CostClient, parse_retry_after
-from metering.pricing.errors import ProviderUnavailable
+from metering.collection.cost_client import CostClient, parse_retry_after
+from metering.collection.errors import ProviderUnavailable
 from simulator.server import SimulatorHandle, simulator_in_thread
 from tests.conftest import make_settings
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.pricing.errors import ProviderUnavailable
-from metering.pricing.validation import judge_cost, read_answer
+from metering.collection.errors import ProviderUnavailable
+from metering.collection.validation import judge_cost, read_answer
 
 CEILING = 100_000_000_000
 

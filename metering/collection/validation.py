@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from metering.pricing.errors import ProviderUnavailable
+from metering.collection.errors import ProviderUnavailable
 
 # The quarantine kinds, also the ``reason`` label of the quarantine metric.
 QUARANTINE_KINDS = ("bool", "float", "string", "null", "non_finite", "negative", "over_ceiling", "missing", "other")

@@ -1,6 +1,6 @@
 """SQL of cost collection: leases on pending usage records, and each provider's collection state.
 
-Two kinds of lease (``metering.pricing.batch_scope`` says which runs where):
+Two kinds of lease (``metering.collection.batch_scope`` says which runs where):
 
 - held (PostgreSQL): the claim locks the rows ``FOR UPDATE SKIP LOCKED`` in a
   transaction that stays open until the batch is applied; it writes nothing.
