@@ -91,16 +91,18 @@ offered AS (
 ),
 locked AS (
     SELECT ap.credits_granted_nano_usd AS granted, ap.credits_used_nano_usd AS used, ap.payg_nano_usd AS payg,
-           ap.pending_estimate_nano_usd + ap.held_nano_usd AS in_flight
+           ap.pending_estimate_nano_usd + ap.held_nano_usd AS in_flight,
+           ap.pending_payg_only_nano_usd + ap.held_payg_only_nano_usd AS in_flight_payg_only
     FROM account_periods ap, staged s
     WHERE s.stage = 'money' AND ap.account_name = s.payer AND ap.period = $6::text
     FOR UPDATE OF ap
 ),
 figures AS (
     SELECT s.stage, s.payer, s.pays_as_you_go, s.spending_limit, s.credits_due, l.granted, l.used, l.payg,
-           l.in_flight, o.id AS provider, o.credit_eligible, coalesce(o.estimate, 0) AS estimate,
-           greatest(0, l.granted - l.used - l.in_flight) AS credits_remaining,
-           l.payg + greatest(0, l.used + l.in_flight - l.granted) AS payg_committed
+           l.in_flight, l.in_flight_payg_only, o.id AS provider, o.credit_eligible, coalesce(o.estimate, 0) AS estimate,
+           greatest(0, l.granted - l.used - (l.in_flight - l.in_flight_payg_only)) AS credits_remaining,
+           l.payg + l.in_flight_payg_only
+             + greatest(0, l.used + (l.in_flight - l.in_flight_payg_only) - l.granted) AS payg_committed
     FROM staged s
     LEFT JOIN locked l ON true
     LEFT JOIN LATERAL (SELECT * FROM offered ORDER BY ord LIMIT 1) o ON true
@@ -130,14 +132,17 @@ new_hold AS (
     RETURNING id, amount_nano_usd
 ),
 held AS (
-    UPDATE account_periods ap SET held_nano_usd = ap.held_nano_usd + h.amount_nano_usd
+    UPDATE account_periods ap SET held_nano_usd = ap.held_nano_usd + h.amount_nano_usd,
+        held_payg_only_nano_usd = ap.held_payg_only_nano_usd
+            + CASE WHEN v.credit_eligible THEN 0 ELSE h.amount_nano_usd END
     FROM new_hold h, verdict v
     WHERE ap.account_name = v.payer AND ap.period = $6::text
     RETURNING h.id, set_config('synchronous_commit', 'off', true) AS commit_mode
 )
 SELECT v.outcome, v.payer,
        CASE WHEN v.outcome IN ('allowed', 'custom_key') THEN ARRAY(SELECT id FROM offered ORDER BY ord) END AS providers,
-       (SELECT id FROM held WHERE commit_mode IS NOT NULL) AS hold_id, v.estimate, v.spending_limit, v.granted, v.used, v.payg, v.in_flight
+       (SELECT id FROM held WHERE commit_mode IS NOT NULL) AS hold_id, v.estimate, v.spending_limit, v.granted, v.used, v.payg, v.in_flight,
+       v.in_flight_payg_only, v.credit_eligible
 FROM verdict v
 """
 
@@ -160,6 +165,9 @@ class OneStatementDecision:
     used: int | None
     payg: int | None
     in_flight: int | None
+    in_flight_payg_only: int | None
+    # Of the provider the estimate is for (None when no provider was offered).
+    credit_eligible: bool | None
 
 
 def decide_statement(plans: dict[str, PlanTerms]) -> str:

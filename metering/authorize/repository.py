@@ -56,12 +56,15 @@ class PeriodMoney:
     payg_nano_usd: int
     pending_estimate_nano_usd: int
     held_nano_usd: int
+    pending_payg_only_nano_usd: int
+    held_payg_only_nano_usd: int
 
     @classmethod
     def of(cls, row: AccountPeriod) -> "PeriodMoney":
         return cls(
             row.account_name, row.period, row.credits_granted_nano_usd, row.credits_used_nano_usd,
             row.payg_nano_usd, row.pending_estimate_nano_usd, row.held_nano_usd,
+            row.pending_payg_only_nano_usd, row.held_payg_only_nano_usd,
         )
 
 
@@ -99,7 +102,7 @@ _PARTIES = {False: _parties_statement(False), True: _parties_statement(True)}
 _PERIOD_COLUMNS = (
     AccountPeriod.account_name, AccountPeriod.period, AccountPeriod.credits_granted_nano_usd,
     AccountPeriod.credits_used_nano_usd, AccountPeriod.payg_nano_usd, AccountPeriod.pending_estimate_nano_usd,
-    AccountPeriod.held_nano_usd,
+    AccountPeriod.held_nano_usd, AccountPeriod.pending_payg_only_nano_usd, AccountPeriod.held_payg_only_nano_usd,
 )
 _LOCK_PERIOD = (
     select(*_PERIOD_COLUMNS)

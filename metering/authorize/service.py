@@ -19,27 +19,9 @@ On PostgreSQL the whole decision is one statement, one round trip
 the period's credits; those decisions, and every decision on SQLite, go step by step
 (``decide_step_by_step``), the reference the statement is tested against.
 
-The money rule. With the locked row's G = credits granted, U = credits used,
-P = pay-as-you-go charged, F = in flight = pending estimates + holds, L = the
-spending limit (None = no cap), and e = the estimate of (first allowed provider,
-model):
-
-    credits_remaining = max(0, G − U − F)
-    payg_committed    = P + max(0, U + F − G)      (in-flight cost credits cannot cover)
-    payg_part(e)      = e − min(e, credits_remaining)  for a credit-eligible provider, else e
-    draws_payg        = not credit-eligible  or  credits_remaining == 0  or  e > credits_remaining
-
-- no pay-as-you-go (free): only credit-eligible providers are offered; allowed iff
-  not ``draws_payg`` (the estimate fits the remaining credits), else ``credits_exhausted``;
-- pay-as-you-go: allowed iff not ``draws_payg``, or L is None, or
-  (payg_committed + payg_part(e) ≤ L and payg_committed < L), else ``spending_limit_reached``.
-
-Allowed → a hold of e (``held += e``) in the same transaction; the figures returned
-are credits_remaining and max(0, L − payg_committed) recomputed after it.
-In-flight amounts are not split by credit eligibility (one ``held`` total), so while
-credits remain an in-flight request to a non-eligible provider is counted as if
-credits could cover it: the limit can be passed by at most that in-flight amount,
-on top of estimate error.
+The money rule is ``metering.charging.rule``: one pure function of the locked row's
+totals, the same rule the settle split and ``metering verify`` read. Allowed → a hold of
+the estimate in the same transaction; the figures returned are recomputed after it.
 """
 
 from __future__ import annotations
@@ -57,6 +39,7 @@ from metering.accounts.service import account_service, bill_to_refusal
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.pg_decision import OneStatementDecision, pg_decision_repository
 from metering.authorize.repository import Party, PeriodMoney, authorize_repository
+from metering.charging.rule import Figures, money_refusal
 from metering.config import get_settings
 from metering.credits.service import credits_for, credits_service
 from metering.db import Database
@@ -89,53 +72,15 @@ class Decision:
     spending_limit_remaining_nano_usd: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Figures:
-    """The money of one account period as the rule above reads it."""
-
-    granted: int
-    used: int
-    payg: int
-    in_flight: int
-
-    @classmethod
-    def of(cls, row: PeriodMoney) -> "Figures":
-        return cls(
-            granted=row.credits_granted_nano_usd,
-            used=row.credits_used_nano_usd,
-            payg=row.payg_nano_usd,
-            in_flight=row.pending_estimate_nano_usd + row.held_nano_usd,
-        )
-
-    @property
-    def credits_remaining(self) -> int:
-        return max(0, self.granted - self.used - self.in_flight)
-
-    @property
-    def payg_committed(self) -> int:
-        return self.payg + max(0, self.used + self.in_flight - self.granted)
-
-    def limit_remaining(self, limit: int | None) -> int | None:
-        return None if limit is None else max(0, limit - self.payg_committed)
-
-
-def money_refusal(
-    figures: Figures, *, pays_as_you_go: bool, limit: int | None, credit_eligible: bool, estimate: int
-) -> str | None:
-    """The reason a billable request with ``estimate`` is refused, or None: the rule of the module docstring."""
-    remaining = figures.credits_remaining
-    draws_payg = not credit_eligible or remaining == 0 or estimate > remaining
-    if not draws_payg:
-        return None
-    if not pays_as_you_go:
-        return "credits_exhausted"
-    if limit is None:
-        return None
-    payg_part = estimate if not credit_eligible else estimate - min(estimate, remaining)
-    committed = figures.payg_committed
-    if committed + payg_part <= limit and committed < limit:
-        return None
-    return "spending_limit_reached"
+def figures_of(row: PeriodMoney) -> Figures:
+    """The rule's figures of a locked period row."""
+    return Figures(
+        granted=row.credits_granted_nano_usd,
+        used=row.credits_used_nano_usd,
+        payg=row.payg_nano_usd,
+        in_flight=row.pending_estimate_nano_usd + row.held_nano_usd,
+        in_flight_payg_only=row.pending_payg_only_nano_usd + row.held_payg_only_nano_usd,
+    )
 
 
 # Step-by-step decisions in flight per database, at most the pool's steady size: beyond it,
@@ -237,21 +182,21 @@ class AuthorizeService:
             # Credits to grant (a ledger posting) or a row to create.
             account = await session.get(Account, payer.name)
             row = PeriodMoney.of(await credits_service.lock_period(session, account=account, period=period))
-        figures = Figures.of(row)
+        figures = figures_of(row)
+        credit_eligible = bool(allowed) and registered[first].credit_eligible
         refusal = "credits_exhausted" if not allowed else money_refusal(
-            figures,
-            pays_as_you_go=pays_as_you_go,
-            limit=limit,
-            credit_eligible=registered[first].credit_eligible,
-            estimate=estimate,
+            figures, pays_as_you_go=pays_as_you_go, limit=limit, credit_eligible=credit_eligible, estimate=estimate
         )
         if refusal is not None:
             return _money_decision(figures, limit, billing_account=payer.name, reason=refusal)
         hold_id = await holds_service.place_hold(
             session, account=payer.name, period=period, user=request.user, provider_id=first, model=request.model,
-            amount_nano_usd=estimate, now=now,
+            amount_nano_usd=estimate, credit_eligible=credit_eligible, now=now,
         )
-        return _money_decision(figures, limit, billing_account=payer.name, providers=allowed, hold_id=hold_id, held=estimate)
+        return _money_decision(
+            figures.with_hold(estimate, credit_eligible=credit_eligible), limit,
+            billing_account=payer.name, providers=allowed, hold_id=hold_id,
+        )
 
 
 def statement_arguments(request: AuthorizeRequest, now: datetime) -> dict:
@@ -281,12 +226,12 @@ def decision_of(answer: OneStatementDecision) -> Decision | None:
         return Decision(allowed=True, billing_account=answer.payer, providers=answer.providers)
     if answer.granted is None:  # refused before the money was read
         return _refused(outcome, answer.payer)
-    figures = Figures(answer.granted, answer.used, answer.payg, answer.in_flight)
+    figures = Figures(answer.granted, answer.used, answer.payg, answer.in_flight, answer.in_flight_payg_only)
     if outcome != "allowed":
         return _money_decision(figures, answer.spending_limit, billing_account=answer.payer, reason=outcome)
     return _money_decision(
-        figures, answer.spending_limit, billing_account=answer.payer, providers=answer.providers,
-        hold_id=answer.hold_id, held=answer.estimate,
+        figures.with_hold(answer.estimate, credit_eligible=bool(answer.credit_eligible)), answer.spending_limit,
+        billing_account=answer.payer, providers=answer.providers, hold_id=answer.hold_id,
     )
 
 
@@ -298,10 +243,9 @@ def _money_decision(
     reason: str | None = None,
     providers: list[str] | None = None,
     hold_id: str | None = None,
-    held: int = 0,
 ) -> Decision:
-    """A decision that read the period's money; its figures count ``held``, the hold it placed."""
-    after = Figures(figures.granted, figures.used, figures.payg, figures.in_flight + held)
+    """A decision that read the period's money; ``figures`` count the hold it placed, if any."""
+    after = figures
     return Decision(
         allowed=reason is None,
         billing_account=billing_account,

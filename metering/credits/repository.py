@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import orjson
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -15,7 +15,7 @@ from metering.accounts.repository import dialect_insert
 from metering.db import is_sqlite
 from metering.invoicing.repository import period_lock_key
 from metering.ledger.repository import chunks
-from metering.models import Account, AccountPeriod, Period
+from metering.models import Account, AccountPeriod, Hold, Period, Provider, UsageRecord
 
 EMPTY_ROW = {
     "granted_seats": 0,
@@ -25,6 +25,8 @@ EMPTY_ROW = {
     "written_off_nano_usd": 0,
     "pending_estimate_nano_usd": 0,
     "held_nano_usd": 0,
+    "pending_payg_only_nano_usd": 0,
+    "held_payg_only_nano_usd": 0,
 }
 
 
@@ -36,6 +38,7 @@ TOTALS = (
     "payg_nano_usd",
     "written_off_nano_usd",
     "pending_estimate_nano_usd",
+    "pending_payg_only_nano_usd",
 )
 
 
@@ -53,6 +56,22 @@ class PeriodTotals:
     written_off_nano_usd: int
     pending_estimate_nano_usd: int
     held_nano_usd: int
+    pending_payg_only_nano_usd: int
+    held_payg_only_nano_usd: int
+
+
+@dataclass(slots=True)
+class PendingDelta:
+    """Estimates to add to one account period's pending total, and the part of them for providers
+    that are not credit-eligible (``pending_payg_only_nano_usd``)."""
+
+    total: int = 0
+    payg_only: int = 0
+
+    def add(self, estimate: int, *, payg_only: bool) -> None:
+        self.total += estimate
+        if payg_only:
+            self.payg_only += estimate
 
 
 _COLUMNS = tuple(field.name for field in fields(PeriodTotals))
@@ -62,14 +81,16 @@ _COLUMNS = tuple(field.name for field in fields(PeriodTotals))
 # UPDATE gets, and the UPDATE writes only rows ``locked`` returned: no lock is taken out of order.
 _PG_ADD_PENDING = (
     "WITH batch AS ("
-    " SELECT * FROM json_to_recordset($1::json) AS v(account_name varchar, period varchar, delta bigint, target bigint)"
+    " SELECT * FROM json_to_recordset($1::json)"
+    " AS v(account_name varchar, period varchar, delta bigint, payg_only bigint, target bigint)"
     "), locked AS MATERIALIZED ("
-    " SELECT t.account_name, t.period, b.delta FROM account_periods AS t"
+    " SELECT t.account_name, t.period, b.delta, b.payg_only FROM account_periods AS t"
     " JOIN batch AS b ON t.account_name = b.account_name AND t.period = b.period"
     " WHERE t.credits_granted_nano_usd >= b.target"
     " ORDER BY t.period, t.account_name FOR UPDATE OF t"
     "), updated AS ("
-    " UPDATE account_periods AS t SET pending_estimate_nano_usd = t.pending_estimate_nano_usd + l.delta"
+    " UPDATE account_periods AS t SET pending_estimate_nano_usd = t.pending_estimate_nano_usd + l.delta,"
+    " pending_payg_only_nano_usd = t.pending_payg_only_nano_usd + l.payg_only"
     " FROM locked AS l WHERE t.account_name = l.account_name AND t.period = l.period"
     " RETURNING t.account_name, t.period"
     ") "
@@ -77,14 +98,15 @@ _PG_ADD_PENDING = (
     " ON u.account_name = b.account_name AND u.period = b.period WHERE u.account_name IS NULL"
 )
 _PG_KEYS_PER_UPDATE = 20_000
-_SQLITE_ADD_PENDING_HEAD = "WITH batch(account_name, period, delta, target) AS (VALUES "
+_SQLITE_ADD_PENDING_HEAD = "WITH batch(account_name, period, delta, payg_only, target) AS (VALUES "
 _SQLITE_ADD_PENDING_TAIL = (
-    ") UPDATE account_periods SET pending_estimate_nano_usd = pending_estimate_nano_usd + batch.delta "
+    ") UPDATE account_periods SET pending_estimate_nano_usd = pending_estimate_nano_usd + batch.delta, "
+    "pending_payg_only_nano_usd = pending_payg_only_nano_usd + batch.payg_only "
     "FROM batch WHERE account_periods.account_name = batch.account_name "
     "AND account_periods.period = batch.period AND account_periods.credits_granted_nano_usd >= batch.target "
     "RETURNING account_periods.account_name, account_periods.period"
 )
-# Four bound values a row, under SQLite's 32,766 per statement.
+# Five bound values a row, under SQLite's 32,766 per statement.
 _SQLITE_KEYS_PER_UPDATE = 5_000
 
 
@@ -128,8 +150,9 @@ class CreditsRepository:
         await session.execute(
             text(
                 "INSERT INTO account_periods (account_name, period, granted_seats, credits_granted_nano_usd, "
-                "credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd, held_nano_usd) "
-                "SELECT a, p, 0, 0, 0, 0, 0, 0, 0 FROM unnest(CAST(:accounts AS VARCHAR[]), CAST(:periods AS VARCHAR[])) "
+                "credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd, held_nano_usd, "
+                "pending_payg_only_nano_usd, held_payg_only_nano_usd) "
+                "SELECT a, p, 0, 0, 0, 0, 0, 0, 0, 0, 0 FROM unnest(CAST(:accounts AS VARCHAR[]), CAST(:periods AS VARCHAR[])) "
                 "AS v(a, p) ON CONFLICT (account_name, period) DO NOTHING"
             ),
             {"accounts": [a for a, _ in keys], "periods": [p for _, p in keys]},
@@ -165,9 +188,9 @@ class CreditsRepository:
         return rows
 
     async def add_pending_where_granted(
-        self, session: AsyncSession, deltas: dict[tuple[str, str], int], targets: dict[tuple[str, str], int]
+        self, session: AsyncSession, deltas: dict[tuple[str, str], PendingDelta], targets: dict[tuple[str, str], int]
     ) -> set[tuple[str, str]]:
-        """``pending_estimate_nano_usd += delta`` on the rows that exist and hold at least their
+        """``pending_estimate_nano_usd += delta`` (and its payg-only part) on the rows that exist and hold at least their
         target credits already; returns the other keys, which need the locked grant path.
 
         One statement per chunk instead of lock, read and write back: ingest's hot path.
@@ -182,20 +205,62 @@ class CreditsRepository:
                 params = []
                 extend = params.extend
                 for key in part:
-                    extend((key[0], key[1], deltas[key], targets[key]))
-                sql = _SQLITE_ADD_PENDING_HEAD + ", ".join(["(?, ?, ?, ?)"] * len(part)) + _SQLITE_ADD_PENDING_TAIL
+                    delta = deltas[key]
+                    extend((key[0], key[1], delta.total, delta.payg_only, targets[key]))
+                sql = _SQLITE_ADD_PENDING_HEAD + ", ".join(["(?, ?, ?, ?, ?)"] * len(part)) + _SQLITE_ADD_PENDING_TAIL
                 left_out.update(set(part).difference(map(tuple, await _sqlite_fetchall(session, sql, params))))
         else:
             ordered = sorted(deltas, key=lambda key: (key[1], key[0]))
             connection = await session.connection()
             for part in chunks(ordered, _PG_KEYS_PER_UPDATE):
                 batch = [
-                    {"account_name": a, "period": p, "delta": deltas[(a, p)], "target": targets[(a, p)]} for a, p in part
+                    {
+                        "account_name": a, "period": p, "delta": deltas[(a, p)].total,
+                        "payg_only": deltas[(a, p)].payg_only, "target": targets[(a, p)],
+                    }
+                    for a, p in part
                 ]
                 result = await connection.exec_driver_sql(_PG_ADD_PENDING, (orjson.dumps(batch).decode(),))
                 left_out.update((account, period) for account, period in result)
         self._expire_copies(session, ordered)
         return left_out
+
+    async def recount_payg_only(self, session: AsyncSession, *, provider_id: str) -> None:
+        """Recompute the payg-only in-flight totals of every account period with a hold or a pending
+        record of ``provider_id``, whose credit eligibility just changed (a rare registration change)."""
+        keys = set(
+            (await session.execute(
+                select(Hold.account_name, Hold.period).where(Hold.provider_id == provider_id, Hold.status == "held").distinct()
+            )).all()
+        ) | set(
+            (await session.execute(
+                select(UsageRecord.billing_account, UsageRecord.period)
+                .where(UsageRecord.provider_id == provider_id, UsageRecord.status == "pending").distinct()
+            )).all()
+        )
+        rows = await self.lock_rows(session, [tuple(key) for key in keys], plain=True)
+        for (account, period), row in rows.items():
+            pending = select(func.coalesce(func.sum(UsageRecord.estimate_nano_usd), 0)).join(
+                Provider, Provider.id == UsageRecord.provider_id
+            ).where(
+                UsageRecord.billing_account == account, UsageRecord.period == period,
+                UsageRecord.status == "pending", Provider.credit_eligible.is_(False),
+            )
+            held = select(func.coalesce(func.sum(Hold.amount_nano_usd), 0)).join(
+                Provider, Provider.id == Hold.provider_id
+            ).where(
+                Hold.account_name == account, Hold.period == period, Hold.status == "held",
+                Provider.credit_eligible.is_(False),
+            )
+            await session.execute(
+                update(AccountPeriod)
+                .where(AccountPeriod.account_name == account, AccountPeriod.period == period)
+                .values(
+                    pending_payg_only_nano_usd=pending.scalar_subquery(), held_payg_only_nano_usd=held.scalar_subquery()
+                )
+                .execution_options(synchronize_session=False)
+            )
+        self._expire_copies(session, rows)
 
     async def save_totals(self, session: AsyncSession, rows: list[AccountPeriod | PeriodTotals]) -> None:
         """Write the ``TOTALS`` of rows this transaction holds locked, in one statement.

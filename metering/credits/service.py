@@ -13,7 +13,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.config import PlanTerms, get_settings
-from metering.credits.repository import PeriodTotals, credits_repository
+from metering.credits.repository import PendingDelta, PeriodTotals, credits_repository
 from metering.ledger import codes
 from metering.ledger.service import Posting, ledger_service
 from metering.models import Account, AccountPeriod
@@ -73,7 +73,7 @@ class CreditsService:
         return rows
 
     async def add_pending_estimates(
-        self, session: AsyncSession, *, deltas: dict[tuple[str, str], int], accounts: Mapping[str, PlanHolder]
+        self, session: AsyncSession, *, deltas: dict[tuple[str, str], PendingDelta], accounts: Mapping[str, PlanHolder]
     ) -> None:
         """Add estimates to the pending totals of ``(account, period)`` rows, creating and granting
         the rows as ``lock_account_periods`` does; a zero delta still creates and grants its row.
@@ -90,7 +90,8 @@ class CreditsService:
             return
         rows = await self.lock_account_periods(session, keys=rest, accounts=accounts)
         for key in rest:
-            rows[key].pending_estimate_nano_usd += deltas[key]
+            rows[key].pending_estimate_nano_usd += deltas[key].total
+            rows[key].pending_payg_only_nano_usd += deltas[key].payg_only
         await credits_repository.save_totals(session, [rows[key] for key in rest])
 
     async def grant_period(self, session: AsyncSession, *, accounts: Sequence[Account], period: str) -> int:

@@ -34,6 +34,10 @@ class HeldHold:
     account_name: str
     period: str
     amount_nano_usd: int
+    user_name: str
+    provider_id: str
+    # The provider is not credit-eligible: the amount is also in ``held_payg_only_nano_usd``.
+    payg_only: bool
 
 
 _HOLD_COLUMNS = (
@@ -45,18 +49,27 @@ _INSERT_HOLD = insert(Hold).values(_HOLD_VALUES)
 _ADD_HELD = (
     update(AccountPeriod)
     .where(AccountPeriod.account_name == bindparam("h_account_name"), AccountPeriod.period == bindparam("h_period"))
-    .values(held_nano_usd=AccountPeriod.held_nano_usd + bindparam("h_amount_nano_usd"))
+    .values(
+        held_nano_usd=AccountPeriod.held_nano_usd + bindparam("h_amount_nano_usd"),
+        held_payg_only_nano_usd=AccountPeriod.held_payg_only_nano_usd + bindparam("h_payg_only_nano_usd"),
+    )
+)
+_HELD_COLUMNS = (
+    Hold.id, Hold.account_name, Hold.period, Hold.amount_nano_usd, Hold.user_name, Hold.provider_id,
+    Provider.credit_eligible.is_(False),
 )
 
 
 class HoldRepository:
-    async def insert_hold(self, session: AsyncSession, values: dict) -> None:
-        """Insert a hold and add its amount to ``held_nano_usd`` of its period row (locked by the caller).
+    async def insert_hold(self, session: AsyncSession, values: dict, *, credit_eligible: bool) -> None:
+        """Insert a hold and add its amount to ``held_nano_usd`` of its period row (locked by the caller),
+        and to ``held_payg_only_nano_usd`` when its provider is not ``credit_eligible``.
 
         The step-by-step path; PostgreSQL's usual path does both inside the decision's
         statement (``metering.authorize.pg_decision``).
         """
         params = {f"h_{name}": values[name] for name in _HOLD_COLUMNS}
+        params["h_payg_only_nano_usd"] = 0 if credit_eligible else values["amount_nano_usd"]
         connection = await session.connection()
         await connection.execute(_INSERT_HOLD, params)
         await connection.execute(_ADD_HELD, params)
@@ -110,23 +123,24 @@ class HoldRepository:
         """The given holds that are still 'held', locked against a concurrent attach or expiry."""
         found: list[HeldHold] = []
         for part in chunks(sorted(set(hold_ids))):
-            statement = select(Hold.id, Hold.account_name, Hold.period, Hold.amount_nano_usd).where(
+            statement = select(*_HELD_COLUMNS).join(Provider, Provider.id == Hold.provider_id).where(
                 Hold.id.in_(part), Hold.status == "held"
             )
             if not is_sqlite(session):
-                statement = statement.order_by(Hold.id).with_for_update()
+                statement = statement.order_by(Hold.id).with_for_update(of=Hold)
             found.extend(HeldHold(*row) for row in await session.execute(statement))
         return found
 
     async def lock_expired(self, session: AsyncSession, *, account: str, now: datetime, limit: int) -> list[HeldHold]:
         statement = (
-            select(Hold.id, Hold.account_name, Hold.period, Hold.amount_nano_usd)
+            select(*_HELD_COLUMNS)
+            .join(Provider, Provider.id == Hold.provider_id)
             .where(Hold.account_name == account, Hold.status == "held", Hold.expires_at < now)
             .order_by(Hold.id)
             .limit(limit)
         )
         if not is_sqlite(session):
-            statement = statement.with_for_update()
+            statement = statement.with_for_update(of=Hold)
         return [HeldHold(*row) for row in await session.execute(statement)]
 
     async def mark_attached(self, session: AsyncSession, usage_by_hold: dict[str, int]) -> None:
@@ -148,14 +162,18 @@ class HoldRepository:
                 update(Hold).where(Hold.id.in_(part), Hold.status == "held").values(status="expired")
             )
 
-    async def release_held_amounts(self, session: AsyncSession, amounts: dict[tuple[str, str], int]) -> None:
-        """``held_nano_usd -= amount`` per (account, period), in lock order."""
-        for (account, period), amount in sorted(amounts.items(), key=lambda item: (item[0][1], item[0][0])):
+    async def release_held_amounts(self, session: AsyncSession, amounts: dict[tuple[str, str], tuple[int, int]]) -> None:
+        """``held_nano_usd -= amount`` and ``held_payg_only_nano_usd -= payg_only`` per (account, period)
+        → (amount, payg_only), in lock order."""
+        for (account, period), (amount, payg_only) in sorted(amounts.items(), key=lambda item: (item[0][1], item[0][0])):
             if amount:
                 await session.execute(
                     update(AccountPeriod)
                     .where(AccountPeriod.account_name == account, AccountPeriod.period == period)
-                    .values(held_nano_usd=AccountPeriod.held_nano_usd - amount)
+                    .values(
+                        held_nano_usd=AccountPeriod.held_nano_usd - amount,
+                        held_payg_only_nano_usd=AccountPeriod.held_payg_only_nano_usd - payg_only,
+                    )
                     .execution_options(synchronize_session=False)
                 )
 

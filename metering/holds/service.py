@@ -31,11 +31,36 @@ def hold_expiry(now: datetime, ttl_seconds: int) -> datetime:
     return now + timedelta(seconds=ttl_seconds)
 
 
-def _amounts_by_period(holds: list[HeldHold]) -> dict[tuple[str, str], int]:
-    amounts: dict[tuple[str, str], int] = defaultdict(int)
+@dataclass(frozen=True, slots=True)
+class HoldClaim:
+    """A usage record naming a hold: only a record of the hold's user, billing account and provider releases it."""
+
+    usage_record_id: int
+    user: str
+    billing_account: str
+    provider_id: str
+
+    def owns(self, hold: HeldHold) -> bool:
+        return (self.user, self.billing_account, self.provider_id) == (hold.user_name, hold.account_name, hold.provider_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    """What ``attach_holds`` did: hold_id → amount moved for the records that own their hold, and the
+    records that named a hold still held but not theirs (left alone)."""
+
+    amounts: dict[str, int]
+    foreign: list[int]
+
+
+def _amounts_by_period(holds: list[HeldHold]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(account, period) → (amount, the part of it for providers that are not credit-eligible)."""
+    amounts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for hold in holds:
-        amounts[(hold.account_name, hold.period)] += hold.amount_nano_usd
-    return dict(amounts)
+        totals = amounts[(hold.account_name, hold.period)]
+        totals[0] += hold.amount_nano_usd
+        totals[1] += hold.amount_nano_usd if hold.payg_only else 0
+    return {key: (total, payg_only) for key, (total, payg_only) in amounts.items()}
 
 
 class HoldService:
@@ -49,6 +74,7 @@ class HoldService:
         provider_id: str,
         model: str,
         amount_nano_usd: int,
+        credit_eligible: bool,
         now: datetime,
     ) -> str:
         """Reserve ``amount_nano_usd`` on the account's period row, which the caller holds locked; returns the hold id."""
@@ -67,30 +93,34 @@ class HoldService:
                 "created_at": now,
                 "expires_at": hold_expiry(now, get_settings().hold_ttl_seconds),
             },
+            credit_eligible=credit_eligible,
         )
         return hold_id
 
-    async def attach_holds(self, session: AsyncSession, usage_by_hold: dict[str, int]) -> dict[str, int]:
-        """Attach holds to their usage records: hold_id → usage_record_id in, hold_id → amount out.
+    async def attach_holds(self, session: AsyncSession, claims: dict[str, HoldClaim]) -> Attached:
+        """Attach holds to the usage records that own them (same user, billing account and provider).
 
         Only holds still ``held`` are attached (also those past their TTL that the
         expiry job has not reached yet: the record did arrive). Their amounts leave
         ``held_nano_usd``; the caller moves them into the pending estimate. Unknown,
-        expired or already attached holds are left out of the result.
+        expired or already attached holds are left out of the result; a hold named by a
+        record that does not own it stays held (it expires as usual) and the record is
+        reported in ``foreign``.
 
         Locks the account periods of the holds (sorted) and then the holds; call it
         before locking other account rows in the same transaction.
         """
-        if not usage_by_hold:
-            return {}
-        hold_ids = list(usage_by_hold)
+        if not claims:
+            return Attached({}, [])
+        hold_ids = list(claims)
         await hold_repository.lock_period_rows(session, await hold_repository.periods_of_holds(session, hold_ids))
         held = await hold_repository.lock_held(session, hold_ids)
-        if not held:
-            return {}
-        await hold_repository.mark_attached(session, {hold.id: usage_by_hold[hold.id] for hold in held})
-        await hold_repository.release_held_amounts(session, _amounts_by_period(held))
-        return {hold.id: hold.amount_nano_usd for hold in held}
+        owned = [hold for hold in held if claims[hold.id].owns(hold)]
+        foreign = [claims[hold.id].usage_record_id for hold in held if not claims[hold.id].owns(hold)]
+        if owned:
+            await hold_repository.mark_attached(session, {hold.id: claims[hold.id].usage_record_id for hold in owned})
+            await hold_repository.release_held_amounts(session, _amounts_by_period(owned))
+        return Attached({hold.id: hold.amount_nano_usd for hold in owned}, foreign)
 
     async def expired_accounts(self, session: AsyncSession, *, now: datetime, limit: int = 1000) -> list[str]:
         return await hold_repository.expired_accounts(session, now=now, limit=limit)

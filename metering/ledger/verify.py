@@ -24,6 +24,8 @@ CACHE_FIELDS = (
     "written_off_nano_usd",
     "pending_estimate_nano_usd",
     "held_nano_usd",
+    "pending_payg_only_nano_usd",
+    "held_payg_only_nano_usd",
 )
 
 
@@ -136,8 +138,8 @@ async def _period_caches(session: AsyncSession) -> Check:
         seen.add(key)
         expected = {name: 0 for name in CACHE_FIELDS}
         expected.update(ledger.get(key, {}))
-        expected["pending_estimate_nano_usd"] = pending.get(key, 0)
-        expected["held_nano_usd"] = held.get(key, 0)
+        expected["pending_estimate_nano_usd"], expected["pending_payg_only_nano_usd"] = pending.get(key, (0, 0))
+        expected["held_nano_usd"], expected["held_payg_only_nano_usd"] = held.get(key, (0, 0))
         for name in CACHE_FIELDS:
             cached = getattr(row, name)
             if cached != expected[name]:
@@ -150,31 +152,45 @@ async def _period_caches(session: AsyncSession) -> Check:
 
 async def _spending_limits(session: AsyncSession) -> Check:
     """Posting never waits for a limit (the provider already served the request), so a period may
-    pass its cap by the costs of requests in flight when it was reached, or by late costs:
-    those are warnings. Pay-as-you-go charged for a request that started after the cap was
-    reached means authorize let it through: a breach."""
-    check = Check("spending_limits", "no period's pay-as-you-go over its spending limit, except by costs in flight")
+    pass its cap, but only by what authorize could not know when it admitted the requests: the
+    estimate error of authorized requests (cost above the estimate it counted), requests it never
+    admitted against the limit (no hold of theirs attached), charges made before the limit was
+    set, and late costs of closed periods. Those are warnings; anything beyond them, or a charge
+    for a request started after the cap was reached, means authorize let too much through: a breach.
+    """
+    check = Check("spending_limits", "no period's pay-as-you-go over its spending limit, except by estimate error")
     for account, period, payg, limit in await verify_repository.over_limit(session):
         postings = await verify_repository.payg_postings(session, account=account, period=period)
         # A limit lowered below what was already charged is "reached" when it was set.
         set_at = await verify_repository.limit_set_at(session, account)
-        running, reached_at, after_start = 0, None, []
-        for kind, posted_at, amount, started_at, original in postings:
-            if reached_at is not None and kind != codes.LATE_REQUEST_COST and started_at is not None and started_at > reached_at:
-                after_start.append(amount)
-            elif kind == codes.LATE_REQUEST_COST:
-                check.warn(f"{account} {period}: late cost of {original} charged {format_usd(amount)}")
-            running += amount
+        running, reached_at, after_start, allowance = 0, None, [], 0
+        for posting in postings:
+            late = posting.kind == codes.LATE_REQUEST_COST
+            if late:
+                check.warn(f"{account} {period}: late cost of {posting.original_period} charged {format_usd(posting.amount_nano_usd)}")
+                allowance += posting.amount_nano_usd
+            elif reached_at is not None and posting.started_at is not None and posting.started_at > reached_at:
+                after_start.append(posting.amount_nano_usd)
+            elif set_at is not None and posting.posted_at <= set_at:
+                allowance += posting.amount_nano_usd
+            else:
+                allowance += posting.estimate_error
+            running += posting.amount_nano_usd
             if reached_at is None and running >= limit:
-                reached_at = max(posted_at, set_at) if set_at is not None else posted_at
+                reached_at = max(posting.posted_at, set_at) if set_at is not None else posting.posted_at
         over = f"{account} {period}: pay-as-you-go {format_usd(payg)} over its limit {format_usd(limit)}"
         if after_start:
             check.breach(
                 f"{over}; {len(after_start)} request(s) started after the limit was reached were charged "
                 f"{format_usd(sum(after_start))}"
             )
+        elif payg - limit > allowance:
+            check.breach(
+                f"{over} by {format_usd(payg - limit)} ({payg - limit} nano-USD), more than the "
+                f"{allowance} nano-USD of estimate error and late costs that could pass it"
+            )
         else:
-            check.warn(f"{over} by {format_usd(payg - limit)}, all from costs in flight when it was reached")
+            check.warn(f"{over} by {format_usd(payg - limit)}, within the estimate error of the requests in flight")
     return check
 
 

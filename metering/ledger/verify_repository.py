@@ -7,6 +7,7 @@ sums), so a verify of a large ledger streams little to Python.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, case, func, select
@@ -22,6 +23,7 @@ from metering.models import (
     LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
+    Provider,
     UsageRecord,
 )
 
@@ -136,21 +138,35 @@ class VerifyRepository:
             for account, period, granted, used, payg, written_off in rows
         }
 
-    async def pending_estimates(self, session: AsyncSession) -> dict[tuple[str, str], int]:
+    async def pending_estimates(self, session: AsyncSession) -> dict[tuple[str, str], tuple[int, int]]:
+        """(account, period) → (pending estimates, the part of them for providers not credit-eligible)."""
         rows = await session.execute(
-            select(UsageRecord.billing_account, UsageRecord.period, func.sum(UsageRecord.estimate_nano_usd))
+            select(
+                UsageRecord.billing_account,
+                UsageRecord.period,
+                func.sum(UsageRecord.estimate_nano_usd),
+                func.sum(case((Provider.credit_eligible.is_(False), UsageRecord.estimate_nano_usd), else_=0)),
+            )
+            .join(Provider, Provider.id == UsageRecord.provider_id)
             .where(UsageRecord.status == "pending")
             .group_by(UsageRecord.billing_account, UsageRecord.period)
         )
-        return {(account, period): int(total) for account, period, total in rows}
+        return {(account, period): (int(total), int(payg_only)) for account, period, total, payg_only in rows}
 
-    async def held_amounts(self, session: AsyncSession) -> dict[tuple[str, str], int]:
+    async def held_amounts(self, session: AsyncSession) -> dict[tuple[str, str], tuple[int, int]]:
+        """(account, period) → (held, the part of it for providers not credit-eligible)."""
         rows = await session.execute(
-            select(Hold.account_name, Hold.period, func.sum(Hold.amount_nano_usd))
+            select(
+                Hold.account_name,
+                Hold.period,
+                func.sum(Hold.amount_nano_usd),
+                func.sum(case((Provider.credit_eligible.is_(False), Hold.amount_nano_usd), else_=0)),
+            )
+            .join(Provider, Provider.id == Hold.provider_id)
             .where(Hold.status == "held")
             .group_by(Hold.account_name, Hold.period)
         )
-        return {(account, period): int(total) for account, period, total in rows}
+        return {(account, period): (int(total), int(payg_only)) for account, period, total, payg_only in rows}
 
     async def account_periods(self, session: AsyncSession) -> list[AccountPeriod]:
         return list(await session.scalars(select(AccountPeriod).order_by(AccountPeriod.period, AccountPeriod.account_name)))
@@ -176,11 +192,8 @@ class VerifyRepository:
             )
         )
 
-    async def payg_postings(
-        self, session: AsyncSession, *, account: str, period: str
-    ) -> list[tuple[str, datetime, int, datetime | None, str | None]]:
-        """Cost postings charging ``account``'s receivable of ``period``, in posting order:
-        (kind, posted at, payg amount, request started_at, original period)."""
+    async def payg_postings(self, session: AsyncSession, *, account: str, period: str) -> list[PaygPosting]:
+        """Cost postings charging ``account``'s receivable of ``period``, in posting order."""
         rows = await session.execute(
             select(
                 LedgerTransaction.kind,
@@ -188,17 +201,48 @@ class VerifyRepository:
                 LedgerEntry.amount_nano_usd,
                 UsageRecord.started_at,
                 LedgerTransaction.original_period,
+                UsageRecord.cost_nano_usd,
+                UsageRecord.estimate_nano_usd,
+                Hold.id.is_not(None),
             )
             .join(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
             .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
             .outerjoin(UsageRecord, UsageRecord.id == LedgerTransaction.usage_record_id)
+            .outerjoin(
+                Hold, (Hold.id == UsageRecord.hold_id) & (Hold.usage_record_id == UsageRecord.id) & (Hold.status == "attached")
+            )
             .where(
                 LedgerAccount.code == codes.receivable(account, period),
                 LedgerTransaction.kind.in_(codes.COST_KINDS),
             )
             .order_by(LedgerTransaction.id)
         )
-        return [(kind, created, int(amount), started, original) for kind, created, amount, started, original in rows]
+        return [
+            PaygPosting(kind, created, int(amount), started, original, cost, estimate or 0, bool(authorized))
+            for kind, created, amount, started, original, cost, estimate, authorized in rows
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class PaygPosting:
+    """A cost posting's pay-as-you-go amount and what verify needs to judge it against a limit."""
+
+    kind: str
+    posted_at: datetime
+    amount_nano_usd: int
+    started_at: datetime | None
+    original_period: str | None
+    cost_nano_usd: int | None
+    estimate_nano_usd: int
+    # The request's authorize hold was attached to it: its estimate was counted against the limit.
+    authorized: bool
+
+    @property
+    def estimate_error(self) -> int:
+        """How much of this charge the limit check could not have known of when it admitted the request."""
+        if not self.authorized or self.cost_nano_usd is None:
+            return self.amount_nano_usd
+        return min(self.amount_nano_usd, max(0, self.cost_nano_usd - self.estimate_nano_usd))
 
 
 verify_repository = VerifyRepository()

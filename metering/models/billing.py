@@ -22,6 +22,13 @@ class AccountPeriod(Base):
     __table_args__ = (
         CheckConstraint("held_nano_usd >= 0", name="held_non_negative"),
         CheckConstraint("pending_estimate_nano_usd >= 0", name="pending_non_negative"),
+        CheckConstraint(
+            "held_payg_only_nano_usd >= 0 AND held_payg_only_nano_usd <= held_nano_usd", name="held_payg_only_within_held"
+        ),
+        CheckConstraint(
+            "pending_payg_only_nano_usd >= 0 AND pending_payg_only_nano_usd <= pending_estimate_nano_usd",
+            name="pending_payg_only_within_pending",
+        ),
     )
 
     account_name: Mapped[str] = mapped_column(ForeignKey("accounts.name", ondelete="CASCADE"), primary_key=True)
@@ -34,6 +41,10 @@ class AccountPeriod(Base):
     written_off_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     pending_estimate_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     held_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The parts of pending_estimate_nano_usd and held_nano_usd whose provider is not credit-eligible:
+    # credits can never pay them, so authorize counts them toward pay-as-you-go in full.
+    pending_payg_only_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    held_payg_only_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Hold(Base):

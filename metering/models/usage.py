@@ -65,6 +65,8 @@ class UsageRecord(Base):
     input_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     output_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     hold_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # Set when hold_id named a hold of another user, billing account or provider: that hold was left alone.
+    hold_flag_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Hash of the record's content as sent: equal hash = duplicate, different = conflict.
     content_hash: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default="pending")

@@ -10,6 +10,7 @@ from metering.config import get_settings
 from metering.errors import ProviderNotFound
 from metering.models import Provider
 from metering.periods import utcnow
+from metering.credits.repository import credits_repository
 from metering.providers.errors import InvalidProviderRegistration
 from metering.providers.repository import provider_repository
 from metering.providers.secrets import decrypt_token, encrypt_token
@@ -54,6 +55,7 @@ class ProviderService:
         provider.cost_endpoint = registration.cost_endpoint
         if registration.cost_token is not None:
             provider.cost_token_encrypted = encrypt_token(registration.cost_token)
+        eligibility_changed = not created and provider.credit_eligible != registration.credit_eligible
         provider.credit_eligible = registration.credit_eligible
         provider.default_estimate_nano_usd = registration.default_estimate_nano_usd
         provider.hardware_prices_nano_usd_per_second = dict(registration.hardware_prices_nano_usd_per_second)
@@ -66,6 +68,9 @@ class ProviderService:
         }
         provider.updated_at = now
         await session.flush()
+        if eligibility_changed:
+            # Its holds and pending estimates move between what credits may and may not pay.
+            await credits_repository.recount_payg_only(session, provider_id=provider_id)
         return provider, created
 
     async def get(self, session: AsyncSession, provider_id: str) -> Provider:

@@ -20,21 +20,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import metrics
 from metering.accounts.repository import account_repository
 from metering.config import get_settings
-from metering.credits.repository import PeriodTotals, credits_repository
+from metering.credits.repository import PendingDelta, PeriodTotals, credits_repository
 from metering.credits.service import PlanHolder, credits_service, pays_as_you_go
 from metering.holds.estimates import estimates_service
-from metering.holds.service import holds_service
+from metering.holds.service import HoldClaim, holds_service
 from metering.ledger.service import WrittenPostings, ledger_service
 from metering.models import Provider
 from metering.money import duration_cost_nano
 from metering.periods import current_period, next_period, utcnow
 from metering.providers.repository import provider_repository
 from metering.usage.accounting_repository import SettledRow, accounting_repository
-from metering.usage.cost_split import CostSplit, split_costs
+from metering.charging.split import CostSplit, split_costs
 from metering.usage.repository import ProviderTerms, usage_repository
 from metering.usage.types import PricedRequest, QuarantinedRequest, SettleResult
 
 logger = logging.getLogger(__name__)
+
+# ``hold_flag_reason`` of a record that named a hold of another user, billing account or provider.
+FOREIGN_HOLD = "hold_of_another_request"
 
 
 class NewUsage(Protocol):
@@ -57,6 +60,8 @@ class StoredUsage(NewUsage, Protocol):
 
     @property
     def id(self) -> int: ...
+    @property
+    def user_name(self) -> str: ...
     @property
     def billing_account(self) -> str: ...
     @property
@@ -135,25 +140,27 @@ async def account_for_new_usage(
     if accounts is None:
         accounts = await account_repository.get_many(session, {u.billing_account for u in billable})
     # Holds first (attaching locks the holds' period rows, as the holds service asks).
-    # A hold pays into one record's estimate: the first in the batch that names it.
-    hold_owner: dict[str, int] = {}
+    # A hold pays into one record's estimate: the first in the batch that names it, if it owns it.
+    claims: dict[str, HoldClaim] = {}
     for usage in billable:
-        if usage.hold_id:
-            hold_owner.setdefault(usage.hold_id, usage.id)
+        if usage.hold_id and usage.hold_id not in claims:
+            claims[usage.hold_id] = HoldClaim(usage.id, usage.user_name, usage.billing_account, usage.provider_id)
     held: dict[int, int] = {}
-    if hold_owner:
-        held_amounts = await holds_service.attach_holds(session, dict(hold_owner))
-        held = {hold_owner[hold_id]: amount for hold_id, amount in held_amounts.items()}
+    if claims:
+        attached = await holds_service.attach_holds(session, claims)
+        held = {claims[hold_id].usage_record_id: amount for hold_id, amount in attached.amounts.items()}
+        await accounting_repository.flag_holds(session, attached.foreign, reason=FOREIGN_HOLD)
     priced: dict[int, int] = {}
     quarantined: dict[int, tuple[str, str]] = {}
     changed: dict[int, int] = {}
-    deltas: dict[tuple[str, str], int] = defaultdict(int)
+    deltas: dict[tuple[str, str], PendingDelta] = defaultdict(PendingDelta)
     # Per provider, not per record: a batch holds thousands of records of a few providers.
     compute_time = {
         provider_id: provider
         for provider_id, provider in pricing.providers.items()
         if provider.pricing == "compute_time"
     }
+    payg_only = {provider_id for provider_id, provider in pricing.providers.items() if not provider.credit_eligible}
     estimate_of = pricing.estimate
     for usage in billable:
         usage_id = usage.id
@@ -167,7 +174,7 @@ async def account_for_new_usage(
         estimate = held[usage_id] if usage_id in held else estimate_of(usage)
         if estimate != usage.estimate_nano_usd:
             changed[usage_id] = estimate
-        deltas[(usage.billing_account, usage.period)] += estimate
+        deltas[(usage.billing_account, usage.period)].add(estimate, payg_only=usage.provider_id in payg_only)
     await accounting_repository.set_estimates(session, changed)
     # The account rows are locked last: concurrent batches of the same accounts wait on these
     # locks until commit, so everything that needs no lock is done before taking them.
@@ -296,7 +303,7 @@ async def _move_money(
     keys = priced_keys | {(row.billing_account, row.period) for row in all_rows}
     # Plain terms, not ORM accounts: a batch names up to a thousand accounts.
     _, accounts = await usage_repository.lookup(session, provider_ids=(), names={row.billing_account for row in all_rows})
-    providers = await provider_repository.get_many(session, {row.provider_id for row in priced_rows})
+    providers = await provider_repository.get_many(session, {row.provider_id for row in all_rows})
     eligible = {provider_id: provider.credit_eligible for provider_id, provider in providers.items()}
     payg = {name: pays_as_you_go(terms) for name, terms in accounts.items()}
 
@@ -320,10 +327,14 @@ async def _move_money(
     else:
         locked, split, written = planned
     split.apply_to(locked)
+    payg_only = {provider_id for provider_id, credit_eligible in eligible.items() if not credit_eligible}
     for row in all_rows:
         state = locked[(row.billing_account, row.period)]
         # Never below zero: a drifted cache must not wedge pricing; verify reports the drift.
         state.pending_estimate_nano_usd = max(0, state.pending_estimate_nano_usd - row.estimate_nano_usd)
+        if row.provider_id in payg_only:
+            state.pending_payg_only_nano_usd = max(0, state.pending_payg_only_nano_usd - row.estimate_nano_usd)
+        state.pending_payg_only_nano_usd = min(state.pending_payg_only_nano_usd, state.pending_estimate_nano_usd)
     await ledger_service.move_balances(session, written)
     await credits_repository.save_totals(session, list(locked.values()))
 

@@ -97,6 +97,14 @@ class AccountingRepository:
                 {"ids": [i for i, _ in part], "estimates": [e for _, e in part]},
             )
 
+    async def flag_holds(self, session: AsyncSession, record_ids: Sequence[int], *, reason: str) -> None:
+        """Flag records whose ``hold_id`` named a hold that was not theirs (rare: one statement per chunk)."""
+        for part in chunks(sorted(record_ids)):
+            await session.execute(
+                update(UsageRecord).where(UsageRecord.id.in_(part)).values(hold_flag_reason=reason)
+                .execution_options(synchronize_session=False)
+            )
+
     async def mark_priced(
         self, session: AsyncSession, costs: dict[int, int], *, now: datetime, lease_owner: str | None = None
     ) -> list[SettledRow]:

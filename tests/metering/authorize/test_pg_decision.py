@@ -12,18 +12,21 @@ import random
 from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.pg_decision import pg_decision_repository
 from metering.authorize.service import AuthorizeRequest, Decision, authorize_service, decision_of, statement_arguments
+from metering.charging.rule import Figures, money_refusal
 from metering.config import PlanTerms
 from metering.credits.service import credits_for
 from metering.db import Database
 from metering.models import Account
 from metering.periods import period_of, utcnow
-from tests.metering.authorize.helpers import seed
+from tests.metering.authorize.helpers import ESTIMATE, seed
 
 SCENARIOS = 500
 USERS = ["alice", "alice", "bob", "bob", "acme", "ghost"]  # pro, free, an org, unknown
@@ -55,14 +58,18 @@ async def apply_state(connection: AsyncConnection, rng: random.Random, payer: st
     due = credits_for(Account(name=payer, plan=row.plan, seats=row.seats))
     granted = rng.choice([None, due, due, due, due, max(0, due - 1), due + amount(rng), due + amount(rng)])
     if granted is not None:
+        pending, held = amount(rng), amount(rng)
         await connection.execute(
             text(
                 "INSERT INTO account_periods (account_name, period, granted_seats, credits_granted_nano_usd,"
-                " credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd, held_nano_usd)"
-                " VALUES (:a, :p, :seats, :g, :u, :payg, 0, :pending, :held)"
+                " credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd, held_nano_usd,"
+                " pending_payg_only_nano_usd, held_payg_only_nano_usd)"
+                " VALUES (:a, :p, :seats, :g, :u, :payg, 0, :pending, :held, :pending_payg_only, :held_payg_only)"
             ),
             {"a": payer, "p": period, "seats": row.seats, "g": granted, "u": rng.choice([0, amount(rng), granted]),
-             "payg": amount(rng), "pending": amount(rng), "held": amount(rng)},
+             "payg": amount(rng), "pending": pending, "held": held,
+             "pending_payg_only": rng.choice([0, pending, rng.randint(0, pending)]),
+             "held_payg_only": rng.choice([0, held, rng.randint(0, held)])},
         )
     if rng.random() < 0.5:
         await connection.execute(
@@ -73,7 +80,10 @@ async def apply_state(connection: AsyncConnection, rng: random.Random, payer: st
 
 async def written(connection: AsyncConnection, period: str) -> tuple:
     """The holds and held totals a decision left (ids aside)."""
-    held = await connection.execute(text("SELECT account_name, held_nano_usd FROM account_periods WHERE period = :p ORDER BY 1"), {"p": period})
+    held = await connection.execute(
+        text("SELECT account_name, held_nano_usd, held_payg_only_nano_usd FROM account_periods WHERE period = :p ORDER BY 1"),
+        {"p": period},
+    )
     holds = await connection.execute(
         text("SELECT account_name, user_name, provider_id, model, period, amount_nano_usd, status FROM holds ORDER BY 1, 6")
     )
@@ -145,8 +155,9 @@ async def test_the_plan_table_is_written_into_the_statement(
         await connection.execute(
             text(
                 "INSERT INTO account_periods (account_name, period, granted_seats, credits_granted_nano_usd,"
-                " credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd, held_nano_usd)"
-                " VALUES ('alice', :p, 1, 0, 0, 0, 0, 0, 0)"
+                " credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd, held_nano_usd,"
+                " pending_payg_only_nano_usd, held_payg_only_nano_usd)"
+                " VALUES ('alice', :p, 1, 0, 0, 0, 0, 0, 0, 0, 0)"
             ),
             {"p": period_of(now)},
         )
@@ -154,3 +165,90 @@ async def test_the_plan_table_is_written_into_the_statement(
         answer = await pg_decision_repository.decide_on(driver, **{**statement_arguments(request, now), "plans": plans})
         await connection.rollback()
     assert answer.outcome == outcome
+
+
+class TestStatementIsTheRule:
+    """The statement's verdict and figures are ``metering.charging.rule``'s, on random totals of one row."""
+
+    @given(
+        user=st.sampled_from(["alice", "bob"]),  # pro (pay-as-you-go) and free
+        provider=st.sampled_from(["together", "paid-only"]),  # credit-eligible and not
+        extra_credits=st.integers(0, 3_000_000),
+        used=st.integers(0, 3_000_000),
+        payg=st.integers(0, 3_000_000),
+        pending=st.tuples(st.integers(0, 2_000_000), st.integers(0, 2_000_000)),
+        held=st.tuples(st.integers(0, 2_000_000), st.integers(0, 2_000_000)),
+        limit=st.none() | st.integers(0, 6_000_000),
+    )
+    @settings(
+        max_examples=150, deadline=None, derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    async def test_on_random_totals(
+        self, db: Database, backend: str, user: str, provider: str, extra_credits: int, used: int, payg: int,
+        pending: tuple[int, int], held: tuple[int, int], limit: int | None,
+    ) -> None:
+        if backend != "postgres":
+            pytest.skip("the one-statement decision is PostgreSQL's")
+        async with db.session_scope() as session:
+            seeded = await session.get(Account, "alice") is not None  # examples share the test's database
+        if not seeded:
+            await seed(db)
+        now = utcnow()
+        period = period_of(now)
+        due = {"alice": 2_000_000_000, "bob": 100_000_000}[user]
+        granted = due + extra_credits
+        used = min(used, granted) if used % 3 else granted  # a third of the time, every credit is used
+        (pending_eligible, pending_payg_only), (held_eligible, held_payg_only) = pending, held
+        request = AuthorizeRequest(user=user, bill_to=None, provider=provider, model="org/rule")
+        async with db.engine.connect() as connection:
+            await connection.begin()
+            await connection.execute(
+                text("UPDATE accounts SET spending_limit_nano_usd = :l WHERE name = :n"), {"l": limit, "n": user}
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO account_periods (account_name, period, granted_seats, credits_granted_nano_usd,"
+                    " credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd,"
+                    " held_nano_usd, pending_payg_only_nano_usd, held_payg_only_nano_usd)"
+                    " VALUES (:a, :p, 1, :g, :u, :payg, 0, :pending, :held, :pending_payg_only, :held_payg_only)"
+                ),
+                {"a": user, "p": period, "g": granted, "u": used, "payg": payg,
+                 "pending": pending_eligible + pending_payg_only, "held": held_eligible + held_payg_only,
+                 "pending_payg_only": pending_payg_only, "held_payg_only": held_payg_only},
+            )
+            driver = (await connection.get_raw_connection()).driver_connection
+            answer = await pg_decision_repository.decide_on(driver, **statement_arguments(request, now))
+            after = await connection.execute(
+                text("SELECT held_nano_usd, held_payg_only_nano_usd FROM account_periods WHERE account_name = :a AND period = :p"),
+                {"a": user, "p": period},
+            )
+            held_after = tuple(after.one())
+            await connection.rollback()
+
+        figures = Figures(
+            granted, used, payg, pending_eligible + pending_payg_only + held_eligible + held_payg_only,
+            pending_payg_only + held_payg_only,
+        )
+        eligible = provider == "together"
+        estimate = {"together": ESTIMATE, "paid-only": 300_000}[provider]
+        pays_as_you_go = user == "alice"
+        if not pays_as_you_go and not eligible:
+            expected = "credits_exhausted"  # a free account is offered only credit-eligible providers
+        else:
+            expected = money_refusal(
+                figures, pays_as_you_go=pays_as_you_go, limit=limit if pays_as_you_go else None,
+                credit_eligible=eligible, estimate=estimate,
+            ) or "allowed"
+        assert answer.outcome == expected
+        decision = decision_of(answer)
+        after_figures = figures.with_hold(estimate, credit_eligible=eligible) if expected == "allowed" else figures
+        assert decision.credits_remaining_nano_usd == after_figures.credits_remaining
+        assert decision.spending_limit_remaining_nano_usd == (
+            after_figures.limit_remaining(limit) if pays_as_you_go else None
+        )
+        if expected == "allowed":
+            assert held_after == (held_eligible + held_payg_only + estimate, held_payg_only + (0 if eligible else estimate))
+        else:
+            assert held_after == (held_eligible + held_payg_only, held_payg_only)
+

@@ -8,6 +8,7 @@ from metering.accounts.service import AccountSync, account_service
 from metering.db import Database
 from metering.ledger import codes
 from metering.models import Account, Period
+from metering.credits.repository import PendingDelta
 from metering.credits.service import credits_service
 from tests.factories.accounts import create_account
 from tests.metering.ledger.helpers import balance, transactions
@@ -92,8 +93,8 @@ class TestAddPendingEstimates:
     async def test_adds_to_a_granted_row_without_granting_again(self, session) -> None:
         alice = await create_account(session, "alice", plan="pro")
         await credits_service.lock_period(session, account=alice, period=PERIOD)
-        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): 700}, accounts={"alice": alice})
-        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): 50}, accounts={"alice": alice})
+        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): PendingDelta(700)}, accounts={"alice": alice})
+        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): PendingDelta(50)}, accounts={"alice": alice})
         row = await credits_service.lock_period(session, account=alice, period=PERIOD)
         assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd) == (750, SEAT)
         assert len(await transactions(session, kind=codes.GRANT)) == 1
@@ -101,7 +102,7 @@ class TestAddPendingEstimates:
     async def test_a_missing_row_is_created_and_granted_even_for_a_zero_delta(self, session) -> None:
         accounts = {name: await create_account(session, name, plan="pro") for name in ("alice", "bob")}
         await credits_service.add_pending_estimates(
-            session, deltas={("alice", PERIOD): 0, ("bob", PERIOD): 300}, accounts=accounts
+            session, deltas={("alice", PERIOD): PendingDelta(0), ("bob", PERIOD): PendingDelta(300)}, accounts=accounts
         )
         rows = await credits_service.lock_periods(session, accounts=list(accounts.values()), period=PERIOD)
         assert {name: (r.pending_estimate_nano_usd, r.credits_granted_nano_usd) for name, r in rows.items()} == {
@@ -115,7 +116,7 @@ class TestAddPendingEstimates:
         acme = await create_account(session, "acme", plan="team", seats=2)
         await credits_service.lock_period(session, account=acme, period=PERIOD)
         acme, _ = await account_service.upsert_account(session, name="acme", sync=AccountSync(kind="org", plan="team", seats=3))
-        await credits_service.add_pending_estimates(session, deltas={("acme", PERIOD): 900}, accounts={"acme": acme})
+        await credits_service.add_pending_estimates(session, deltas={("acme", PERIOD): PendingDelta(900)}, accounts={"acme": acme})
         row = await credits_service.lock_period(session, account=acme, period=PERIOD)
         assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd, row.granted_seats) == (900, 3 * SEAT, 3)
         assert await balance(session, codes.credits("acme", PERIOD)) == -3 * SEAT
@@ -124,14 +125,26 @@ class TestAddPendingEstimates:
         alice = await create_account(session, "alice", plan="pro")
         session.add(Period(period=PERIOD, status="closed"))
         await session.flush()
-        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): 400}, accounts={"alice": alice})
+        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): PendingDelta(400)}, accounts={"alice": alice})
         row = await credits_service.lock_period(session, account=alice, period=PERIOD)
         assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd) == (400, 0)
         assert await transactions(session) == []
 
+    async def test_the_payg_only_part_is_added_beside_the_total(self, session) -> None:
+        alice = await create_account(session, "alice", plan="pro")
+        await credits_service.lock_period(session, account=alice, period=PERIOD)
+        delta = PendingDelta()
+        delta.add(300, payg_only=True)
+        delta.add(200, payg_only=False)
+        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): delta}, accounts={"alice": alice})
+        await credits_service.add_pending_estimates(session, deltas={("bob", PERIOD): delta}, accounts={"bob": await create_account(session, "bob", plan="pro")})
+        for name in ("alice", "bob"):
+            row = await credits_service.lock_period(session, account=await session.get(Account, name), period=PERIOD)
+            assert (row.pending_estimate_nano_usd, row.pending_payg_only_nano_usd) == (500, 300)
+
     async def test_an_orm_copy_held_by_the_session_reloads_the_new_total(self, session) -> None:
         alice = await create_account(session, "alice", plan="pro")
         held = await credits_service.lock_period(session, account=alice, period=PERIOD)
-        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): 123}, accounts={"alice": alice})
+        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): PendingDelta(123)}, accounts={"alice": alice})
         # Read as the ORM would on next access: a stale copy would still say 0.
         assert await session.run_sync(lambda _: held.pending_estimate_nano_usd) == 123

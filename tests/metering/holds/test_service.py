@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from sqlalchemy import insert, select
 
 from jobs import expire_holds
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.service import AuthorizeRequest, authorize_service
 from metering.db import Database
-from metering.holds.service import holds_service
+from metering.holds.service import HoldClaim, holds_service
 from metering.models import Hold, UsageRecord
 from metering.periods import current_period, utcnow
 from tests.metering.authorize.helpers import ESTIMATE, holds, period_row, seed
@@ -40,6 +42,16 @@ async def usage_record(db: Database, hold_id: str, request_id: str) -> int:
         return result.scalar_one()
 
 
+def claims(*pairs: tuple[str, int], user: str = "alice", account: str = "alice", provider: str = "together") -> dict:
+    """Hold claims of records of ``user`` billed to ``account`` for ``provider``: (hold_id, record id) pairs."""
+    return {hold_id: HoldClaim(record_id, user, account, provider) for hold_id, record_id in pairs}
+
+
+async def attach(db: Database, claimed: dict) -> dict[str, int]:
+    async with db.session_scope() as session:
+        return (await holds_service.attach_holds(session, claimed)).amounts
+
+
 async def age_holds(db: Database, seconds: int) -> None:
     async with db.session_scope() as session:
         for hold in await session.scalars(select(Hold)):
@@ -64,25 +76,37 @@ class TestAttachHolds:
         first, second = await place(db), await place(db, provider="fireworks-ai")
         record_one = await usage_record(db, first, "r1")
         record_two = await usage_record(db, second, "r2")
-        async with db.session_scope() as session:
-            attached = await holds_service.attach_holds(
-                session, {first: record_one, second: record_two, "no-such-hold": record_one}
-            )
+        attached = await attach(
+            db, {**claims((first, record_one), ("no-such-hold", record_one)), **claims((second, record_two), provider="fireworks-ai")}
+        )
         assert attached == {first: ESTIMATE, second: 250_000}
         assert (await period_row(db, "alice")).held_nano_usd == 0
         by_id = {h.id: h for h in await holds(db)}
         assert (by_id[first].status, by_id[first].usage_record_id) == ("attached", record_one)
         assert (by_id[second].status, by_id[second].usage_record_id) == ("attached", record_two)
-        async with db.session_scope() as session:
-            assert await holds_service.attach_holds(session, {first: record_one}) == {}
+        assert await attach(db, claims((first, record_one))) == {}
         assert (await period_row(db, "alice")).held_nano_usd == 0
+
+    @pytest.mark.parametrize(
+        "owner",
+        [{"user": "bob"}, {"account": "acme"}, {"provider": "fireworks-ai"}],
+        ids=["another user", "another billing account", "another provider"],
+    )
+    async def test_a_hold_is_released_only_by_its_own_request(self, db: Database, owner: dict) -> None:
+        provider_catalog.clear()
+        await seed(db)
+        hold_id = await place(db)
+        async with db.session_scope() as session:
+            attached = await holds_service.attach_holds(session, claims((hold_id, 7), **owner))
+        assert (attached.amounts, attached.foreign) == ({}, [7])
+        assert (await period_row(db, "alice")).held_nano_usd == ESTIMATE
+        assert {h.id: h.status for h in await holds(db)}[hold_id] == "held"
 
     async def test_releases_from_each_account(self, db: Database) -> None:
         provider_catalog.clear()
         await seed(db)
         mine, orgs, kept = await place(db), await place(db, bill_to="acme"), await place(db, bill_to="acme")
-        async with db.session_scope() as session:
-            attached = await holds_service.attach_holds(session, {mine: 1, orgs: 2})
+        attached = await attach(db, {**claims((mine, 1)), **claims((orgs, 2), account="acme")})
         assert attached == {mine: ESTIMATE, orgs: ESTIMATE}
         assert (await period_row(db, "alice")).held_nano_usd == 0
         assert (await period_row(db, "acme")).held_nano_usd == ESTIMATE
@@ -94,8 +118,7 @@ class TestAttachHolds:
         hold_id = await place(db)
         await age_holds(db, 1)
         assert await expire_holds.run_once(db) == f"expired 1 holds ({ESTIMATE} nano-USD) of 1 accounts"
-        async with db.session_scope() as session:
-            assert await holds_service.attach_holds(session, {hold_id: 1}) == {}
+        assert await attach(db, claims((hold_id, 1))) == {}
         assert (await period_row(db, "alice")).held_nano_usd == 0
 
     async def test_past_ttl_but_not_yet_expired_still_attaches(self, db: Database) -> None:
@@ -103,8 +126,7 @@ class TestAttachHolds:
         await seed(db)
         hold_id = await place(db)
         await age_holds(db, 60)
-        async with db.session_scope() as session:
-            assert await holds_service.attach_holds(session, {hold_id: 1}) == {hold_id: ESTIMATE}
+        assert await attach(db, claims((hold_id, 1))) == {hold_id: ESTIMATE}
         assert await expire_holds.run_once(db) == "expired 0 holds (0 nano-USD) of 0 accounts"
         assert (await period_row(db, "alice")).held_nano_usd == 0
 

@@ -29,7 +29,7 @@ async def place_hold(session, account, *, provider: str, amount: int) -> str:
     await credits_service.lock_period(session, account=account, period=current_period())
     return await holds_service.place_hold(
         session, account=account.name, period=current_period(), user=account.name, provider_id=provider,
-        model="org/model", amount_nano_usd=amount, now=utcnow(),
+        model="org/model", amount_nano_usd=amount, credit_eligible=True, now=utcnow(),
     )
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from metering.credits.repository import PeriodTotals
 from metering.ledger import codes
 from metering.usage.accounting_repository import SettledRow
-from metering.usage.cost_split import split_costs
+from metering.charging.split import split_costs
 
 PERIOD = "2026-11"
 ACCOUNTS = ("acme", "alice", "bob")
@@ -19,7 +19,7 @@ PAYG = {"acme": True, "alice": True, "bob": False}
 def totals(available: dict[str, int], *, used: int = 5) -> dict[tuple[str, str], PeriodTotals]:
     """Rows whose credits left are ``available`` (some already used, as in a running period)."""
     return {
-        (account, PERIOD): PeriodTotals(account, PERIOD, 1, left + used, used, 0, 0, 0, 0)
+        (account, PERIOD): PeriodTotals(account, PERIOD, 1, left + used, used, 0, 0, 0, 0, 0, 0)
         for account, left in available.items()
     }
 
