@@ -13,7 +13,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from metering.accounts.repository import dialect_insert
 from metering.db import is_sqlite
-from metering.invoicing.repository import period_lock_key
+from metering.invoicing.repository import CLOSE_ORDER_KEY
 from metering.ledger.repository import chunks
 from metering.models import Account, AccountPeriod, Hold, Period, Provider, UsageRecord
 
@@ -319,22 +319,20 @@ class CreditsRepository:
                 session.expire(held)
 
     async def closed_periods(self, session: AsyncSession, periods: Iterable[str]) -> set[str]:
-        """Which of ``periods`` are closed, read under each period's close lock taken shared.
+        """Which of ``periods`` count as closed: closed, or earlier than a closed period (periods close
+        in order, so a month before a closed one takes no more credits or costs).
 
-        PostgreSQL: closing a period holds its advisory lock exclusively, so a posting that
-        decides where to land cannot interleave with a close of that period (it waits, then
-        sees it closed). SQLite: the transaction already holds the one write lock.
+        PostgreSQL: read under the close lock taken shared (``CLOSE_ORDER_KEY``); a close holds it
+        exclusively, so a posting that decides where to land cannot interleave with any close (it
+        waits, then sees the period closed). SQLite: the transaction already holds the one write lock.
         """
-        periods = sorted(set(periods))
+        periods = set(periods)
         if not periods:
             return set()
         if not is_sqlite(session):
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock_shared(k) FROM unnest(CAST(:keys AS BIGINT[])) AS k"),
-                {"keys": sorted(period_lock_key(p) for p in periods)},
-            )
-        rows = await session.scalars(select(Period.period).where(Period.period.in_(periods), Period.status == "closed"))
-        return set(rows)
+            await session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": CLOSE_ORDER_KEY})
+        latest = await session.scalar(select(func.max(Period.period)).where(Period.status == "closed"))
+        return {period for period in periods if latest is not None and period <= latest}
 
     async def account_names_after(self, session: AsyncSession, *, after: str | None, limit: int) -> list[str]:
         """Account names in name order, one page at a time (the grant job walks every account)."""

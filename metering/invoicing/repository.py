@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, distinct, func, select, text, update
+from sqlalchemy import and_, distinct, func, select, text, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -15,6 +15,7 @@ from metering.db import is_sqlite
 from metering.ledger import codes
 from metering.models import (
     Account,
+    AccountPeriod,
     Invoice,
     InvoiceLine,
     LedgerAccount,
@@ -38,9 +39,9 @@ def _chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
 STRIPE_SYNC_LOCK_KEY = 7_100_000_001
 
 
-def period_lock_key(period: str) -> int:
-    """The PostgreSQL advisory-lock key of a period's close: ``2026-11`` → 7_000_202_611."""
-    return 7_000_000_000 + int(period.replace("-", ""))
+# The PostgreSQL advisory lock every close holds exclusively and every posting shared, while it
+# decides which period a cost lands in: a period closes, with every earlier one, between postings.
+CLOSE_ORDER_KEY = 7_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +60,13 @@ class InvoicingRepository:
     async def lock_period(self, session: AsyncSession, period: str) -> Period:
         """The period's row, created ``open`` when missing, locked until the transaction ends.
 
-        On PostgreSQL the close also holds the period's advisory lock (``period_lock_key``)
-        exclusively: a posting that takes it shared before reading the period's status can
-        never land in a period while it is being closed. SQLite needs neither: the
+        On PostgreSQL the close also holds the advisory lock ``CLOSE_ORDER_KEY`` exclusively:
+        a posting that takes it shared before reading which periods are closed can never land
+        in a period while it, or a later one, is being closed. SQLite needs neither: the
         transaction already holds the database's one write lock.
         """
         if not is_sqlite(session):
-            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": period_lock_key(period)})
+            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLOSE_ORDER_KEY})
         await session.execute(
             dialect_insert(session, Period).values(period=period, status="open").on_conflict_do_nothing()
         )
@@ -74,6 +75,19 @@ class InvoicingRepository:
                 select(Period).where(Period.period == period).with_for_update().execution_options(populate_existing=True)
             )
         ).one()
+
+    async def open_periods_before(self, session: AsyncSession, period: str) -> list[str]:
+        """Months before ``period`` with activity (an account period or a posting) not closed yet, oldest first."""
+        closed = select(Period.period).where(Period.status == "closed")
+        active = union(
+            select(AccountPeriod.period).where(AccountPeriod.period < period),
+            select(LedgerTransaction.period).where(LedgerTransaction.period < period),
+            select(Period.period).where(Period.period < period),
+        ).subquery()
+        rows = await session.scalars(
+            select(active.c.period).where(active.c.period.not_in(closed)).distinct().order_by(active.c.period)
+        )
+        return list(rows)
 
     async def latest_closed_after(self, session: AsyncSession, period: str) -> str | None:
         return await session.scalar(

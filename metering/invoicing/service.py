@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.config import get_settings
 from metering.invoicing.cents import apportion_cents
-from metering.invoicing.errors import PeriodClosedOutOfOrder, PeriodNotEnded
+from metering.invoicing.errors import PeriodNotEnded
 from metering.invoicing.repository import ReceivableLine, invoicing_repository
-from metering.models import Invoice, InvoiceLine
+from metering.models import Invoice, InvoiceLine, Period
 from metering.money import cents_with_remainder
 from metering.periods import parse_period, period_bounds, period_of, previous_period, utcnow
 
@@ -36,12 +36,22 @@ class CloseResult:
     # Accounts with a receivable that may not be invoiced, and why (an invariant breach).
     refused: dict[str, str] = field(default_factory=dict)
     closes_after: datetime | None = None
+    # Earlier months with activity closed first, oldest first (periods close in order).
+    earlier: list[CloseResult] = field(default_factory=list)
+    # For ``already_closed``: the later closed period that makes this one count as closed.
+    closed_by: str | None = None
 
     def describe(self) -> str:
         if self.outcome == "in_grace":
             return f"period {self.period} not closed: grace window runs until {self.closes_after:%Y-%m-%dT%H:%M:%SZ} (use --force)"
         if self.outcome == "already_closed":
+            if self.closed_by:
+                return f"period {self.period} counts as closed: the later period {self.closed_by} is closed"
             return f"period {self.period} already closed"
+        before = "".join(f"{result.describe()}\n" for result in self.earlier)
+        return before + self._describe_closed()
+
+    def _describe_closed(self) -> str:
         text = (
             f"period {self.period} closed: {self.invoices} invoices, {self.amount_cents} cents "
             f"from {self.payg_nano_usd} nano-USD pay-as-you-go; {self.nothing_due} account(s) owing under a cent, "
@@ -84,7 +94,9 @@ class InvoicingService:
         """Close ``period`` (default: the previous one) and invoice it, in this one transaction.
 
         Outside ``force``, a period closes only once its grace window has passed, so late
-        costs still land in it. Closing twice is a no-op. Atomic: a crash leaves it open.
+        costs still land in it. Periods close in order: every earlier month with activity
+        that is still open is closed (and invoiced) first, and a month earlier than a closed
+        one counts as closed already. Closing twice is a no-op. Atomic: a crash leaves it open.
         """
         now = now or utcnow()
         period = parse_period(period) if period else previous_period(period_of(now))
@@ -100,10 +112,17 @@ class InvoicingService:
             return CloseResult(period, "already_closed")
         later = await invoicing_repository.latest_closed_after(session, period)
         if later is not None:
-            raise PeriodClosedOutOfOrder(f"period {later} is already closed; close periods in order", period=period)
+            return CloseResult(period, "already_closed", closed_by=later)
+        earlier = []
+        for before in await invoicing_repository.open_periods_before(session, period):
+            earlier.append(await self._close_and_invoice(session, await invoicing_repository.lock_period(session, before), now))
+        result = await self._close_and_invoice(session, row, now)
+        return replace(result, earlier=earlier)
+
+    async def _close_and_invoice(self, session: AsyncSession, row: Period, now: datetime) -> CloseResult:
         row.status, row.closed_at = "closed", now
         await session.flush()
-        return await self._invoice_period(session, period=period, now=now)
+        return await self._invoice_period(session, period=row.period, now=now)
 
     async def _invoice_period(self, session: AsyncSession, *, period: str, now: datetime) -> CloseResult:
         by_account: dict[str, list[ReceivableLine]] = defaultdict(list)

@@ -68,7 +68,8 @@ class UsageService:
         whole batch's checks.
         """
         received_at = utcnow()
-        skew = get_settings().max_future_skew_seconds
+        settings = get_settings()
+        skew, max_age_days = settings.max_future_skew_seconds, settings.max_record_age_days
         valid: list[ValidRecord] = []
         rejected: list[Rejection] = []
         for start in range(0, len(records), _RECORDS_BETWEEN_YIELDS):
@@ -76,7 +77,7 @@ class UsageService:
                 await asyncio.sleep(0)
             checked, refused = check_records(
                 records[start : start + _RECORDS_BETWEEN_YIELDS], now=received_at, max_future_skew_seconds=skew,
-                first_index=start,
+                max_age_days=max_age_days, first_index=start,
             )
             valid += checked
             rejected += refused

@@ -120,19 +120,25 @@ def _refuse_constant(name: str) -> None:
 
 
 def check_records(
-    records: list[object], *, now: datetime, max_future_skew_seconds: int, first_index: int = 0
+    records: list[object], *, now: datetime, max_future_skew_seconds: int, max_age_days: int | None = None,
+    first_index: int = 0,
 ) -> tuple[list[ValidRecord], list[Rejection]]:
     """Split records into valid ones and rejections; one bad record never affects another.
 
     ``first_index``: the index of ``records[0]`` in the request, when checking a slice of it.
+    ``max_age_days``: a record that started longer ago than this is refused (its month may be closed).
     """
     latest_start = now + timedelta(seconds=max_future_skew_seconds)
+    earliest_start = None if max_age_days is None else now - timedelta(days=max_age_days)
     valid: list[ValidRecord] = []
     rejected: list[Rejection] = []
     for index, raw in enumerate(records, first_index):
         try:
             valid.append(
-                check_record(index, raw, latest_start=latest_start, max_future_skew_seconds=max_future_skew_seconds)
+                check_record(
+                    index, raw, latest_start=latest_start, max_future_skew_seconds=max_future_skew_seconds,
+                    earliest_start=earliest_start, max_age_days=max_age_days,
+                )
             )
         except RecordInvalid as exc:
             rejected.append(Rejection(index, request_id_of(raw), str(exc)))
@@ -151,7 +157,10 @@ def request_id_of(raw: object) -> str | None:
     return value
 
 
-def check_record(index: int, raw: object, *, latest_start: datetime, max_future_skew_seconds: int) -> ValidRecord:
+def check_record(
+    index: int, raw: object, *, latest_start: datetime, max_future_skew_seconds: int,
+    earliest_start: datetime | None = None, max_age_days: int | None = None,
+) -> ValidRecord:
     """One record's checks in a fixed order; the first failure is the reason given back."""
     if type(raw) is not dict:
         raise RecordInvalid(f"record must be a JSON object, got {_kind(raw)}")
@@ -190,6 +199,11 @@ def check_record(index: int, raw: object, *, latest_start: datetime, max_future_
     elif type(custom_key) is not bool:
         raise RecordInvalid(f"custom_key: must be a boolean, got {_kind(custom_key)}")
     started_at = _timestamp(get("started_at"), latest_start, max_future_skew_seconds)
+    if earliest_start is not None and started_at < earliest_start:
+        raise RecordInvalid(
+            f"started_at: {_show(get('started_at'))} is more than {max_age_days} days ago; "
+            "records older than that are not accepted"
+        )
     if (duration_ms := get("duration_ms")) is not None:
         duration_ms = _count(duration_ms, "duration_ms")
     if (hardware := get("hardware")) is not None:

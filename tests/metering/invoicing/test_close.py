@@ -16,7 +16,7 @@ from jobs import close_period
 from metering.config import Settings
 from metering.db import Database
 from metering.exports.service import export_service
-from metering.invoicing.errors import PeriodClosedOutOfOrder, PeriodNotEnded
+from metering.invoicing.errors import PeriodNotEnded
 from metering.invoicing.service import invoicing_service
 from metering.ledger import codes
 from metering.ledger.service import ledger_service
@@ -112,10 +112,46 @@ class TestClosePeriod:
         with pytest.raises(PeriodNotEnded):
             await close(seeded, "2026-11", now=datetime(2026, 11, 30, 23, tzinfo=UTC))
 
-    async def test_refuses_to_close_out_of_order(self, seeded: Database) -> None:
+    async def test_a_month_before_a_closed_one_counts_as_closed(self, seeded: Database) -> None:
         await close(seeded, "2026-10")
-        with pytest.raises(PeriodClosedOutOfOrder):
-            await close(seeded, "2026-09")
+        result = await close(seeded, "2026-09")
+        assert (result.outcome, result.closed_by) == ("already_closed", "2026-10")
+        assert result.describe() == "period 2026-09 counts as closed: the later period 2026-10 is closed"
+
+    async def test_closing_a_month_closes_the_earlier_active_months_first(self, seeded: Database) -> None:
+        await charge(seeded, account="alice", started_at=SEPT, costs={"a1": 12_345_678})
+        await charge(seeded, account="alice", started_at=OCT, costs={"a2": 20_000_000})
+
+        result = await close(seeded, "2026-10")
+
+        assert [(r.period, r.outcome, r.amount_cents) for r in result.earlier] == [("2026-09", "closed", 1)]
+        assert (result.period, result.outcome, result.amount_cents) == ("2026-10", "closed", 2)
+        assert result.describe().startswith("period 2026-09 closed: 1 invoices, 1 cents")
+        found = await invoices(seeded)
+        assert (found[("alice", "2026-09")].carried_out_nano_usd, found[("alice", "2026-10")].carried_in_nano_usd) == (
+            2_345_678, 2_345_678,
+        )
+        assert (await verify(seeded)).ok
+
+    async def test_a_late_cost_of_a_month_before_a_closed_one_lands_in_the_open_period(self, seeded: Database) -> None:
+        """A spool delivered late: its month was never closed itself, but a later one was."""
+        await charge(seeded, account="alice", started_at=OCT, costs={"a1": 10_000_000})
+        await close(seeded, "2026-10")
+
+        await charge(seeded, account="alice", started_at=SEPT, costs={"late": 30_000_000})
+
+        async with seeded.session_scope() as session:
+            late = (await session.scalars(select(LedgerTransaction).where(LedgerTransaction.kind == codes.LATE_REQUEST_COST))).one()
+            open_period = late.period
+            assert (late.original_period, open_period > "2026-10") == ("2026-09", True)
+            grants = await session.scalars(select(LedgerTransaction.period).where(LedgerTransaction.kind == codes.GRANT))
+            assert "2026-09" not in set(grants)
+            receivable = await session.scalar(
+                select(LedgerAccount.balance_nano_usd).where(LedgerAccount.code == codes.receivable("alice", open_period))
+            )
+            assert receivable == 30_000_000
+        assert (await close(seeded, "2026-09")).outcome == "already_closed"
+        assert (await verify(seeded)).ok
 
     async def test_free_account_with_a_receivable_is_refused_not_invoiced(self, seeded: Database) -> None:
         # Impossible through pricing (a free account's overage is written off); made by hand here.

@@ -177,3 +177,22 @@ class TestParseBody:
         with pytest.raises(ValidationError) as caught:
             parse_body(raw, max_records=5)
         assert caught.value.detail.startswith(detail)
+
+
+class TestMaximumAge:
+    """A record older than the maximum age is refused with a reason: its month may be closed."""
+
+    def record(self, started_at: str) -> dict:
+        return {"request_id": "r", "provider": "p", "user": "u", "model": "m", "started_at": started_at}
+
+    @pytest.mark.parametrize("started_at", ["1900-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "2026-10-17T04:59:59Z"])
+    def test_older_than_35_days_is_rejected(self, started_at: str) -> None:
+        valid, rejected = check_records([self.record(started_at)], now=NOW, max_future_skew_seconds=SKEW, max_age_days=35)
+        assert valid == []
+        assert rejected[0].error == f"started_at: '{started_at}' is more than 35 days ago; records older than that are not accepted"
+
+    def test_just_within_the_age_is_accepted(self) -> None:
+        valid, rejected = check_records(
+            [self.record("2026-10-18T05:00:00Z")], now=NOW, max_future_skew_seconds=SKEW, max_age_days=35
+        )
+        assert (len(valid), rejected) == (1, [])
