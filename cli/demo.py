@@ -28,5 +28,4 @@ def demo(
     try:
         asyncio.run(run_demo(DemoOptions(data_dir=data_dir, serve=serve, json_summary=json_summary), console))
     except NotADemoFolder as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise typer.BadParameter(str(exc), param_hint="'--data-dir'") from exc

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from typing import Optional
 
 import typer
 
+from cli.params import check_period, check_port_or_off
 from jobs.scheduler import JOBS, job_function, run_job, serve_scheduler
 from metering.startup import loaded_objects_out_of_the_collector
 
@@ -43,14 +45,16 @@ def _startup_objects_out_of_the_collector(names: list[str]) -> None:
 def scheduler(
     ctx: typer.Context,
     only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these jobs (repeatable)."),
-    metrics_port: int = typer.Option(0, help="Serve Prometheus metrics of the jobs on this port (0: off)."),
+    metrics_port: int = typer.Option(
+        0, help="Serve Prometheus metrics of the jobs on this port (0: off).", callback=check_port_or_off
+    ),
 ) -> None:
     """Run every job on its schedule until interrupted."""
     if ctx.invoked_subcommand is not None:
         return
     unknown = sorted(set(only or ()) - set(JOBS))
     if unknown:
-        raise typer.BadParameter(f"unknown job(s) {', '.join(unknown)}; known: {', '.join(JOBS)}")
+        raise typer.BadParameter(f"unknown job(s) {', '.join(unknown)}; known: {', '.join(JOBS)}", param_hint="'--only'")
     from prometheus_client import start_http_server
     from rich.console import Console
 
@@ -67,17 +71,23 @@ def scheduler(
 @app.command("run-once")
 def run_once(
     job: str = typer.Argument(..., help=f"One of: {', '.join(JOBS)}."),
-    period: Optional[str] = typer.Option(None, help="Period YYYY-MM, for jobs that take one."),
+    period: Optional[str] = typer.Option(None, help="Period YYYY-MM, for jobs that take one.", callback=check_period),
     force: bool = typer.Option(False, help="Passed to jobs that take it."),
 ) -> None:
     """Run one pass of JOB, print its summary, and exit."""
     if job not in JOBS:
-        raise typer.BadParameter(f"unknown job {job!r}; known: {', '.join(JOBS)}")
+        raise typer.BadParameter(f"unknown job {job!r}; known: {', '.join(JOBS)}", param_hint="'JOB'")
     options: dict[str, object] = {}
     if period is not None:
         options["period"] = period
     if force:
         options["force"] = True
+    # A job that cannot take an option would fail with a TypeError once the database is open.
+    parameters = inspect.signature(job_function(job)).parameters
+    takes_any = any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values())
+    for name in options:
+        if not takes_any and name not in parameters:
+            raise typer.BadParameter(f"job {job} takes no --{name}", param_hint=f"'--{name}'")
     from metering.db import Database
 
     database_url = _prepare()

@@ -6,11 +6,13 @@ import asyncio
 
 import typer
 
+from cli.params import check_port
+
 
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
-    port: int = typer.Option(8000, help="Port to listen on."),
-    workers: int = typer.Option(1, help="uvicorn worker processes."),
+    port: int = typer.Option(8000, help="Port to listen on (1-65535).", callback=check_port),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes."),
     sample_data: bool = typer.Option(True, help="Seed sample providers and accounts into an empty embedded database."),
 ) -> None:
     """Run the Metering API."""
