@@ -37,7 +37,8 @@ ROUTERS = [
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
-    """Build the app. A given ``database`` is used as is (tests); otherwise the lifespan makes one."""
+    """Build the app. A given ``database`` is used as is (tests); otherwise the lifespan makes one,
+    whose PostgreSQL statements run under ``settings.api_statement_timeout_ms``."""
     settings = settings or get_settings()
     set_settings(settings)
 
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         if owned:
             if settings.is_sqlite:
                 await upgrade(settings.database_url)
-            app.state.database = Database(settings.database_url)
+            app.state.database = Database(settings.database_url, statement_timeout_ms=settings.api_statement_timeout_ms)
         # The app's ~150,000 long-lived objects (modules, routes, schemas): otherwise every full
         # collection walked them all while the event loop waited, pauses of up to 0.2 s every few
         # tens of thousands of requests, which set the authorize route's p99.

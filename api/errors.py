@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import http
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.responses import OrjsonResponse
 
 from metering import errors
+from metering.db import statement_timeout_of
 from metering.invoicing.errors import InvalidWebhookSignature
 
 # Most specific first: the first class an error is an instance of decides its status.
@@ -21,6 +24,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.MeteringError], int]] = [
     (errors.Forbidden, 403),
     (errors.InvalidInput, 422),
     (errors.Conflict, 409),
+    (errors.StatementTimeout, 503),
     (errors.ServiceUnavailable, 503),
 ]
 
@@ -49,6 +53,15 @@ async def _metering_error(_request: Request, exc: errors.MeteringError) -> Orjso
     return OrjsonResponse(error_body(type(exc).__name__, exc.detail), status_code=status_for(exc))
 
 
+async def _database_error(request: Request, exc: Exception) -> OrjsonResponse:
+    """A statement the server cancelled at its timeout outside ``Database.session_scope`` (which
+    translates its own): answered as ``StatementTimeout``. Any other database error stays a 500."""
+    timeout = statement_timeout_of(exc)
+    if timeout is None:
+        raise exc
+    return await _metering_error(request, timeout)
+
+
 async def _validation_error(_request: Request, exc: RequestValidationError) -> OrjsonResponse:
     raw = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
@@ -71,4 +84,6 @@ async def _framework_error(_request: Request, exc: StarletteHTTPException) -> Or
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(errors.MeteringError, _metering_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(asyncpg.QueryCanceledError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _framework_error)

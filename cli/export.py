@@ -23,6 +23,7 @@ async def _export(database_url: str, report: str, period: str, fmt: str, out: Pa
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from metering.config import get_settings
     from metering.db import Database
     from metering.exports.service import export_service
     from metering.startup import loaded_objects_out_of_the_collector
@@ -41,7 +42,7 @@ async def _export(database_url: str, report: str, period: str, fmt: str, out: Pa
     database = None
     try:
         with handle:
-            database = Database(database_url, pool_size=2)
+            database = Database(database_url, pool_size=2, statement_timeout_ms=get_settings().export_statement_timeout_ms)
             # Counting is a second pass over the report: only worth it when a bar shows the total.
             total = await export_service.count_rows(database, report=report, period=period) if show_progress else None
             with Progress(

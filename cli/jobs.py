@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from cli.params import check_period, check_port_or_off
-from jobs.scheduler import JOBS, job_function, run_job, serve_scheduler
+from jobs.scheduler import JOBS, job_function, jobs_database, run_job, serve_scheduler
 from metering.startup import loaded_objects_out_of_the_collector
 
 app = typer.Typer(help="Scheduled jobs: run the scheduler, or one pass of a job.", invoke_without_command=True)
@@ -88,13 +88,12 @@ def run_once(
     for name in options:
         if not takes_any and name not in parameters:
             raise typer.BadParameter(f"job {job} takes no --{name}", param_hint=f"'--{name}'")
-    from metering.db import Database
 
     database_url = _prepare()
     _startup_objects_out_of_the_collector([job])
 
     async def once() -> str:
-        database = Database(database_url)
+        database = jobs_database(database_url)
         try:
             return await run_job(job, database, **options)
         finally:

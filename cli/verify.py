@@ -30,10 +30,11 @@ def verify() -> None:
 
 
 async def _verify(database_url: str) -> VerifyReport:
+    from metering.config import get_settings
     from metering.db import Database
     from metering.ledger.verify import verify as run_verify
 
-    database = Database(database_url, pool_size=1)
+    database = Database(database_url, pool_size=1, statement_timeout_ms=get_settings().export_statement_timeout_ms)
     try:
         return await run_verify(database)
     finally:

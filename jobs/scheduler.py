@@ -20,6 +20,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from metering.config import get_settings
 from metering.db import Database
 from metering.periods import utcnow
 
@@ -47,6 +48,11 @@ JOBS: dict[str, JobSpec] = {
 def job_function(name: str) -> Callable[..., Awaitable[str]]:
     """The ``run_once`` of a registered job (imported now)."""
     return importlib.import_module(JOBS[name].module).run_once
+
+
+def jobs_database(database_url: str, *, pool_size: int = 10) -> Database:
+    """The jobs' ``Database``: every PostgreSQL statement under ``jobs_statement_timeout_ms``."""
+    return Database(database_url, pool_size=pool_size, statement_timeout_ms=get_settings().jobs_statement_timeout_ms)
 
 
 async def run_job(name: str, database: Database, **options: Any) -> str:
@@ -86,7 +92,7 @@ def build_scheduler(database: Database, names: list[str] | None = None) -> Async
 
 async def serve_scheduler(database_url: str, names: list[str] | None = None) -> None:
     """Run the scheduler until SIGINT/SIGTERM, then let running passes finish."""
-    database = Database(database_url)
+    database = jobs_database(database_url)
     scheduler = build_scheduler(database, names)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from sqlalchemy import event, exc
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from metering.errors import StatementTimeout
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Set on every SQLite connection, in this order (see ``_serialize_sqlite_writers`` for why).
@@ -26,10 +30,28 @@ SQLITE_PRAGMAS = (
 # PostgreSQL connections are replaced after this long, before idle timeouts of
 # firewalls or poolers can cut them unnoticed.
 POOL_RECYCLE_SECONDS = 1800
+# SQLSTATE query_canceled: the server cancelled the statement, at its statement_timeout (or
+# by pg_cancel_backend); the transaction is rolled back and the connection stays usable.
+QUERY_CANCELED = "57014"
+STATEMENT_TIMEOUT_DETAIL = (
+    "the query took too long and was cancelled; ask for less (a shorter range, a smaller page) or try again later"
+)
+
+# The settings each PostgreSQL engine's connections open with, for connections opened beside
+# its pool (``metering.authorize.pg_connections``), which must run under the same ones.
+_server_settings: weakref.WeakKeyDictionary[Engine, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An engine for SQLite (WAL, serialized writers) or PostgreSQL (asyncpg)."""
+def create_engine(database_url: str, *, pool_size: int = 10, statement_timeout_ms: int | None = None) -> AsyncEngine:
+    """An engine for SQLite (WAL, serialized writers) or PostgreSQL (asyncpg).
+
+    On PostgreSQL every connection opens with ``statement_timeout`` set to
+    ``statement_timeout_ms`` (None: the server's own, usually none). SQLite has no such
+    setting; its statements are bounded by what the callers may ask for.
+    """
+    if statement_timeout_ms is not None and statement_timeout_ms < 1:
+        # PostgreSQL reads 0 as "no timeout": None says that, 0 is a mistake.
+        raise ValueError(f"statement_timeout_ms must be at least 1 (or None), got {statement_timeout_ms}")
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -37,9 +59,40 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _serialize_sqlite_writers(engine)
         return engine
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=POOL_RECYCLE_SECONDS)
+    # Sent in the connection's startup message: no round trip of its own, and set before any statement.
+    settings = {} if statement_timeout_ms is None else {"statement_timeout": str(statement_timeout_ms)}
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        connect_args={"server_settings": settings} if settings else {},
+    )
+    _server_settings[engine.sync_engine] = settings
     _skip_closed_connections(engine)
     return engine
+
+
+def server_settings(engine: AsyncEngine | Engine) -> dict[str, str]:
+    """The PostgreSQL settings (e.g. ``statement_timeout``) that ``engine``'s connections open with."""
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    return dict(_server_settings.get(sync_engine, {}))
+
+
+def statement_timeout_of(error: BaseException) -> StatementTimeout | None:
+    """``StatementTimeout`` when ``error`` is a statement the server cancelled, else None.
+
+    ``error`` may be asyncpg's ``QueryCanceledError`` or SQLAlchemy's ``DBAPIError`` around
+    it; the cause chain is followed, so a wrapped one is found as well.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "sqlstate", None) == QUERY_CANCELED:
+            return StatementTimeout(STATEMENT_TIMEOUT_DETAIL)
+        current = getattr(current, "orig", None) or current.__cause__
+    return None
 
 
 def _skip_closed_connections(engine: AsyncEngine) -> None:
@@ -100,20 +153,52 @@ def is_sqlite(session_or_engine: AsyncSession | AsyncEngine) -> bool:
 
 
 class Database:
-    """Holds the engine and the session factory of one process; built at startup, never at import."""
+    """Holds the engine and the session factory of one process; built at startup, never at import.
 
-    def __init__(self, database_url: str, *, pool_size: int = 10) -> None:
+    ``statement_timeout_ms`` bounds every PostgreSQL statement of the process (the API, the
+    jobs and exports each have their own setting in ``metering.config``).
+    """
+
+    def __init__(self, database_url: str, *, pool_size: int = 10, statement_timeout_ms: int | None = None) -> None:
         self.url = database_url
         self.pool_size = pool_size
-        self.engine = create_engine(database_url, pool_size=pool_size)
+        self.statement_timeout_ms = statement_timeout_ms
+        self.engine = create_engine(database_url, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        # Set by ``with_statement_timeout``: each transaction of ``session_scope`` runs under it.
+        self._transaction_timeout_ms: int | None = None
+
+    def with_statement_timeout(self, statement_timeout_ms: int) -> Database:
+        """This database, with every ``session_scope`` transaction under ``statement_timeout_ms`` instead.
+
+        For a use case that may outlast the process's own timeout, such as an export streamed
+        by the API: on PostgreSQL each transaction starts with ``SET LOCAL statement_timeout``,
+        which ends with it, so the pooled connections keep the process's timeout. The engine
+        and its pool are shared: dispose of the original, not of this.
+        """
+        if statement_timeout_ms < 1:
+            raise ValueError(f"statement_timeout_ms must be at least 1, got {statement_timeout_ms}")
+        other = copy.copy(self)
+        other.statement_timeout_ms = other._transaction_timeout_ms = statement_timeout_ms
+        return other
 
     @asynccontextmanager
     async def session_scope(self) -> AsyncIterator[AsyncSession]:
-        """One transaction: commits when the block ends, rolls back when it raises."""
+        """One transaction: commits when the block ends, rolls back when it raises.
+
+        A statement the server cancelled at its timeout raises ``StatementTimeout``.
+        """
         async with self.sessionmaker() as session:
-            async with session.begin():
-                yield session
+            try:
+                async with session.begin():
+                    if self._transaction_timeout_ms is not None and self.dialect == "postgresql":
+                        await session.execute(text(f"SET LOCAL statement_timeout = {int(self._transaction_timeout_ms)}"))
+                    yield session
+            except exc.DBAPIError as error:
+                timeout = statement_timeout_of(error)
+                if timeout is None:
+                    raise
+                raise timeout from error
 
     @property
     def dialect(self) -> str:

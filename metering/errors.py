@@ -10,7 +10,8 @@ MeteringError
 ├── Conflict                    the request clashes with stored state (409)
 │   └── LedgerConflict          a second, different posting for one idempotency key
 └── ServiceUnavailable          a dependency is down (503)
-    └── ProviderUnavailable     a provider's cost endpoint failed (see metering.collection)
+    ├── ProviderUnavailable     a provider's cost endpoint failed (see metering.collection)
+    └── StatementTimeout        PostgreSQL cancelled a statement at its statement_timeout (see metering.db)
 
 HTTP statuses are assigned in api/errors.py only.
 """
@@ -61,3 +62,7 @@ class LedgerConflict(Conflict):
 
 class ServiceUnavailable(MeteringError):
     pass
+
+
+class StatementTimeout(ServiceUnavailable):
+    """A statement ran past the connection's ``statement_timeout`` and the server cancelled it."""

@@ -13,7 +13,7 @@ from api.errors import error_body, status_for
 from api.schemas.authorize import AuthorizeCreate, AuthorizeRead
 from api.schemas.errors import BODY_TOO_LARGE, NO_SERVICE_TOKEN, UNREADABLE_BODY, error_responses
 from metering.authorize.service import AuthorizeRequest, Decision, authorize_service
-from metering.db import Database
+from metering.db import Database, statement_timeout_of
 from metering.errors import MeteringError
 
 _JSON_HEADERS_WITHOUT_LENGTH = [(b"content-type", b"application/json")]
@@ -117,7 +117,16 @@ async def _decide(db: Database, body: AuthorizeCreate) -> bytes:
     request = AuthorizeRequest(
         user=body.user, bill_to=body.bill_to, provider=body.provider, model=body.model, custom_key=body.custom_key
     )
-    return _encode(await authorize_service.authorize(db, request=request))
+    try:
+        decision = await authorize_service.authorize(db, request=request)
+    except Exception as error:
+        # The one-statement decision runs on driver connections, below ``session_scope``, which
+        # translates a cancelled statement itself: here it becomes the same refusal (503).
+        timeout = statement_timeout_of(error)
+        if timeout is None:
+            raise
+        raise timeout from error
+    return _encode(decision)
 
 
 def _encode(decision: Decision) -> bytes:
@@ -143,7 +152,13 @@ router = APIRouter(prefix="/internal/v1", tags=["internal"], dependencies=[Servi
     response_model=AuthorizeRead,
     summary="Decide whether a request may go ahead, and who pays",
     responses=error_responses(
-        {400: UNREADABLE_BODY, 401: NO_SERVICE_TOKEN, 413: BODY_TOO_LARGE, 422: "malformed body"}
+        {
+            400: UNREADABLE_BODY,
+            401: NO_SERVICE_TOKEN,
+            413: BODY_TOO_LARGE,
+            422: "malformed body",
+            503: "the database could not be reached or answer in time; ask again",
+        }
     ),
 )
 async def authorize(body: AuthorizeCreate, http_request: Request) -> Response:

@@ -14,7 +14,7 @@ from api.deps import DatabaseDep
 from api.schemas.accounts import NAME_PATTERN
 from api.schemas.errors import BODY_TOO_LARGE, NO_PLATFORM_JWT, UNREADABLE_BODY, error_responses
 from api.schemas.billing import (
-    PERIOD_PATTERN,
+    PeriodText,
     AuditEventRead,
     AuditPage,
     BillingRead,
@@ -35,7 +35,8 @@ router = APIRouter(prefix="/v1", tags=["billing"])
 AccountName = Annotated[str, Path(pattern=NAME_PATTERN, description="A user or org name.", examples=["acme"])]
 OrgName = Annotated[str, Path(pattern=NAME_PATTERN, description="An org name.", examples=["acme"])]
 Period = Annotated[
-    str | None, Query(pattern=PERIOD_PATTERN, description="YYYY-MM; default the current period.", examples=["2026-11"])
+    PeriodText | None,
+    Query(description="YYYY-MM, from 1970-01 to 9998-12; default the current period.", examples=["2026-11"]),
 ]
 Limit = Annotated[int, Query(ge=1, le=500, examples=[50])]
 
@@ -45,6 +46,7 @@ REFUSALS = error_responses(
         403: "the caller knows the account but may not do this",
         404: "no such account, or one the caller may not know exists",
         422: "malformed name or query",
+        503: "the database could not answer in time (a statement ran past its timeout); ask again",
     }
 )
 _BODY_ERRORS = error_responses({400: UNREADABLE_BODY, 413: BODY_TOO_LARGE})

@@ -17,21 +17,21 @@ from api.pages.auth import COOKIE_NAME, TOKEN_QUERY, authenticate, clear_token, 
 from api.pages.billing import gather_billing_page
 from api.pages.render import SECURITY_HEADERS, error_page, render_page
 from api.schemas.accounts import NAME_PATTERN
-from api.schemas.billing import PERIOD_PATTERN
+from metering.analytics.bounds import period_problem
 from metering.errors import InvalidInput, MeteringError, Unauthenticated
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
 _NAME = re.compile(NAME_PATTERN)
-_PERIOD = re.compile(PERIOD_PATTERN)
 
 
 def _check_query(account: str, period: str | None) -> None:
     """The API's path and query rules, answered as a 422 page rather than a JSON body."""
     if not _NAME.match(account):
         raise InvalidInput("account: letters, digits, '.', '_' or '-', at most 96 characters")
-    if period is not None and not _PERIOD.match(period):
-        raise InvalidInput("period: must be YYYY-MM")
+    problem = None if period is None else period_problem(period)
+    if problem is not None:
+        raise InvalidInput(problem)
 
 
 def _accept_link_token(request: Request, token: str) -> Response:

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from api.auth import PrincipalDep
-from api.deps import DatabaseDep
+from api.deps import DatabaseDep, SettingsDep
 from api.schemas.errors import NO_PLATFORM_JWT, error_responses
-from api.schemas.billing import PERIOD_PATTERN
+from api.routes.billing import Period
 from metering.auth.policy import access_policy
 from metering.exports.service import export_service
 from metering.periods import current_period
@@ -49,9 +49,8 @@ async def export_report(
     report: ReportName,
     principal: PrincipalDep,
     db: DatabaseDep,
-    period: Annotated[
-        str | None, Query(pattern=PERIOD_PATTERN, description="YYYY-MM; default the current period.", examples=["2026-11"])
-    ] = None,
+    settings: SettingsDep,
+    period: Period = None,
     format: Annotated[Literal["csv", "jsonl", "parquet"], Query(description="Output format.")] = "csv",  # noqa: A002
 ) -> StreamingResponse:
     """ledger, provider-payables, receivables, credits, unpriced or drift, for finance. CSV cells are formula-safe."""
@@ -59,7 +58,10 @@ async def export_report(
     period = period or current_period()
     _, media_type, filename = export_service.prepare(report=report, period=period, fmt=format)
     return StreamingResponse(
-        export_service.stream_report(db, report=report, period=period, fmt=format),
+        # A report may take longer than an ordinary request: its transactions get the export timeout.
+        export_service.stream_report(
+            db.with_statement_timeout(settings.export_statement_timeout_ms), report=report, period=period, fmt=format
+        ),
         media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
     )

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from api.auth import PrincipalDep
-from api.deps import DatabaseDep
+from api.deps import DatabaseDep, SettingsDep
 from api.routes.billing import REFUSALS, AccountName, Limit, Period
 from api.schemas.errors import error_responses
 from api.schemas.usage_views import RequestPage, RequestRead, UsageCounts, UsageGroup, UsagePoint, UsageSeriesRead
@@ -60,27 +60,45 @@ def _series_read(series: UsageSeries) -> UsageSeriesRead:
     "/accounts/{name}/usage",
     response_model=UsageSeriesRead,
     summary="Usage time series",
-    responses={**REFUSALS, **error_responses({422: "bad from/to, or too many buckets"})},
+    responses={
+        **REFUSALS,
+        **error_responses({422: "from/to unreadable, outside 1970-01-01..9998-12-31 or reversed, or too many buckets"}),
+    },
 )
 async def get_usage(
     name: AccountName,
     principal: PrincipalDep,
     db: DatabaseDep,
+    settings: SettingsDep,
     from_: Annotated[
         str | None,
-        Query(alias="from", max_length=64, description="Date or RFC 3339; default the period start.", examples=["2026-11-01"]),
+        Query(
+            alias="from",
+            max_length=64,
+            description="Date or RFC 3339, from 1970-01-01 to 9998-12-31; default the period start.",
+            examples=["2026-11-01"],
+        ),
     ] = None,
     to: Annotated[
         str | None,
-        Query(max_length=64, description="Date (whole day included) or RFC 3339.", examples=["2026-11-30T12:00:00Z"]),
+        Query(
+            max_length=64,
+            description="Date (whole day included) or RFC 3339, from 1970-01-01 to 9998-12-31; not before 'from'.",
+            examples=["2026-11-30T12:00:00Z"],
+        ),
     ] = None,
     interval: Literal["day", "hour"] = "day",
     group_by: Annotated[
         Literal["member", "provider", "model"] | None, Query(description="Default: member for orgs, provider for users.")
     ] = None,
 ) -> UsageSeriesRead:
-    """Requests and priced cost per UTC day or hour, per member (orgs), provider or model."""
-    start, end = analytics_service.resolve_range(start=from_, end=to, interval=interval)
+    """Requests and priced cost per UTC day or hour, per member (orgs), provider or model.
+
+    A series has at most ``usage_max_series_points`` buckets (9,600 by default: 400 days of hours).
+    """
+    start, end = analytics_service.resolve_range(
+        start=from_, end=to, interval=interval, max_points=settings.usage_max_series_points
+    )
     async with db.session_scope() as session:
         account = await access_policy.authorize_account(
             session, principal=principal, account_name=name, action=Action.READ_USAGE

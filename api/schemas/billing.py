@@ -5,13 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from api.schemas.providers import MAX_NANO_USD, PROVIDER_ID_PATTERN
-from metering.periods import PERIOD_REGEX
+from metering.analytics.bounds import PERIOD_REGEX, period_problem
 
 PERIOD_PATTERN = PERIOD_REGEX
 ProviderId = Annotated[str, Field(pattern=PROVIDER_ID_PATTERN, max_length=64)]
+
+
+def _check_period(value: str) -> str:
+    """A billing period a caller may ask about, or a validation error that says why not in words."""
+    problem = period_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("period", "{problem}", {"problem": problem})
+    return value
+
+
+# YYYY-MM from 1970-01 to 9998-12. Checked in code rather than by ``pattern``, whose refusal
+# quotes the regular expression; the schema still documents the pattern.
+PeriodText = Annotated[
+    str, AfterValidator(_check_period), WithJsonSchema({"type": "string", "pattern": PERIOD_PATTERN})
+]
 
 
 class EstimateDriftRead(BaseModel):

@@ -30,9 +30,13 @@ class ValidationErrorRead(ErrorRead):
             "examples": [
                 {
                     "error": "ValidationError",
-                    "detail": "query.period: String should match pattern '^\\d{4}-(0[1-9]|1[0-2])$'",
+                    "detail": "query.period: period must be YYYY-MM (a month 01–12), got '2026-13'",
                     "errors": [
-                        {"loc": ["query", "period"], "msg": "String should match pattern", "type": "string_pattern_mismatch"}
+                        {
+                            "loc": ["query", "period"],
+                            "msg": "period must be YYYY-MM (a month 01–12), got '2026-13'",
+                            "type": "period",
+                        }
                     ],
                 },
                 {"error": "UnknownReport", "detail": "unknown report 'balances'"},

@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.accounts.repository import account_repository
+from metering.analytics.bounds import EARLIEST_DAY, LATEST_DAY, in_range
 from metering.analytics.drift import ModelDrift, drift_service
 from metering.analytics.errors import InvalidCursor, InvalidTimeRange
 from metering.analytics.repository import UsageBucketRow, analytics_repository
@@ -25,8 +26,8 @@ from metering.models import Account, UsageRecord
 from metering.periods import current_period, period_bounds, utcnow
 
 INTERVALS = {"day": timedelta(days=1), "hour": timedelta(hours=1)}
-# The most buckets one answer spans: a leap year of days, a long month of hours.
-MAX_BUCKETS = {"day": 366, "hour": 31 * 24}
+# The largest id a BIGINT column holds: a cursor naming a larger one is forged.
+MAX_ROW_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -78,25 +79,39 @@ def plan_grant_nano_usd(account: Account) -> int:
     return terms.credits_nano_usd * (account.seats if terms.per_seat else 1)
 
 
-def parse_time_bound(value: str, *, is_end: bool) -> datetime:
+def parse_time_bound(value: str, *, is_end: bool, name: str | None = None) -> datetime:
     """A date (``2026-11-01``) or an RFC 3339 timestamp with a zone, as a UTC instant.
 
     A date as ``to`` includes its whole day, so it becomes the next midnight (exclusive);
-    a timestamp as ``to`` includes that instant.
+    a timestamp as ``to`` includes that instant. Either must fall on a day from 1970-01-01
+    to 9998-12-31 (``metering.analytics.bounds``). ``name`` is the query parameter the
+    messages name: ``to`` for an end, ``from`` otherwise.
     """
+    name = name or ("to" if is_end else "from")
     text = value.strip()
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return start + timedelta(days=1) if is_end else start
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            moment, step = datetime(day.year, day.month, day.day, tzinfo=UTC), timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            step = timedelta(microseconds=1)
     except ValueError as exc:
-        raise InvalidTimeRange(f"{value!r} is neither a date (YYYY-MM-DD) nor an RFC 3339 timestamp") from exc
+        raise InvalidTimeRange(
+            f"{name} must be a date (YYYY-MM-DD) or an RFC 3339 timestamp with a zone, got {value!r}"
+        ) from exc
     if moment.tzinfo is None:
-        raise InvalidTimeRange(f"timestamp {value!r} needs a zone (e.g. Z or +00:00)")
+        raise InvalidTimeRange(f"{name} needs a zone (e.g. Z or +00:00), got {value!r}")
+    # Compared as instants before any arithmetic: the day after 9999-12-31 would overflow.
+    if not in_range(moment):
+        raise InvalidTimeRange(f"{name} must be between {EARLIEST_DAY} and {LATEST_DAY}, got {value}")
     moment = moment.astimezone(UTC)
-    return moment + timedelta(microseconds=1) if is_end else moment
+    return moment + step if is_end else moment
+
+
+def series_points(start: datetime, end: datetime, interval: str) -> int:
+    """How many buckets of ``interval`` a series over ``[start, end)`` has (the first holds ``start``)."""
+    return -((_floor(start, interval) - end) // INTERVALS[interval])
 
 
 def _floor(moment: datetime, interval: str) -> datetime:
@@ -119,6 +134,24 @@ def decode_cursor(cursor: str) -> list:
     if not isinstance(parts, list):
         raise InvalidCursor("cursor is not one this service issued")
     return parts
+
+
+def _cursor_id(value: object) -> int:
+    """A row id from a cursor: an integer a BIGINT column can hold (the driver would fail on a larger one)."""
+    if type(value) is not int or not 0 <= value <= MAX_ROW_ID:
+        raise InvalidCursor("cursor is not one this service issued")
+    return value
+
+
+def _cursor_moment(value: object) -> datetime:
+    """A zoned timestamp from a cursor, on a day a caller may ask about (``metering.analytics.bounds``)."""
+    try:
+        moment = datetime.fromisoformat(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise InvalidCursor("cursor is not one this service issued") from exc
+    if moment.tzinfo is None or not in_range(moment):
+        raise InvalidCursor("cursor is not one this service issued")
+    return moment.astimezone(UTC)
 
 
 class AnalyticsService:
@@ -158,22 +191,33 @@ class AnalyticsService:
             estimate_drift=await drift_service.estimate_drift(session, period=period, account=account.name),
         )
 
-    def resolve_range(self, *, start: str | None, end: str | None, interval: str) -> tuple[datetime, datetime]:
-        """``[start, end)`` from the query; defaults: the current period's start up to the end of today."""
+    def resolve_range(
+        self, *, start: str | None, end: str | None, interval: str, max_points: int | None = None
+    ) -> tuple[datetime, datetime]:
+        """``[start, end)`` from the query; defaults: the current period's start up to the end of today.
+
+        Refused with ``InvalidTimeRange``: a bound that is not a date or a zoned timestamp, or
+        not on a day from 1970-01-01 to 9998-12-31; ``from`` after ``to``; a series of more than
+        ``max_points`` buckets (default: the ``usage_max_series_points`` setting).
+        """
         if interval not in INTERVALS:
-            raise InvalidTimeRange(f"interval must be one of {sorted(INTERVALS)}")
-        now = utcnow()
-        end_at = parse_time_bound(end, is_end=True) if end else _floor(now, "day") + INTERVALS["day"]
-        if start:
-            start_at = parse_time_bound(start, is_end=False)
-        else:
-            start_at = period_bounds(current_period())[0] if not end else _floor(end_at - timedelta(microseconds=1), "day").replace(day=1)
+            raise InvalidTimeRange(f"interval must be one of {', '.join(sorted(INTERVALS))}, got {interval!r}")
+        if max_points is None:
+            max_points = get_settings().usage_max_series_points
+        start_at = parse_time_bound(start, is_end=False) if start else None
+        end_at = parse_time_bound(end, is_end=True) if end else _floor(utcnow(), "day") + INTERVALS["day"]
+        if start_at is None and end:
+            start_at = _floor(end_at - timedelta(microseconds=1), "day").replace(day=1)  # the month of 'to'
+        elif start_at is None:
+            start_at = period_bounds(current_period())[0]
+        shown_from = start or f"{start_at.date()} (the default)"
+        shown_to = end or f"{(end_at - INTERVALS['day']).date()} (the default: today)"
         if start_at >= end_at:
-            raise InvalidTimeRange("'from' must be before 'to'")
-        buckets = (end_at - _floor(start_at, interval)) / INTERVALS[interval]
-        if buckets > MAX_BUCKETS[interval]:
+            raise InvalidTimeRange(f"from must not be after to, got from={shown_from} and to={shown_to}")
+        points = series_points(start_at, end_at, interval)
+        if points > max_points:
             raise InvalidTimeRange(
-                f"at most {MAX_BUCKETS[interval]} {interval} buckets per answer; narrow 'from'/'to'"
+                f"the range {shown_from}..{shown_to} at interval={interval} has {points:,} points; at most {max_points:,}"
             )
         return start_at, end_at
 
@@ -197,10 +241,9 @@ class AnalyticsService:
         after = None
         if cursor:
             parts = decode_cursor(cursor)
-            try:
-                after = (datetime.fromisoformat(parts[0]).astimezone(UTC), int(parts[1]))
-            except (IndexError, TypeError, ValueError) as exc:
-                raise InvalidCursor("cursor is not one this service issued") from exc
+            if len(parts) != 2:
+                raise InvalidCursor("cursor is not one this service issued")
+            after = (_cursor_moment(parts[0]), _cursor_id(parts[1]))
         rows = await analytics_repository.requests_page(
             session, account=account.name, start=start, end=end, after=after, limit=limit + 1
         )
@@ -218,9 +261,9 @@ class AnalyticsService:
         before_id = None
         if cursor:
             parts = decode_cursor(cursor)
-            if len(parts) != 1 or not isinstance(parts[0], int):
+            if len(parts) != 1:
                 raise InvalidCursor("cursor is not one this service issued")
-            before_id = parts[0]
+            before_id = _cursor_id(parts[0])
         rows = await limits_service.list_audit(session, account_name=account.name, before_id=before_id, limit=limit + 1)
         items = rows[:limit]
         next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None

@@ -12,6 +12,8 @@ autocommit, so none of that is needed: a list of idle connections and a cap.
   for free: the driver notices the closed socket while it idles; one older than the
   engine's recycle age is replaced, as the engine's own are;
 - a connection whose use failed other than by its statement is dropped, never reused;
+- they open with the engine's own server settings (``metering.db.server_settings``), so the
+  decision runs under the same ``statement_timeout`` as every other statement of the process;
 - all are closed when the engine is disposed, and a new set opens if it is used again.
 """
 
@@ -28,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util.concurrency import await_, in_greenlet
 
-from metering.db import POOL_RECYCLE_SECONDS
+from metering.db import POOL_RECYCLE_SECONDS, server_settings
 from metering.errors import ServiceUnavailable
 
 # Keyword arguments of SQLAlchemy's asyncpg adapter that asyncpg.connect does not take.
@@ -124,7 +126,12 @@ def _open(sync_engine: Engine) -> DecisionConnections:
     _args, options = sync_engine.dialect.create_connect_args(sync_engine.url)
     for name in _ADAPTER_ONLY:
         options.pop(name, None)
-    settings = {"application_name": APPLICATION_NAME, **options.pop("server_settings", {}), **_SERVER_SETTINGS}
+    settings = {
+        "application_name": APPLICATION_NAME,
+        **options.pop("server_settings", {}),
+        **server_settings(sync_engine),
+        **_SERVER_SETTINGS,
+    }
     size = getattr(sync_engine.pool, "size", lambda: 10)()
     if not event.contains(sync_engine, "engine_disposed", _close_on_dispose):
         event.listen(sync_engine, "engine_disposed", _close_on_dispose)

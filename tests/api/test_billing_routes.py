@@ -255,7 +255,7 @@ class TestUsageSeries:
             {"from": "2026-10-05", "to": "2026-10-01"},
             {"from": "yesterday"},
             {"from": "2026-10-05T10:00:00"},  # no zone
-            {"from": "2026-01-01", "to": "2026-03-01", "interval": "hour"},
+            {"from": "2026-01-01", "to": "2027-12-31", "interval": "hour"},  # 17,520 hours: over 9,600
             {"interval": "week"},
             {"group_by": "color"},
         ],

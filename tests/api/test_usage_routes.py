@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from metering.db import Database
 from metering.metrics import registry
 from metering.models import Account, AccountPeriod, UsageRecord
+from metering.periods import current_period, period_bounds
 from metering.usage.service import CONFLICT
 from tests.conftest import SERVICE_TOKEN
 from tests.factories.accounts import add_member, create_account
@@ -96,9 +97,11 @@ class TestAccepted:
         assert row.cost_nano_usd is None
 
     async def test_period_is_the_utc_month_of_started_at(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
-        await post(client, record(started_at="2026-10-31T23:30:00-02:00"))
+        this_month = current_period()
+        last_day = (period_bounds(this_month)[0] - timedelta(days=1)).date().isoformat()
+        await post(client, record(started_at=f"{last_day}T23:30:00-02:00"))
         row = await stored(db)
-        assert (row.period, row.started_at) == ("2026-11", datetime(2026, 11, 1, 1, 30, tzinfo=UTC))
+        assert (row.period, row.started_at) == (this_month, period_bounds(this_month)[0] + timedelta(hours=1, minutes=30))
 
     async def test_custom_key_is_stored_with_its_own_status(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
         assert (await post(client, record(custom_key=True)))["accepted"] == 1

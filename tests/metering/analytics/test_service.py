@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from metering.analytics.errors import InvalidTimeRange
 from metering.analytics.service import analytics_service, parse_time_bound, plan_grant_nano_usd
+from metering.config import Settings
 from metering.db import Database
 from metering.models import Account
 from metering.periods import current_period, period_bounds
@@ -51,11 +52,47 @@ class TestResolveRange:
         )
 
     def test_bucket_limits(self) -> None:
-        analytics_service.resolve_range(start="2026-10-01", end="2026-10-31", interval="hour")  # 744 hours: allowed
-        with pytest.raises(InvalidTimeRange):
-            analytics_service.resolve_range(start="2026-10-01", end="2026-11-01", interval="hour")
-        with pytest.raises(InvalidTimeRange):
+        # 9,600 hours (400 days) from 2026-01-01 00:00 end at 2027-02-05 00:00; 'to' includes its instant.
+        analytics_service.resolve_range(start="2026-01-01", end="2027-02-04", interval="hour", max_points=9_600)
+        with pytest.raises(InvalidTimeRange, match="has 9,601 points; at most 9,600"):
+            analytics_service.resolve_range(
+                start="2026-01-01", end="2027-02-05T00:00:00Z", interval="hour", max_points=9_600
+            )
+        analytics_service.resolve_range(start="2026-10-01", end="2026-10-03", interval="day", max_points=3)
+        with pytest.raises(InvalidTimeRange, match="has 4 points; at most 3"):
+            analytics_service.resolve_range(start="2026-10-01", end="2026-10-04", interval="day", max_points=3)
+        with pytest.raises(InvalidTimeRange, match="from must not be after to"):
             analytics_service.resolve_range(start="2026-10-02", end="2026-10-01", interval="day")
+
+    def test_the_cap_defaults_to_the_setting(self, settings: Settings) -> None:
+        settings.usage_max_series_points = 48
+        analytics_service.resolve_range(start="2026-10-01", end="2026-10-02", interval="hour")
+        with pytest.raises(InvalidTimeRange, match="has 72 points; at most 48"):
+            analytics_service.resolve_range(start="2026-10-01", end="2026-10-03", interval="hour")
+
+    @pytest.mark.parametrize(
+        ("start", "end", "message"),
+        [
+            ("0001-01-01T00:00:00Z", "0001-01-01T05:00:00Z", "from must be between 1970-01-01 and 9998-12-31, got 0001-01-01T00:00:00Z"),
+            ("1969-12-31", "1970-01-01", "from must be between 1970-01-01 and 9998-12-31, got 1969-12-31"),
+            ("1970-01-01T00:30:00+01:00", None, "from must be between 1970-01-01 and 9998-12-31, got 1970-01-01T00:30:00+01:00"),
+            ("9998-12-01", "9999-12-31", "to must be between 1970-01-01 and 9998-12-31, got 9999-12-31"),
+            ("9998-12-01", "9998-12-31T23:00:00-05:00", "to must be between 1970-01-01 and 9998-12-31, got 9998-12-31T23:00:00-05:00"),
+            (None, "9999-12-31T23:59:59.999999Z", "to must be between 1970-01-01 and 9998-12-31, got 9999-12-31T23:59:59.999999Z"),
+        ],
+    )
+    def test_dates_outside_1970_to_9998_are_refused_in_words(self, start: str | None, end: str | None, message: str) -> None:
+        with pytest.raises(InvalidTimeRange) as raised:
+            analytics_service.resolve_range(start=start, end=end, interval="hour")
+        assert raised.value.detail == message
+
+    def test_the_first_and_last_days_are_allowed(self) -> None:
+        assert analytics_service.resolve_range(start="1970-01-01", end="1970-01-01", interval="day") == (
+            datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 2, tzinfo=UTC)
+        )
+        assert analytics_service.resolve_range(start="9998-12-31", end="9998-12-31", interval="hour") == (
+            datetime(9998, 12, 31, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+        )
 
 
 class TestUsageSeries:

@@ -105,6 +105,9 @@ class TestDecision:
         request = AuthorizeRequest(user="alice", bill_to=None, provider="paid-only", model="org/m")
         first = await authorize_service.authorize(db, request=request)
         second = await authorize_service.authorize(db, request=request)
-        assert (first.allowed, first.spending_limit_remaining_nano_usd) == (True, 500_000)
-        # Credits (2 USD) remain, so in-flight cost is counted against them: the documented approximation.
-        assert (second.allowed, second.credits_remaining_nano_usd) == (True, PRO_CREDITS - 600_000)
+        # Credits (2 USD) remain but can never pay this provider: its estimate counts toward the limit in full.
+        assert (first.allowed, first.spending_limit_remaining_nano_usd) == (True, 200_000)
+        assert (first.credits_remaining_nano_usd, second.credits_remaining_nano_usd) == (PRO_CREDITS, PRO_CREDITS)
+        assert (second.allowed, second.reason, second.spending_limit_remaining_nano_usd) == (
+            False, "spending_limit_reached", 200_000,
+        )

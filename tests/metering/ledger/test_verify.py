@@ -144,7 +144,7 @@ class TestSpendingLimits:
         assert report.ok
         assert report.check("spending_limits").warnings == [
             f"alice {current_period()}: pay-as-you-go $0.000001700 over its limit $0.000001000 by $0.000000700, "
-            "all from costs in flight when it was reached"
+            "within the estimate error of the requests in flight"
         ]
 
     async def test_charge_for_a_request_started_after_the_limit_is_a_breach(self, db: Database) -> None:
@@ -187,5 +187,5 @@ class TestSpendingLimits:
         assert report.check("spending_limits").warnings == [
             f"alice {current_period()}: late cost of {old} charged $0.000000300",
             f"alice {current_period()}: pay-as-you-go $0.000000300 over its limit $0.000000100 by $0.000000200, "
-            "all from costs in flight when it was reached",
+            "within the estimate error of the requests in flight",
         ]
