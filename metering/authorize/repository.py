@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, bindparam, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.models import Account, AccountPeriod, DisabledProvider, Membership, Provider
+from metering.models import Account, DisabledProvider, Membership, Provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,29 +43,6 @@ class Parties:
     accounts: dict[str, Party] = field(default_factory=dict)
     is_member: bool = False
     disabled: dict[str, set[str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodMoney:
-    """The money columns of a locked ``account_periods`` row."""
-
-    account_name: str
-    period: str
-    credits_granted_nano_usd: int
-    credits_used_nano_usd: int
-    payg_nano_usd: int
-    pending_estimate_nano_usd: int
-    held_nano_usd: int
-    pending_payg_only_nano_usd: int
-    held_payg_only_nano_usd: int
-
-    @classmethod
-    def of(cls, row: AccountPeriod) -> "PeriodMoney":
-        return cls(
-            row.account_name, row.period, row.credits_granted_nano_usd, row.credits_used_nano_usd,
-            row.payg_nano_usd, row.pending_estimate_nano_usd, row.held_nano_usd,
-            row.pending_payg_only_nano_usd, row.held_payg_only_nano_usd,
-        )
 
 
 _ACCOUNT_COLUMNS = (
@@ -99,18 +76,6 @@ def _parties_statement(with_bill_to: bool):  # noqa: ANN202
 
 _PARTIES = {False: _parties_statement(False), True: _parties_statement(True)}
 
-_PERIOD_COLUMNS = (
-    AccountPeriod.account_name, AccountPeriod.period, AccountPeriod.credits_granted_nano_usd,
-    AccountPeriod.credits_used_nano_usd, AccountPeriod.payg_nano_usd, AccountPeriod.pending_estimate_nano_usd,
-    AccountPeriod.held_nano_usd, AccountPeriod.pending_payg_only_nano_usd, AccountPeriod.held_payg_only_nano_usd,
-)
-_LOCK_PERIOD = (
-    select(*_PERIOD_COLUMNS)
-    .where(AccountPeriod.account_name == bindparam("account"), AccountPeriod.period == bindparam("period"))
-    .with_for_update()
-)
-
-
 class AuthorizeRepository:
     async def load_parties(
         self, session: AsyncSession, *, user: str, bill_to: str | None, provider_ids: Sequence[str]
@@ -130,16 +95,6 @@ class AuthorizeRepository:
             if disabled is not None:
                 bucket.add(disabled)
         return parties
-
-    async def lock_period_row(self, session: AsyncSession, *, account: str, period: str) -> PeriodMoney | None:
-        """The account's period row, locked, when it exists: the fast path of ``credits_service.lock_period``.
-
-        One statement where ``lock_period`` needs three (create, lock, closed-period
-        check); the caller falls back to ``lock_period`` when the row is missing or
-        its credits are not granted yet.
-        """
-        row = (await (await session.connection()).execute(_LOCK_PERIOD, {"account": account, "period": period})).first()
-        return None if row is None else PeriodMoney(*row)
 
     async def provider_table(self, session: AsyncSession) -> dict[str, ProviderInfo]:
         rows = await session.execute(

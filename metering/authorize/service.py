@@ -38,7 +38,8 @@ from metering import metrics
 from metering.accounts.service import account_service, bill_to_refusal
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.pg_decision import OneStatementDecision, pg_decision_repository
-from metering.authorize.repository import Party, PeriodMoney, authorize_repository
+from metering.authorize.repository import Party, authorize_repository
+from metering.balances.repository import PeriodMoney, balances_repository
 from metering.charging.rule import Figures, money_refusal
 from metering.config import get_settings
 from metering.credits.service import credits_for, credits_service
@@ -177,7 +178,7 @@ class AuthorizeService:
         estimate = await estimates_service.estimate_for(session, first, request.model) if allowed else 0
         now = utcnow()
         period = period_of(now)
-        row = await authorize_repository.lock_period_row(session, account=payer.name, period=period)
+        row = await balances_repository.lock_period_money(session, account=payer.name, period=period)
         if row is None or row.credits_granted_nano_usd < credits_for(payer):
             # Credits to grant (a ledger posting) or a row to create.
             account = await session.get(Account, payer.name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from metering.credits.repository import PeriodTotals
+from metering.balances.repository import PeriodTotals
 from metering.ledger import codes
 from metering.ledger.service import Posting
 from metering.usage.accounting_repository import SettledRow

@@ -13,7 +13,8 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.config import PlanTerms, get_settings
-from metering.credits.repository import PendingDelta, PeriodTotals, credits_repository
+from metering.balances.repository import PendingDelta, PeriodTotals, balances_repository
+from metering.credits.repository import credits_repository
 from metering.ledger import codes
 from metering.ledger.service import Posting, ledger_service
 from metering.models import Account, AccountPeriod
@@ -67,7 +68,7 @@ class CreditsService:
         """Lock ``(account, period)`` rows of any periods; grant credits in those not closed.
 
         The batched path of ingest and settling: plain rows, written back with
-        ``credits_repository.save_totals``.
+        ``balances_repository.save_totals``.
         """
         rows, _ = await self._lock_and_grant(session, keys=keys, accounts=accounts, plain=True)
         return rows
@@ -85,14 +86,14 @@ class CreditsService:
             return
         plans = get_settings().plans
         targets = {key: credits_for(accounts[key[0]], plans) for key in deltas}
-        rest = await credits_repository.add_pending_where_granted(session, deltas, targets)
+        rest = await balances_repository.add_pending_where_granted(session, deltas, targets)
         if not rest:
             return
         rows = await self.lock_account_periods(session, keys=rest, accounts=accounts)
         for key in rest:
             rows[key].pending_estimate_nano_usd += deltas[key].total
             rows[key].pending_payg_only_nano_usd += deltas[key].payg_only
-        await credits_repository.save_totals(session, [rows[key] for key in rest])
+        await balances_repository.save_totals(session, [rows[key] for key in rest])
 
     async def grant_period(self, session: AsyncSession, *, accounts: Sequence[Account], period: str) -> int:
         """Lock and grant ``period`` for ``accounts``; returns the nano-USD granted by this call."""
@@ -105,7 +106,7 @@ class CreditsService:
         self, session: AsyncSession, *, keys: Iterable[tuple[str, str]], accounts: Mapping[str, PlanHolder],
         plain: bool = False,
     ) -> tuple[dict, int]:
-        rows = await credits_repository.lock_rows(session, keys, plain=plain)
+        rows = await balances_repository.lock_rows(session, keys, plain=plain)
         closed = await credits_repository.closed_periods(session, {period for _, period in rows})
         granted = await self._grant(session, [row for key, row in rows.items() if key[1] not in closed], accounts)
         return rows, granted
@@ -141,7 +142,7 @@ class CreditsService:
         if not postings:
             return 0
         fresh = await ledger_service.post_many(session, postings)
-        await credits_repository.save_totals(session, changed)
+        await balances_repository.save_totals(session, changed)
         return sum(-p.entries[1][1] for p, posted in zip(postings, fresh, strict=True) if posted)
 
 

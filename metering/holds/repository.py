@@ -1,7 +1,7 @@
-"""SQL of holds, of the ``held_nano_usd`` cache on account periods, and of cost estimates.
+"""SQL of holds and of cost estimates; the ``held_nano_usd`` totals they move are ``metering.balances``'.
 
 Lock order, everywhere a transaction touches both: ``account_periods`` rows first
-(sorted by period, then account: the order of ``credits_repository.lock_rows``),
+(sorted by period, then account: the order of ``balances_repository.lock_rows``),
 then ``holds`` rows. Authorize, attach and expiry all follow it, so they never
 deadlock one another.
 """
@@ -16,8 +16,9 @@ from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.accounts.repository import dialect_insert
+from metering.balances.repository import balances_repository
 from metering.db import is_sqlite
-from metering.models import AccountPeriod, CostEstimate, Hold, Provider
+from metering.models import CostEstimate, Hold, Provider
 
 # Bound parameters per IN list: far below SQLite's and asyncpg's limits.
 CHUNK = 1000
@@ -46,14 +47,6 @@ _HOLD_COLUMNS = (
 )
 _HOLD_VALUES = {name: bindparam(f"h_{name}", type_=Hold.__table__.c[name].type) for name in _HOLD_COLUMNS}
 _INSERT_HOLD = insert(Hold).values(_HOLD_VALUES)
-_ADD_HELD = (
-    update(AccountPeriod)
-    .where(AccountPeriod.account_name == bindparam("h_account_name"), AccountPeriod.period == bindparam("h_period"))
-    .values(
-        held_nano_usd=AccountPeriod.held_nano_usd + bindparam("h_amount_nano_usd"),
-        held_payg_only_nano_usd=AccountPeriod.held_payg_only_nano_usd + bindparam("h_payg_only_nano_usd"),
-    )
-)
 _HELD_COLUMNS = (
     Hold.id, Hold.account_name, Hold.period, Hold.amount_nano_usd, Hold.user_name, Hold.provider_id,
     Provider.credit_eligible.is_(False),
@@ -69,10 +62,11 @@ class HoldRepository:
         statement (``metering.authorize.pg_decision``).
         """
         params = {f"h_{name}": values[name] for name in _HOLD_COLUMNS}
-        params["h_payg_only_nano_usd"] = 0 if credit_eligible else values["amount_nano_usd"]
-        connection = await session.connection()
-        await connection.execute(_INSERT_HOLD, params)
-        await connection.execute(_ADD_HELD, params)
+        await (await session.connection()).execute(_INSERT_HOLD, params)
+        await balances_repository.add_held(
+            session, account=values["account_name"], period=values["period"], amount=values["amount_nano_usd"],
+            credit_eligible=credit_eligible,
+        )
 
     async def get(self, session: AsyncSession, hold_id: str) -> Hold | None:
         return await session.get(Hold, hold_id)
@@ -105,19 +99,6 @@ class HoldRepository:
             .distinct()
         )
         return set(rows)
-
-    async def lock_period_rows(self, session: AsyncSession, keys: Iterable[tuple[str, str]]) -> None:
-        """Row-lock the (account, period) rows in (period, account) order (SQLite: BEGIN IMMEDIATE serializes)."""
-        keys = sorted(set(keys), key=lambda key: (key[1], key[0]))
-        if not keys or is_sqlite(session):
-            return
-        for part in chunks(keys):
-            await session.execute(
-                select(AccountPeriod.account_name)
-                .where(tuple_(AccountPeriod.account_name, AccountPeriod.period).in_(part))
-                .order_by(AccountPeriod.period, AccountPeriod.account_name)
-                .with_for_update()
-            )
 
     async def lock_held(self, session: AsyncSession, hold_ids: Sequence[str]) -> list[HeldHold]:
         """The given holds that are still 'held', locked against a concurrent attach or expiry."""
@@ -161,22 +142,6 @@ class HoldRepository:
             await session.execute(
                 update(Hold).where(Hold.id.in_(part), Hold.status == "held").values(status="expired")
             )
-
-    async def release_held_amounts(self, session: AsyncSession, amounts: dict[tuple[str, str], tuple[int, int]]) -> None:
-        """``held_nano_usd -= amount`` and ``held_payg_only_nano_usd -= payg_only`` per (account, period)
-        → (amount, payg_only), in lock order."""
-        for (account, period), (amount, payg_only) in sorted(amounts.items(), key=lambda item: (item[0][1], item[0][0])):
-            if amount:
-                await session.execute(
-                    update(AccountPeriod)
-                    .where(AccountPeriod.account_name == account, AccountPeriod.period == period)
-                    .values(
-                        held_nano_usd=AccountPeriod.held_nano_usd - amount,
-                        held_payg_only_nano_usd=AccountPeriod.held_payg_only_nano_usd - payg_only,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-
 
 class EstimateRepository:
     async def estimate_rows(

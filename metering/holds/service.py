@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.config import get_settings
+from metering.balances.repository import balances_repository
 from metering.holds.repository import HeldHold, hold_repository
 from metering.periods import utcnow
 
@@ -113,13 +114,13 @@ class HoldService:
         if not claims:
             return Attached({}, [])
         hold_ids = list(claims)
-        await hold_repository.lock_period_rows(session, await hold_repository.periods_of_holds(session, hold_ids))
+        await balances_repository.lock_keys(session, await hold_repository.periods_of_holds(session, hold_ids))
         held = await hold_repository.lock_held(session, hold_ids)
         owned = [hold for hold in held if claims[hold.id].owns(hold)]
         foreign = [claims[hold.id].usage_record_id for hold in held if not claims[hold.id].owns(hold)]
         if owned:
             await hold_repository.mark_attached(session, {hold.id: claims[hold.id].usage_record_id for hold in owned})
-            await hold_repository.release_held_amounts(session, _amounts_by_period(owned))
+            await balances_repository.release_held(session, _amounts_by_period(owned))
         return Attached({hold.id: hold.amount_nano_usd for hold in owned}, foreign)
 
     async def expired_accounts(self, session: AsyncSession, *, now: datetime, limit: int = 1000) -> list[str]:
@@ -131,12 +132,12 @@ class HoldService:
         """Expire up to ``limit`` of an account's holds past their TTL and release their amounts."""
         now = now or utcnow()
         periods = await hold_repository.expired_periods(session, account=account, now=now)
-        await hold_repository.lock_period_rows(session, {(account, period) for period in periods})
+        await balances_repository.lock_keys(session, {(account, period) for period in periods})
         expired = await hold_repository.lock_expired(session, account=account, now=now, limit=limit)
         if not expired:
             return ExpiryResult(holds=0, amount_nano_usd=0)
         await hold_repository.mark_expired(session, [hold.id for hold in expired])
-        await hold_repository.release_held_amounts(session, _amounts_by_period(expired))
+        await balances_repository.release_held(session, _amounts_by_period(expired))
         return ExpiryResult(holds=len(expired), amount_nano_usd=sum(hold.amount_nano_usd for hold in expired))
 
 

@@ -10,7 +10,7 @@ from metering.config import get_settings
 from metering.errors import ProviderNotFound
 from metering.models import Provider
 from metering.periods import utcnow
-from metering.credits.repository import credits_repository
+from metering.balances.repository import balances_repository
 from metering.providers.errors import InvalidProviderRegistration
 from metering.providers.repository import provider_repository
 from metering.providers.secrets import decrypt_token, encrypt_token
@@ -70,7 +70,7 @@ class ProviderService:
         await session.flush()
         if eligibility_changed:
             # Its holds and pending estimates move between what credits may and may not pay.
-            await credits_repository.recount_payg_only(session, provider_id=provider_id)
+            await balances_repository.recount_payg_only(session, provider_id=provider_id)
         return provider, created
 
     async def get(self, session: AsyncSession, provider_id: str) -> Provider:

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import metrics
 from metering.accounts.repository import account_repository
 from metering.config import get_settings
-from metering.credits.repository import PendingDelta, PeriodTotals, credits_repository
+from metering.balances.repository import PendingDelta, PeriodTotals, balances_repository
+from metering.credits.repository import credits_repository
 from metering.credits.service import PlanHolder, credits_service, pays_as_you_go
 from metering.holds.estimates import estimates_service
 from metering.holds.service import HoldClaim, holds_service
@@ -336,7 +337,7 @@ async def _move_money(
             state.pending_payg_only_nano_usd = max(0, state.pending_payg_only_nano_usd - row.estimate_nano_usd)
         state.pending_payg_only_nano_usd = min(state.pending_payg_only_nano_usd, state.pending_estimate_nano_usd)
     await ledger_service.move_balances(session, written)
-    await credits_repository.save_totals(session, list(locked.values()))
+    await balances_repository.save_totals(session, list(locked.values()))
 
 
 async def _write_split_then_lock(
@@ -348,7 +349,7 @@ async def _write_split_then_lock(
 ) -> tuple[dict[tuple[str, str], PeriodTotals], CostSplit, WrittenPostings]:
     """Split from the totals read without a lock, write the postings, then lock the totals; in a
     savepoint, rolled back unless the locked totals split the batch the same way."""
-    seen = await credits_repository.read_totals(session, keys)
+    seen = await balances_repository.read_totals(session, keys)
     if len(seen) < len(keys):
         raise _CannotPlan  # rows to create (and grant) first: under the lock, as every writer does
     split = split_from(seen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.credits.repository import PeriodTotals
+from metering.balances.repository import PeriodTotals
 from metering.ledger import codes
 from metering.usage.accounting_repository import SettledRow
 from metering.charging.split import split_costs

@@ -8,7 +8,7 @@ from metering.accounts.service import AccountSync, account_service
 from metering.db import Database
 from metering.ledger import codes
 from metering.models import Account, Period
-from metering.credits.repository import PendingDelta
+from metering.balances.repository import PendingDelta
 from metering.credits.service import credits_service
 from tests.factories.accounts import create_account
 from tests.metering.ledger.helpers import balance, transactions
