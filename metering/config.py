@@ -10,7 +10,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-NANO_PER_USD = 1_000_000_000
+from metering.money import NANO_PER_USD
+
 MAX_COST_BATCH = 10_000
 EMBEDDED_DEV_TOKEN = "metering-dev-token"
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev", EMBEDDED_DEV_TOKEN}

@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta
 
 from metering.analytics.repository import UsageBucketRow
 from metering.analytics.service import UsageSeries
+from metering.money import format_usd
 
 WIDTH, HEIGHT = 760, 280
 LEFT, RIGHT, TOP, BOTTOM = 84, 16, 14, 30
@@ -77,12 +78,6 @@ def nice_ceiling(value: int) -> int:
         step *= 10
 
 
-def short_usd(nano_usd: int) -> str:
-    """``500_000_000`` → ``"$0.5"``: an axis label, exact but without trailing zeros."""
-    whole, frac = divmod(nano_usd, 1_000_000_000)
-    return f"${whole:,}" + (f".{frac:09d}".rstrip("0") if frac else "")
-
-
 def _days(start: datetime, end: datetime) -> list[date]:
     """The UTC days of ``[start, end)``, which are midnights (a period's bounds)."""
     return [start.date() + timedelta(days=offset) for offset in range((end - start).days)]
@@ -111,7 +106,7 @@ def build_chart(series: UsageSeries) -> UsageChart:
         totals = {field: sum(getattr(row, field) for row in rows.values()) for field in COUNT_FIELDS}
         lines.append(ChartSeries(member, PALETTE[index % len(PALETTE)], points, totals))
     y_ticks = [
-        Tick(y_of(value), short_usd(value), value)
+        Tick(y_of(value), format_usd(value, trim=True), value)
         for value in (axis_max * step // Y_DIVISIONS for step in range(Y_DIVISIONS + 1))
     ]
     x_ticks = [Tick(x_of[day], f"{day:%b} {day.day}") for day in days if (day.day - 1) % 7 == 0]

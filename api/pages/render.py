@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse
 
 from api.errors import status_for
 from metering.errors import MeteringError
-from metering.money import format_usd
+from metering.money import format_cents, format_usd
 
 # The pages load nothing from elsewhere: no script at all, styles inline, the chart inline SVG.
 SECURITY_HEADERS = {
@@ -32,13 +32,6 @@ ERROR_TITLES = {
     404: "Not found",
     422: "Invalid request",
 }
-
-
-def format_cents(cents: int) -> str:
-    """``123456`` → ``"$1,234.56"``."""
-    sign = "-" if cents < 0 else ""
-    whole, part = divmod(abs(cents), 100)
-    return f"{sign}${whole:,}.{part:02d}"
 
 
 @cache

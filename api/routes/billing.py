@@ -24,7 +24,6 @@ from api.schemas.billing import (
     SpendingLimitRead,
     SpendingLimitUpdate,
 )
-from metering.accounts.repository import account_repository
 from metering.analytics.service import analytics_service
 from metering.auth.policy import Action, access_policy
 from metering.invoicing.service import invoicing_service
@@ -114,7 +113,8 @@ async def put_disabled_providers(
         )
         await session.flush()
         return DisabledProvidersRead(
-            account=account.name, disabled_providers=await account_repository.disabled_providers(session, account.name)
+            account=account.name,
+            disabled_providers=await limits_service.disabled_providers(session, account_name=account.name),
         )
 
 

@@ -1,4 +1,4 @@
-"""SQL of accounts, memberships and disabled providers."""
+"""SQL of accounts and memberships."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.models import Account, DisabledProvider, Membership
+from metering.models import Account, Membership
 
 _USER_COLUMNS = "INSERT INTO accounts (name, kind, plan, seats, status, created_at, updated_at) "
 # ``WHERE true`` keeps SQLite from reading ON CONFLICT as a join constraint of the SELECT.
@@ -33,6 +33,12 @@ def dialect_insert(session: AsyncSession, table):  # noqa: ANN001, ANN201
 class AccountRepository:
     async def get(self, session: AsyncSession, name: str) -> Account | None:
         return await session.get(Account, name)
+
+    async def lock(self, session: AsyncSession, name: str) -> Account | None:
+        """The account row, reloaded and locked until the transaction ends, so work on one account runs
+        one at a time (PostgreSQL: ``FOR UPDATE``; SQLite: BEGIN IMMEDIATE already serializes writers)."""
+        statement = select(Account).where(Account.name == name).with_for_update()
+        return (await session.scalars(statement.execution_options(populate_existing=True))).one_or_none()
 
     async def get_many(self, session: AsyncSession, names: Iterable[str]) -> dict[str, Account]:
         names = list(set(names))
@@ -76,14 +82,6 @@ class AccountRepository:
             delete(Membership).where(Membership.org_name == org, Membership.user_name == user)
         )
         return result.rowcount > 0
-
-    async def disabled_providers(self, session: AsyncSession, account: str) -> list[str]:
-        rows = await session.scalars(
-            select(DisabledProvider.provider_id)
-            .where(DisabledProvider.account_name == account)
-            .order_by(DisabledProvider.provider_id)
-        )
-        return list(rows)
 
 
 account_repository = AccountRepository()

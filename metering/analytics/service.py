@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.accounts.repository import account_repository
 from metering.analytics.bounds import EARLIEST_DAY, LATEST_DAY, in_range
 from metering.analytics.drift import ModelDrift, drift_service
 from metering.analytics.errors import InvalidCursor, InvalidTimeRange
@@ -184,7 +183,7 @@ class AnalyticsService:
             payg_nano_usd=payg,
             written_off_nano_usd=written_off,
             spending_limit_nano_usd=account.spending_limit_nano_usd,
-            disabled_providers=await account_repository.disabled_providers(session, account.name),
+            disabled_providers=await limits_service.disabled_providers(session, account_name=account.name),
             pending_requests=await analytics_repository.count_pending(session, account=account.name, period=period),
             pending_estimate_nano_usd=pending_estimate,
             held_nano_usd=held,

@@ -11,7 +11,7 @@ the fenced exception, tested against the rule it shares (``metering.charging.rul
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import orjson
@@ -21,8 +21,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from metering.accounts.repository import dialect_insert
 from metering.db import is_sqlite
-from metering.ledger.repository import chunks
 from metering.models import AccountPeriod, Hold, Provider, UsageRecord
+from metering.sql import chunks, sqlite_fetchall
 
 EMPTY_ROW = {
     "granted_seats": 0,
@@ -258,7 +258,7 @@ class BalancesRepository:
                     delta = deltas[key]
                     extend((key[0], key[1], delta.total, delta.payg_only, targets[key]))
                 sql = _SQLITE_ADD_PENDING_HEAD + ", ".join(["(?, ?, ?, ?, ?)"] * len(part)) + _SQLITE_ADD_PENDING_TAIL
-                left_out.update(set(part).difference(map(tuple, await _sqlite_fetchall(session, sql, params))))
+                left_out.update(set(part).difference(map(tuple, await sqlite_fetchall(session, sql, params))))
         else:
             ordered = sorted(deltas, key=lambda key: (key[1], key[0]))
             connection = await session.connection()
@@ -414,13 +414,6 @@ class BalancesRepository:
             held = identity_map.get(mapper.identity_key_from_primary_key(key))
             if held is not None:
                 session.expire(held)
-
-async def _sqlite_fetchall(session: AsyncSession, sql: str, params: Sequence[object]) -> list[tuple]:
-    """Run one statement of the session's transaction on the aiosqlite driver's connection: one
-    call on its thread, where SQLAlchemy's adapter makes four (cursor, execute, fetch, close)."""
-    connection = await session.connection()
-    driver_connection = (await connection.get_raw_connection()).driver_connection
-    return await driver_connection.execute_fetchall(sql, params)
 
 
 balances_repository = BalancesRepository()

@@ -18,6 +18,7 @@ from metering.analytics.drift import drift_export_row
 from metering.analytics.drift_repository import drift_statement
 from metering.db import Database
 from metering.ledger import codes
+from metering.ledger.repository import select_entries
 from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
 
 BATCH_ROWS = 10_000
@@ -29,31 +30,26 @@ def _sum(expression):  # noqa: ANN001, ANN202
 
 
 def _ledger(period: str) -> tuple[Select, object]:
-    statement = (
-        select(
-            LedgerEntry.id,
-            LedgerTransaction.id,
-            LedgerTransaction.kind,
-            LedgerTransaction.idempotency_key,
-            LedgerTransaction.account_name,
-            LedgerTransaction.provider_id,
-            LedgerTransaction.period,
-            LedgerTransaction.original_period,
-            LedgerTransaction.usage_record_id,
-            UsageRecord.request_id,
-            LedgerTransaction.memo,
-            LedgerTransaction.created_at,
-            LedgerAccount.code,
-            LedgerAccount.kind,
-            LedgerAccount.owner,
-            LedgerEntry.amount_nano_usd,
-        )
-        .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
-        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
-        # The provider's request ID, so an invoice line traces to the requests behind it.
-        .outerjoin(UsageRecord, UsageRecord.id == LedgerTransaction.usage_record_id)
-        .where(LedgerTransaction.period == period)
-    )
+    # With the provider's request ID, so an invoice line traces to the requests behind it.
+    statement = select_entries(
+        LedgerEntry.id,
+        LedgerTransaction.id,
+        LedgerTransaction.kind,
+        LedgerTransaction.idempotency_key,
+        LedgerTransaction.account_name,
+        LedgerTransaction.provider_id,
+        LedgerTransaction.period,
+        LedgerTransaction.original_period,
+        LedgerTransaction.usage_record_id,
+        UsageRecord.request_id,
+        LedgerTransaction.memo,
+        LedgerTransaction.created_at,
+        LedgerAccount.code,
+        LedgerAccount.kind,
+        LedgerAccount.owner,
+        LedgerEntry.amount_nano_usd,
+        usage_records=True,
+    ).where(LedgerTransaction.period == period)
     return statement, LedgerEntry.id
 
 

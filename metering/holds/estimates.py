@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.holds.repository import estimate_repository
+from metering.money import div_half_up
 from metering.periods import utcnow
 
 WARMUP_SAMPLES = 16
@@ -27,16 +28,10 @@ CACHE_TTL_SECONDS = 5.0
 CACHE_MAX_ENTRIES = 50_000
 
 
-def _div_half_up(numerator: int, denominator: int) -> int:
-    """Integer division rounding half up (towards +inf on ties), for either sign of numerator."""
-    quotient, remainder = divmod(numerator, denominator)
-    return quotient + (1 if remainder * 2 >= denominator else 0)
-
-
 def next_mean(samples: int, mean: int, cost: int) -> tuple[int, int]:
     """(samples, mean) after one more observed ``cost``."""
     weight = samples + 1 if samples < WARMUP_SAMPLES else WARMUP_SAMPLES
-    return samples + 1, mean + _div_half_up(cost - mean, weight)
+    return samples + 1, mean + div_half_up(cost - mean, weight)
 
 
 def fold_costs(samples: int, mean: int, costs: Iterable[int]) -> tuple[int, int]:

@@ -19,14 +19,10 @@ from metering.accounts.repository import dialect_insert
 from metering.balances.repository import balances_repository
 from metering.db import is_sqlite
 from metering.models import CostEstimate, Hold, Provider
+from metering.sql import chunks
 
 # Bound parameters per IN list: far below SQLite's and asyncpg's limits.
 CHUNK = 1000
-
-
-def chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +70,7 @@ class HoldRepository:
     async def periods_of_holds(self, session: AsyncSession, hold_ids: Sequence[str]) -> set[tuple[str, str]]:
         """(account, period) of the given holds still 'held', read without locks to learn what to lock."""
         found: set[tuple[str, str]] = set()
-        for part in chunks(list(hold_ids)):
+        for part in chunks(list(hold_ids), CHUNK):
             rows = await session.execute(
                 select(Hold.account_name, Hold.period).where(Hold.id.in_(part), Hold.status == "held").distinct()
             )
@@ -103,7 +99,7 @@ class HoldRepository:
     async def lock_held(self, session: AsyncSession, hold_ids: Sequence[str]) -> list[HeldHold]:
         """The given holds that are still 'held', locked against a concurrent attach or expiry."""
         found: list[HeldHold] = []
-        for part in chunks(sorted(set(hold_ids))):
+        for part in chunks(sorted(set(hold_ids)), CHUNK):
             statement = select(*_HELD_COLUMNS).join(Provider, Provider.id == Hold.provider_id).where(
                 Hold.id.in_(part), Hold.status == "held"
             )
@@ -138,7 +134,7 @@ class HoldRepository:
         )
 
     async def mark_expired(self, session: AsyncSession, hold_ids: Sequence[str]) -> None:
-        for part in chunks(list(hold_ids)):
+        for part in chunks(list(hold_ids), CHUNK):
             await session.execute(
                 update(Hold).where(Hold.id.in_(part), Hold.status == "held").values(status="expired")
             )
@@ -149,7 +145,7 @@ class EstimateRepository:
     ) -> dict[tuple[str, str], tuple[int, int]]:
         """(provider, model) → (samples, mean) of the keys that have a row."""
         found: dict[tuple[str, str], tuple[int, int]] = {}
-        for part in chunks(sorted(set(keys))):
+        for part in chunks(sorted(set(keys)), CHUNK):
             rows = await session.execute(
                 select(CostEstimate.provider_id, CostEstimate.model, CostEstimate.samples, CostEstimate.mean_nano_usd)
                 .where(tuple_(CostEstimate.provider_id, CostEstimate.model).in_(part))
@@ -187,7 +183,7 @@ class EstimateRepository:
             {"provider_id": p, "model": m, "samples": samples, "mean_nano_usd": mean, "updated_at": now}
             for (p, m), (samples, mean) in sorted(values.items())
         ]
-        for part in chunks(rows):
+        for part in chunks(rows, CHUNK):
             insert = dialect_insert(session, CostEstimate).values(list(part))
             await session.execute(
                 insert.on_conflict_do_update(

@@ -22,12 +22,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+
+from metering.sql import chunks
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS spool (
@@ -156,7 +158,7 @@ class Spool:
                     "SELECT body, ?, enqueued_at, ? FROM spool WHERE id = ?",
                     [(reason, now, spool_id) for spool_id, reason in rejected],
                 )
-            for chunk in _chunks(delivered + [spool_id for spool_id, _ in rejected]):
+            for chunk in chunks(delivered + [spool_id for spool_id, _ in rejected], _CHUNK):
                 placeholders = ",".join("?" * len(chunk))
                 self._db.execute(f"DELETE FROM spool WHERE id IN ({placeholders})", chunk)
 
@@ -193,7 +195,7 @@ class Spool:
             else:
                 selected = list(ids)
             moved = 0
-            for chunk in _chunks(selected):
+            for chunk in chunks(selected, _CHUNK):
                 placeholders = ",".join("?" * len(chunk))
                 self._db.execute(
                     "INSERT INTO spool (body, enqueued_at) SELECT body, enqueued_at FROM dead_letters "
@@ -227,8 +229,3 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_rest: object) -> None:
         self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
-
-
-def _chunks(ids: list[int]) -> Iterator[list[int]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start : start + _CHUNK]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -13,6 +13,7 @@ from sqlalchemy.orm import aliased
 from metering.accounts.repository import dialect_insert
 from metering.db import is_sqlite
 from metering.ledger import codes
+from metering.ledger.repository import select_entries
 from metering.models import (
     Account,
     AccountPeriod,
@@ -25,14 +26,10 @@ from metering.models import (
     StripeEvent,
     UsageRecord,
 )
+from metering.sql import chunks
 
 # Rows per multi-row statement: well under the bind-parameter limits of asyncpg and SQLite.
 CHUNK = 1_000
-
-
-def _chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # PostgreSQL advisory-lock key held by a Stripe sync run for its whole duration.
@@ -103,14 +100,12 @@ class InvoicingRepository:
         traceable to its request ids (see ``line_request_ids``).
         """
         rows = await session.execute(
-            select(
+            select_entries(
                 LedgerAccount.owner,
                 LedgerTransaction.provider_id,
                 func.sum(LedgerEntry.amount_nano_usd),
                 func.count(distinct(LedgerTransaction.usage_record_id)),
             )
-            .join(LedgerEntry, LedgerEntry.ledger_account_id == LedgerAccount.id)
-            .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
             .where(LedgerAccount.kind == codes.RECEIVABLE, LedgerAccount.period == period)
             .group_by(LedgerAccount.owner, LedgerTransaction.provider_id)
         )
@@ -130,7 +125,7 @@ class InvoicingRepository:
 
     async def plans_of(self, session: AsyncSession, names: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for part in _chunks(list(names)):
+        for part in chunks(list(names), CHUNK):
             rows = await session.execute(select(Account.name, Account.plan).where(Account.name.in_(part)))
             found.update({name: plan for name, plan in rows})
         return found
@@ -144,7 +139,7 @@ class InvoicingRepository:
             .scalar_subquery()
         )
         found: dict[str, int] = {}
-        for part in _chunks(list(names)):
+        for part in chunks(list(names), CHUNK):
             rows = await session.execute(
                 select(Invoice.account_name, Invoice.carried_out_nano_usd).where(
                     Invoice.account_name.in_(part), Invoice.period == latest
@@ -156,7 +151,7 @@ class InvoicingRepository:
     async def insert_invoices(self, session: AsyncSession, rows: Sequence[dict]) -> dict[str, int]:
         """Insert invoice rows; returns ``{account_name: invoice id}``."""
         ids: dict[str, int] = {}
-        for part in _chunks(rows):
+        for part in chunks(rows, CHUNK):
             result = await session.execute(
                 dialect_insert(session, Invoice).values(list(part)).returning(Invoice.account_name, Invoice.id)
             )
@@ -164,7 +159,7 @@ class InvoicingRepository:
         return ids
 
     async def insert_lines(self, session: AsyncSession, rows: Sequence[dict]) -> None:
-        for part in _chunks(rows):
+        for part in chunks(rows, CHUNK):
             await session.execute(dialect_insert(session, InvoiceLine).values(list(part)))
 
     # --- reading invoices ----------------------------------------------------------------
@@ -176,7 +171,7 @@ class InvoicingRepository:
 
     async def lines_of(self, session: AsyncSession, invoice_ids: Sequence[int]) -> dict[int, list[InvoiceLine]]:
         found: dict[int, list[InvoiceLine]] = {id_: [] for id_ in invoice_ids}
-        for part in _chunks(list(invoice_ids)):
+        for part in chunks(list(invoice_ids), CHUNK):
             rows = await session.scalars(
                 select(InvoiceLine).where(InvoiceLine.invoice_id.in_(part)).order_by(InvoiceLine.id)
             )
@@ -194,11 +189,9 @@ class InvoicingRepository:
             else LedgerTransaction.provider_id == line.provider_id
         )
         rows = await session.scalars(
-            select(UsageRecord.request_id)
+            select_entries(UsageRecord.request_id)
+            .join(UsageRecord, UsageRecord.id == LedgerTransaction.usage_record_id)
             .distinct()
-            .join(LedgerTransaction, LedgerTransaction.usage_record_id == UsageRecord.id)
-            .join(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
-            .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
             .where(LedgerAccount.code == codes.receivable(invoice.account_name, invoice.period), provider_matches)
             .order_by(UsageRecord.request_id)
         )
@@ -264,13 +257,6 @@ class InvoicingRepository:
             if found is not None:
                 return found
         return await session.get(Invoice, local_id) if local_id is not None else None
-
-    async def lock_account(self, session: AsyncSession, name: str) -> Account | None:
-        return (
-            await session.scalars(
-                select(Account).where(Account.name == name).with_for_update().execution_options(populate_existing=True)
-            )
-        ).one_or_none()
 
     async def insert_event(self, session: AsyncSession, row: dict) -> bool:
         """Store an event by id; False when that id was already stored."""

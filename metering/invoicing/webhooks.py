@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.accounts.repository import account_repository
 from metering.invoicing.errors import InvalidWebhookPayload, InvalidWebhookSignature, WebhookNotConfigured
 from metering.invoicing.repository import invoicing_repository
 from metering.periods import utcnow
@@ -73,7 +74,7 @@ class WebhookService:
         account_name = invoice.account_name if invoice is not None else None
         if account_name is None and isinstance(obj.get("customer"), str):
             account_name = await invoicing_repository.account_by_customer(session, obj["customer"])
-        account = await invoicing_repository.lock_account(session, account_name) if account_name else None
+        account = await account_repository.lock(session, account_name) if account_name else None
         if account is None:
             stored = await self._store(session, event, account=None, outcome="ignored")
             log.warning("stripe event %s (%s) names no known account", event.id, event.type)

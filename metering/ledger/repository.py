@@ -6,22 +6,14 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import orjson
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import Select, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.accounts.repository import dialect_insert
 from metering.db import is_sqlite
 from metering.ledger import codes
-from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction
-
-# Rows per multi-row statement: stays under the 32,767 bind parameters of asyncpg and SQLite.
-CHUNK = 2_000
-
-
-def chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
+from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
+from metering.sql import chunks
 
 _TRANSACTION_COLUMNS = (
     "kind", "idempotency_key", "account_name", "provider_id", "period", "original_period", "usage_record_id", "memo",
@@ -58,6 +50,24 @@ _PG_ADD_TO_BALANCES = (
     "UPDATE ledger_accounts AS a SET balance_nano_usd = a.balance_nano_usd + v.delta"
     " FROM locked AS l JOIN v ON v.id = l.id WHERE a.id = l.id"
 )
+
+
+def select_entries(*columns: object, usage_records: bool = False) -> Select:
+    """SELECT ``columns`` of ledger entries, each joined to its transaction and its ledger account.
+
+    With ``usage_records``, also to the usage record its transaction charges for (an outer join:
+    NULLs for a transaction of no request, such as a credit grant). For the read-only queries of
+    reports and checks; callers add their own filters, grouping and order.
+    """
+    statement = (
+        select(*columns)
+        .select_from(LedgerEntry)
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
+        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
+    )
+    if usage_records:
+        statement = statement.outerjoin(UsageRecord, UsageRecord.id == LedgerTransaction.usage_record_id)
+    return statement
 
 
 class LedgerRepository:

@@ -14,6 +14,7 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.ledger import codes
+from metering.ledger.repository import select_entries
 from metering.limits.service import SPENDING_LIMIT_ACTION
 from metering.models import (
     Account,
@@ -112,7 +113,7 @@ class VerifyRepository:
             return func.coalesce(func.sum(case((condition, amount), else_=0)), 0)
 
         rows = await session.execute(
-            select(
+            select_entries(
                 LedgerTransaction.account_name,
                 LedgerTransaction.period,
                 -summed(and_(is_grant, LedgerAccount.kind == codes.CREDITS)),
@@ -120,8 +121,6 @@ class VerifyRepository:
                 summed(and_(is_cost, LedgerAccount.kind == codes.RECEIVABLE)),
                 summed(and_(is_cost, LedgerAccount.kind == codes.WRITE_OFF)),
             )
-            .join(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
-            .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
             .where(
                 LedgerTransaction.account_name.is_not(None),
                 LedgerTransaction.kind.in_((codes.GRANT, *codes.COST_KINDS)),
@@ -195,7 +194,7 @@ class VerifyRepository:
     async def payg_postings(self, session: AsyncSession, *, account: str, period: str) -> list[PaygPosting]:
         """Cost postings charging ``account``'s receivable of ``period``, in posting order."""
         rows = await session.execute(
-            select(
+            select_entries(
                 LedgerTransaction.kind,
                 LedgerTransaction.created_at,
                 LedgerEntry.amount_nano_usd,
@@ -204,10 +203,8 @@ class VerifyRepository:
                 UsageRecord.cost_nano_usd,
                 UsageRecord.estimate_nano_usd,
                 Hold.id.is_not(None),
+                usage_records=True,
             )
-            .join(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
-            .join(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
-            .outerjoin(UsageRecord, UsageRecord.id == LedgerTransaction.usage_record_id)
             .outerjoin(
                 Hold, (Hold.id == UsageRecord.hold_id) & (Hold.usage_record_id == UsageRecord.id) & (Hold.status == "attached")
             )

@@ -8,18 +8,10 @@ from datetime import datetime
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.db import is_sqlite
-from metering.models import Account, AuditEvent, DisabledProvider, Provider
+from metering.models import AuditEvent, DisabledProvider, Provider
 
 
 class LimitRepository:
-    async def lock_account(self, session: AsyncSession, name: str) -> Account | None:
-        """The account row, locked so concurrent setting changes audit consistent before/after values."""
-        statement = select(Account).where(Account.name == name)
-        if not is_sqlite(session):
-            statement = statement.with_for_update()
-        return (await session.scalars(statement.execution_options(populate_existing=True))).first()
-
     async def disabled_providers(self, session: AsyncSession, account: str) -> list[str]:
         rows = await session.scalars(
             select(DisabledProvider.provider_id)

@@ -13,6 +13,7 @@ from datetime import datetime
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.accounts.repository import account_repository
 from metering.config import get_settings
 from metering.errors import AccountNotFound
 from metering.limits.errors import NegativeSpendingLimit, SpendingLimitNotApplicable, UnknownProviders
@@ -67,7 +68,8 @@ async def _audit(
 
 class LimitService:
     async def _account(self, session: AsyncSession, name: str) -> Account:
-        account = await limit_repository.lock_account(session, name)
+        # Locked, so concurrent setting changes audit consistent before/after values.
+        account = await account_repository.lock(session, name)
         if account is None:
             raise AccountNotFound(f"no account named {name!r}", account=name)
         return account

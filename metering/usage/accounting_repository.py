@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.db import is_sqlite
-from metering.ledger.repository import chunks
+from metering.sql import chunks
 from metering.models import UsageRecord
 
 # asyncpg caps one statement at 32,767 parameters; arrays make each chunk 2-3 parameters.

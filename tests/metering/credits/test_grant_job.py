@@ -7,13 +7,18 @@ import asyncio
 from jobs.grant_credits import run_once
 from metering.db import Database
 from metering.ledger import codes
-from metering.money import usd_to_nano
 from metering.periods import current_period
 from tests.factories.accounts import create_account
 from tests.metering.ledger.helpers import balance, period_row, transactions
 
 SEAT = 2_000_000_000
 FREE = 100_000_000
+
+
+def _granted_nano_usd(summary: str) -> int:
+    """The amount a summary says was granted now: ``format_usd`` shows nine decimals, so its digits are nano-USD."""
+    shown = summary.split(", ")[1].split()[0]
+    return int(shown.removeprefix("$").replace(",", "").replace(".", ""))
 
 
 async def _accounts(db: Database) -> None:
@@ -54,5 +59,5 @@ class TestRunOnce:
             assert len({g.account_name for g in grants}) == 22
             assert await balance(session, codes.credits_expense(current_period())) == 4 * SEAT + 20 * FREE
         # However the two interleaved, together they granted exactly the total once.
-        granted = [usd_to_nano(s.split(", ")[1].split()[0].lstrip("$")) for s in (first, second)]
+        granted = [_granted_nano_usd(summary) for summary in (first, second)]
         assert sum(granted) == 4 * SEAT + 20 * FREE
