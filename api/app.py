@@ -15,6 +15,7 @@ from api.routes import usage
 from api.routes import authorize
 from api.routes import webhooks
 from api.routes import billing_page
+from api.routes.docs import install_docs
 from metering.config import Settings, get_settings, set_settings
 from metering.db import Database
 from metering.migrate import upgrade
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         version="0.1.0",
         description="Billing and usage metering for an inference router. Money is integer nano-USD.",
         lifespan=lifespan,
+        docs_url=None,  # served by ``install_docs`` from local assets, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.service_tokens = [token.encode() for token in settings.service_token_list]
@@ -72,6 +75,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_docs(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Added last, so it runs first: inside only the framework's outermost error layer.
     app.add_middleware(authorize.AuthorizeFastLane, max_bytes=settings.max_body_bytes)

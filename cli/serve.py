@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import typer
 
 from cli.params import check_port
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from metering.config import Settings
 
 
 def serve(
@@ -35,9 +41,40 @@ def serve(
     if settings.service_tokens == EMBEDDED_DEV_TOKEN:
         console.print(f"[yellow]embedded mode[/yellow]: service token is {EMBEDDED_DEV_TOKEN!r}")
     console.print(f"Metering on http://{host}:{port} (docs at /docs), database {settings.database_url.split('@')[-1]}")
+    if settings.environment == "embedded":
+        print_token_hint(console, settings, f"http://{_reachable(host)}:{port}")
     # httptools and uvloop when installed (uvicorn[standard]); no access log line per request, which
     # would cost the hot path more than a trivial route; errors are still logged.
     uvicorn.run(
         "api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning",
         http="auto", loop="auto", access_log=False,
     )
+
+
+# Who the hint's token is for: a sample account (an admin of the sample org), and a user of the demo.
+HINT_USER = "alice"
+
+
+def _reachable(host: str) -> str:
+    """The address to print for a bound interface: a wildcard is reached through loopback."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def print_token_hint(console: Console, settings: Settings, url: str) -> None:
+    """How to call the user-facing routes: a ready billing-page link, and the command that makes tokens."""
+    from cli.token import DEFAULT_MINUTES, signing_refusal
+    from metering.auth.tokens import sign_token
+
+    if signing_refusal(settings) is not None:
+        console.print("user routes need a JWT signed by the platform (RS256; METERING_JWT_PUBLIC_KEY)")
+        return
+    link = f"{url}/billing/{HINT_USER}?token={sign_token(settings, HINT_USER, ttl_seconds=DEFAULT_MINUTES * 60)}"
+    console.print(f"user routes need a token: [bold]metering token {HINT_USER}[/bold] (--role finance for exports), e.g.",
+                  highlight=False)
+    # Commands and links are soft-wrapped: the terminal may fold them, but a copy stays one line.
+    console.print(f"  curl -H \"Authorization: Bearer $(metering token {HINT_USER})\" {url}/v1/accounts/{HINT_USER}/billing",
+                  highlight=False, markup=False, soft_wrap=True)
+    console.print(f"billing page of {HINT_USER}, valid {DEFAULT_MINUTES} minutes:", highlight=False)
+    console.print(f"  {link}", highlight=False, markup=False, soft_wrap=True)

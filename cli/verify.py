@@ -42,12 +42,16 @@ async def _verify(database_url: str) -> VerifyReport:
 
 
 def print_report(report: VerifyReport, console: Console) -> None:
+    """The checks as a table that fits the terminal, then every breach and warning line."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="metering verify", show_lines=False)
-    table.add_column("check")
+    # On a narrow terminal the prose wraps first (rich narrows the widest column first); a check name
+    # or a result pressed further is folded, never cut short with an ellipsis.
+    table.add_column("check", overflow="fold")
     table.add_column("invariant")
-    table.add_column("result")
+    table.add_column("result", overflow="fold")
     for check in report.checks:
         if not check.ok:
             result = f"[bold red]BREACH ×{check.breach_count}[/bold red]"
@@ -59,11 +63,11 @@ def print_report(report: VerifyReport, console: Console) -> None:
     console.print(table)
     for check in report.checks:
         for line in check.breaches:
-            console.print(f"[red]BREACH[/red] {check.name}: {line}", markup=True, highlight=False)
+            console.print(f"[red]BREACH[/red] {check.name}: {escape(line)}", highlight=False)
         if check.breach_count > len(check.breaches):
             console.print(f"[red]BREACH[/red] {check.name}: … {check.breach_count - len(check.breaches)} more")
         for line in check.warnings:
-            console.print(f"[yellow]warning[/yellow] {check.name}: {line}", highlight=False)
+            console.print(f"[yellow]warning[/yellow] {check.name}: {escape(line)}", highlight=False)
         if check.warning_count > len(check.warnings):
             console.print(f"[yellow]warning[/yellow] {check.name}: … {check.warning_count - len(check.warnings)} more")
     if report.ok:

@@ -19,6 +19,7 @@ import httpx
 import orjson
 from fastapi import FastAPI, Request, Response
 
+from demo import DEFAULT_SEED
 from demo.servers import LoopbackServer
 from simulator.app import create_simulator_app
 from simulator.state import SimulatorState
@@ -42,17 +43,23 @@ HF_MODELS = {
 class ProviderSpec:
     id: str
     pricing: str
-    seed: int
     latency_seconds: float
     default_estimate_nano_usd: int
 
 
+# Latencies are a token wait: the month's requests go one after another, so they add up.
 PROVIDERS = (
-    ProviderSpec("together", "cost_endpoint", seed=11, latency_seconds=0.03, default_estimate_nano_usd=300_000),
-    ProviderSpec("fireworks-ai", "cost_endpoint", seed=12, latency_seconds=0.02, default_estimate_nano_usd=300_000),
-    ProviderSpec(HF_INFERENCE, "compute_time", seed=13, latency_seconds=0.04, default_estimate_nano_usd=5_000_000),
+    ProviderSpec("together", "cost_endpoint", latency_seconds=0.003, default_estimate_nano_usd=300_000),
+    ProviderSpec("fireworks-ai", "cost_endpoint", latency_seconds=0.002, default_estimate_nano_usd=300_000),
+    ProviderSpec(HF_INFERENCE, "compute_time", latency_seconds=0.004, default_estimate_nano_usd=5_000_000),
 )
 COST_ENDPOINT_PROVIDERS = tuple(spec.id for spec in PROVIDERS if spec.pricing == "cost_endpoint")
+
+
+def provider_seed(seed: int, provider_id: str) -> int:
+    """The simulator seed of one provider in a demo run of ``seed``: request IDs and costs follow from it."""
+    digest = hashlib.blake2b(f"{seed}:{provider_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def compute_time_ms(seed: int, request_id: str, low_ms: int, high_ms: int) -> int:
@@ -85,16 +92,22 @@ def with_compute_time(app: FastAPI, seed: int) -> FastAPI:
 
 
 class SimulatedProvider:
-    """One simulator server and the registration Metering gets for it."""
+    """One simulator server and the registration Metering gets for it.
 
-    def __init__(self, spec: ProviderSpec) -> None:
+    The simulator draws request IDs from its seed in the order requests arrive, and a cost
+    (or a compute time) is a function of the ID: the same requests in the same order cost
+    the same under the same seed.
+    """
+
+    def __init__(self, spec: ProviderSpec, seed: int = DEFAULT_SEED) -> None:
         self.spec = spec
+        self.seed = provider_seed(seed, spec.id)
         self.token = f"{spec.id}-demo-cost-token"
-        self.state = SimulatorState(seed=spec.seed, token=self.token)
+        self.state = SimulatorState(seed=self.seed, token=self.token)
         self.state.update_faults({"inference_latency_seconds": spec.latency_seconds})
         app = create_simulator_app(self.state)
         if spec.pricing == "compute_time":
-            app = with_compute_time(app, spec.seed)
+            app = with_compute_time(app, self.seed)
         self.server = LoopbackServer(spec.id, app, lifespan="off")
 
     @property

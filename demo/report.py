@@ -10,16 +10,20 @@ The JSON holds exact nano-USD; the tables round to the micro-dollar for reading.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import orjson
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from demo.platform import Platform
 from demo.providers import CHAT_MODEL, PROVIDERS
 from demo.scenario import ACCOUNTS, TrafficLog, user_token
-from metering.money import NANO_PER_USD
+from metering.money import format_cents, format_usd
 
 MONEY_FIELDS = ("credits_granted_nano_usd", "credits_used_nano_usd", "payg_nano_usd", "written_off_nano_usd")
 
@@ -68,44 +72,118 @@ def write_json(path: Path, summary: dict) -> None:
 
 def display_usd(nano_usd: int) -> str:
     """Non-negative nano-USD as dollars to the micro-dollar, rounded half up with integers only."""
-    micro, rest = divmod(nano_usd, 1_000)
-    micro += rest * 2 >= 1_000
-    whole, fraction = divmod(micro, NANO_PER_USD // 1_000)
-    return f"${whole:,}.{fraction:06d}"
+    return format_usd(nano_usd, decimals=6)
 
 
 def _cents(cents: int | None, status: str | None) -> str:
     if cents is None:
         return "—"
-    return f"${cents // 100:,}.{cents % 100:02d} ({status})"
+    return f"{format_cents(cents)} ({status})"
+
+
+@dataclass(frozen=True)
+class _Column:
+    header: str
+    justify: Literal["left", "right"] = "right"
+    # On a narrow terminal the columns with the lowest rank go first; 0: always shown.
+    drop_rank: int = 0
+
+
+def _widths(console: Console, cells: list[str]) -> tuple[int, int]:
+    """The widest word and the widest line among ``cells`` (rich markup)."""
+    options = console.options.update_width(10_000)  # unbounded: rich clamps a measurement to the width it is given
+    measured = [Measurement.get(console, options, Text.from_markup(cell)) for cell in cells]
+    return max(m.minimum for m in measured), max(m.maximum for m in measured)
+
+
+def _fitting_table(console: Console, title: str, columns: list[_Column], rows: list[list[str]], total: list[str]
+                   ) -> tuple[Table, list[str]]:
+    """The table with as many columns as fit the console without breaking a word, so that no amount or
+    name is folded over two lines; and the headers of the columns left out."""
+    shown = list(columns)
+    droppable = sorted((column for column in columns if column.drop_rank), key=lambda column: column.drop_rank)
+    while True:
+        picked = [columns.index(column) for column in shown]
+        measured = [_widths(console, [column.header, *(row[i] for row in rows), total[i]])
+                    for i, column in zip(picked, shown, strict=True)]
+        room = console.width - (3 * len(shown) + 1)  # a border and two spaces of padding per column, one more border
+        if sum(smallest for smallest, _ in measured) <= room or not droppable:
+            break
+        shown.remove(droppable.pop(0))
+    widths: list[int | None] = [None] * len(shown)
+    slack = [widest - smallest for smallest, widest in measured]
+    spare = room - sum(smallest for smallest, _ in measured)
+    if sum(widest for _, widest in measured) > room and spare >= 0:
+        # Rich would shrink the widest columns first, folding the words of others on the way: every
+        # column gets its widest word, and the room left is shared in proportion to what wrapping saves.
+        widths = [smallest + spare * extra // sum(slack) for (smallest, _), extra in zip(measured, slack, strict=True)]
+    table = Table(title=title, title_justify="left")
+    for column, width in zip(shown, widths, strict=True):
+        # Fold only as a last resort, on a terminal too narrow even for the columns always shown.
+        table.add_column(column.header, justify=column.justify, overflow="fold", width=width)
+    for row in rows:
+        table.add_row(*(row[i] for i in picked))
+    table.add_section()
+    table.add_row(*(total[i] for i in picked))
+    return table, [column.header for column in columns if column not in shown]
+
+
+ACCOUNT_COLUMNS = [
+    _Column("account", "left"), _Column("requests", drop_rank=2), _Column("refused", "left", drop_rank=4),
+    _Column("credits", drop_rank=3), _Column("credits used", drop_rank=5), _Column("pay-as-you-go"),
+    _Column("written off", drop_rank=1), _Column("invoice"),
+]
+PROVIDER_COLUMNS = [
+    _Column("provider", "left"), _Column("pricing", "left", drop_rank=1), _Column("routed", drop_rank=3),
+    _Column("custom key", drop_rank=2), _Column("priced"), _Column("quarantined", drop_rank=4),
+    _Column("unpriced", drop_rank=5), _Column("owed to provider"),
+]
 
 
 def print_summary(console: Console, summary: dict) -> None:
+    """The two tables, with the less important columns left out when the terminal is too narrow for them."""
     period, totals = summary["period"], summary["totals"]
-    accounts = Table(title=f"Accounts, period {period}", title_justify="left")
-    for column in ("account", "requests", "refused", "credits", "credits used", "pay-as-you-go", "written off", "invoice"):
-        accounts.add_column(column, justify="left" if column in ("account", "refused") else "right", overflow="fold")
+    rows = []
     for name, a in summary["accounts"].items():
         plan = a["plan"] + (f" ×{a['seats']}" if a["kind"] == "org" else "")
         refused = "\n".join(f"{reason} ×{count}" for reason, count in a["refusals"].items()) or "—"
-        money = (display_usd(a[field]) for field in MONEY_FIELDS)
-        accounts.add_row(f"{name}\n[dim]{plan}[/dim]", str(a["requests"]), refused, *money,
-                         _cents(a["invoice_cents"], a["invoice_status"]))
-    accounts.add_section()
-    money = (display_usd(totals[field]) for field in MONEY_FIELDS)
-    accounts.add_row("total", "", "", *money, _cents(totals["invoice_cents"], "total"))
+        money = [display_usd(a[field]) for field in MONEY_FIELDS]
+        rows.append([f"{name}\n[dim]{plan}[/dim]", str(a["requests"]), refused, *money,
+                     _cents(a["invoice_cents"], a["invoice_status"])])
+    total = ["total", "", "", *(display_usd(totals[field]) for field in MONEY_FIELDS),
+             _cents(totals["invoice_cents"], "total")]
+    accounts, left_out = _fitting_table(console, f"Accounts, period {period}", ACCOUNT_COLUMNS, rows, total)
     console.print(accounts)
 
-    providers = Table(title=f"Providers, period {period}", title_justify="left")
-    for column in ("provider", "pricing", "routed", "custom key", "priced", "quarantined", "unpriced", "owed to provider"):
-        providers.add_column(column, justify="left" if column in ("provider", "pricing") else "right", overflow="fold")
-    for provider_id, p in summary["providers"].items():
-        counts = (str(p[key]) for key in ("routed", "custom_key", "priced", "quarantined", "unpriced"))
-        providers.add_row(provider_id, p["pricing"], *counts, display_usd(p["payable_nano_usd"]))
-    providers.add_section()
-    providers.add_row("total", "", "", "", "", "", "", display_usd(totals["payable_nano_usd"]))
+    rows = [
+        [provider_id, p["pricing"], *(str(p[key]) for key in ("routed", "custom_key", "priced", "quarantined", "unpriced")),
+         display_usd(p["payable_nano_usd"])]
+        for provider_id, p in summary["providers"].items()
+    ]
+    total = ["total", "", "", "", "", "", "", display_usd(totals["payable_nano_usd"])]
+    providers, left_out_too = _fitting_table(console, f"Providers, period {period}", PROVIDER_COLUMNS, rows, total)
     console.print(providers)
+    if left_out or left_out_too:
+        console.print(f"[dim]Left out for the terminal's width: {', '.join(left_out + left_out_too)} "
+                      "(a wider terminal shows them; --json-summary writes every figure).[/dim]")
     console.print(f"[bold]close-period[/bold]: {summary['close_period']}", highlight=False)
+
+
+def print_next_steps(console: Console, *, period: str, env_lines: list[str], example_user: str) -> None:
+    """The commands that read this month again; first the shell lines that point them at it, if any are needed."""
+    if env_lines:
+        console.print("\n[bold]Other commands[/bold] read another database; to point them at this month:")
+        for line in env_lines:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print("\n[bold]Other commands[/bold] read this month too (the same data folder):")
+    for line in (
+        "metering verify",
+        f"metering export ledger --period {period} --format csv --out ledger.csv",
+        f"metering token {example_user}      # a JWT for /v1/...; --role finance for the exports",
+    ):
+        # Soft wrap: the terminal may fold a long command, but a copy of it stays one line.
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_urls(console: Console, *, metering_url: str, router_url: str, pages: dict[str, str], example_user: str,

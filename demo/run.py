@@ -3,12 +3,21 @@
 One process, one event loop: three simulated providers, the Metering API (``create_app``
 under uvicorn), the reference router, and the scheduler's jobs driven with ``run_job``.
 The embedded SQLite database and the router's spool live in a data folder that is wiped
-at every start, so reruns begin from nothing.
+at every start, so reruns begin from nothing; by default it is the folder every other
+command reads (``METERING_DATA_DIR``, else ``.metering``), so ``metering verify``,
+``export`` and ``serve`` show the demo's month afterwards.
+
+The bill depends only on the seed: see ``Traffic`` (one request at a time, in a fixed
+order), ``SimulatedProvider`` (IDs and costs from the seed), ``TRAFFIC_DAYS`` (the same
+days of traffic whichever month is played), and ``_run`` (records delivered at fixed points,
+one engine whose estimate cache sees every new mean at once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import shlex
 import shutil
 import signal
 import time
@@ -21,19 +30,24 @@ import httpx
 from rich.console import Console
 
 from api.app import create_app
+from demo import DEFAULT_SEED
 from demo.month import Month, SimulatedClock
 from demo.platform import Platform, sign_token
 from demo.providers import PROVIDERS, FaultPlan, SimulatedProvider
-from demo.report import gather_summary, print_summary, print_urls, write_json
+from demo.report import gather_summary, print_next_steps, print_summary, print_urls, write_json
 from demo.router import RouterConfig, create_router_app
 from demo.scenario import ACCOUNTS, CUSTOM_KEYS, MEMBERS, Traffic, user_token
 from demo.servers import LoopbackServer
 from jobs.scheduler import build_scheduler
 from metering.config import EMBEDDED_DEV_TOKEN, Settings, set_settings
 from metering.db import Database
+from metering.migrate import upgrade
 from metering.periods import period_bounds, period_of, previous_period, set_clock_offset
 
 MARKER = ".metering-demo"
+# Kept when the folder is wiped: made by any command on first use, it holds no billing data, and
+# tokens from ``metering token`` stay valid across demo runs.
+SECRETS_FILE = "secrets.env"
 
 
 class NotADemoFolder(Exception):
@@ -45,16 +59,51 @@ class DemoOptions:
     data_dir: Path
     serve: bool = True
     json_summary: Path | None = None
+    seed: int = DEFAULT_SEED
 
 
 def prepare_data_dir(path: Path) -> None:
-    """Empty the data folder; refuse one with files the demo did not make (no marker file)."""
+    """Empty the data folder but for its secrets; refuse one with data the demo did not make (no marker file)."""
     if path.exists():
-        if any(path.iterdir()) and not (path / MARKER).exists():
+        others = [child.name for child in path.iterdir() if child.name not in (MARKER, SECRETS_FILE)]
+        if others and not (path / MARKER).exists():
+            if "metering.db" in others:  # most likely `metering serve` ran here first, on the same default folder
+                raise NotADemoFolder(
+                    f"{path} is not empty and not a demo data folder: its metering.db was not made by the demo "
+                    "(by `metering serve`?) and the demo wipes its folder; move that away or choose another --data-dir"
+                )
             raise NotADemoFolder(f"{path} is not empty and not a demo data folder; choose another --data-dir")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+        for child in path.iterdir():
+            if child.name == SECRETS_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
     (path / MARKER).write_text("made by `metering demo`; wiped at its every start\n")
+
+
+def pointing_lines(settings: Settings) -> list[str]:
+    """Shell lines after which the other commands read the demo's database; none when they already do.
+
+    The other commands take their settings from the environment: a data folder other than the
+    demo's, a database URL or the production environment would send them elsewhere.
+    """
+    from pydantic_settings import EnvSettingsSource
+
+    configured = EnvSettingsSource(Settings)()
+    lines = []
+    unset = [
+        f"METERING_{name.upper()}" for name, default in (("environment", "embedded"), ("database_url", ""))
+        if configured.get(name, default) not in (default, getattr(settings, name))
+    ]
+    if unset:
+        lines.append(f"unset {' '.join(unset)}")
+    data_dir = Path(configured.get("data_dir") or Settings.model_fields["data_dir"].default)
+    if data_dir.resolve() != settings.data_dir.resolve():
+        lines.append(f"export METERING_DATA_DIR={shlex.quote(str(settings.data_dir.resolve()))}")
+    return lines
 
 
 def demo_settings(data_dir: Path) -> Settings:
@@ -101,6 +150,7 @@ def router_config(settings: Settings, metering_url: str, providers: dict[str, Si
         users={user_token(user): user for user in users},
         spool_path=settings.data_dir / "router" / "usage-spool.db",
         custom_keys=CUSTOM_KEYS,
+        background_delivery=False,  # the month flushes the spool after each day's traffic
     )
 
 
@@ -109,6 +159,8 @@ async def run_demo(options: DemoOptions, console: Console) -> dict:
     prepare_data_dir(options.data_dir)
     settings = demo_settings(options.data_dir)
     set_settings(settings)
+    # The back-off jitter of cost collection and of the hook's sender draws from ``random``.
+    random.seed(options.seed)
     clock = SimulatedClock(demo_period(datetime.now(UTC), settings.period_grace_hours))
     clock.set(clock.at(1))
     try:
@@ -118,10 +170,16 @@ async def run_demo(options: DemoOptions, console: Console) -> dict:
 
 
 async def _run(options: DemoOptions, settings: Settings, clock: SimulatedClock, console: Console) -> dict:
-    providers = {spec.id: SimulatedProvider(spec) for spec in PROVIDERS}
-    metering = LoopbackServer("metering", create_app(settings))
+    providers = {spec.id: SimulatedProvider(spec, options.seed) for spec in PROVIDERS}
     started = time.perf_counter()
+    await upgrade(settings.database_url)
     async with AsyncExitStack() as stack:
+        # One engine for the API and the jobs: the API keeps estimates in a cache per engine for a
+        # few seconds of wall time, and the new mean a collect-costs pass writes must reach the next
+        # day's authorizations whatever the wall clock says.
+        database = Database(settings.database_url)
+        stack.push_async_callback(database.dispose)
+        metering = LoopbackServer("metering", create_app(settings, database=database))
         for server in (*(p.server for p in providers.values()), metering):
             await server.start()
             stack.push_async_callback(server.stop)
@@ -133,10 +191,8 @@ async def _run(options: DemoOptions, settings: Settings, clock: SimulatedClock, 
         router = LoopbackServer("router", router_app)
         await router.start()
         stack.push_async_callback(router.stop)
-        database = Database(settings.database_url)
-        stack.push_async_callback(database.dispose)
-        console.print(f"[bold]Metering demo[/bold]: playing {clock.period} on {settings.database_url} "
-                      f"(Metering {metering.url}, router {router.url})", highlight=False)
+        console.print(f"[bold]Metering demo[/bold]: playing {clock.period} with seed {options.seed} on "
+                      f"{settings.database_url} (Metering {metering.url}, router {router.url})", highlight=False)
 
         traffic = Traffic(http, router.url)
         month = Month(clock=clock, database=database, traffic=traffic, faults=FaultPlan(providers),
@@ -149,9 +205,11 @@ async def _run(options: DemoOptions, settings: Settings, clock: SimulatedClock, 
         console.print(f"played {clock.period} in {summary['seconds']:.1f} s", highlight=False)
         if options.json_summary is not None:
             write_json(options.json_summary, summary)
+        print_next_steps(console, period=clock.period, env_lines=pointing_lines(settings), example_user="alice")
         if options.serve:
             # Back to the wall clock (a forward jump: the month played is past its grace window).
             set_clock_offset(timedelta(0))
+            router_app.state.sender.start()  # requests sent from now on are recorded as they come
             pages = {
                 account.name: f"{metering.url}/billing/{account.name}?period={clock.period}"
                               f"&token={sign_token(settings.jwt_secret, account.admin)}"

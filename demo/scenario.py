@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -20,9 +19,9 @@ import httpx
 
 from demo.providers import CHAT_MODEL, HF_INFERENCE, MID_MODEL, SMALL_MODEL
 from demo.router import PROVIDER_HEADER
+from metering.money import NANO_PER_USD
 
-USD = 1_000_000_000
-CONCURRENT_REQUESTS = 16
+USD = NANO_PER_USD
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,12 @@ class TrafficLog:
 
 
 class Traffic:
-    """Sends each day's requests through the router, a few at a time."""
+    """Sends each day's requests through the router, one at a time, in the same order every run.
+
+    The order is what makes a run reproducible: a provider hands out request IDs (and so
+    costs) in the order requests reach it, and which request finds credits or room under a
+    spending limit left depends on the ones authorized before it.
+    """
 
     def __init__(self, http: httpx.AsyncClient, router_url: str, habits: tuple[Habit, ...] = HABITS) -> None:
         self.http = http
@@ -127,19 +131,19 @@ class Traffic:
         self.habits = habits
         self.log = TrafficLog()
 
+    def requests_of_day(self, day: int) -> list[tuple[Habit, int]]:
+        """``day``'s requests in sending order: round after round, each habit's n-th request in the n-th round."""
+        todays = [habit for habit in self.habits if not habit.days or day in habit.days]
+        rounds = max((habit.per_day for habit in todays), default=0)
+        return [(habit, n) for n in range(rounds) for habit in todays if n < habit.per_day]
+
     async def run_day(self, day: int) -> dict[str, list[str]]:
         """Send ``day``'s requests; returns the request ids served that day per provider (billable ones, sorted)."""
-        slots = asyncio.Semaphore(CONCURRENT_REQUESTS)
         served: dict[str, list[str]] = defaultdict(list)
-
-        async def one(habit: Habit, n: int) -> None:
-            async with slots:
-                request_id, provider = await self._send(habit, day, n)
+        for habit, n in self.requests_of_day(day):
+            request_id, provider = await self._send(habit, day, n)
             if request_id and not habit.custom_key:
                 served[provider].append(request_id)
-
-        todays = [habit for habit in self.habits if not habit.days or day in habit.days]
-        await asyncio.gather(*(one(habit, n) for habit in todays for n in range(habit.per_day)))
         return {provider: sorted(ids) for provider, ids in served.items()}
 
     async def _send(self, habit: Habit, day: int, n: int) -> tuple[str | None, str | None]:

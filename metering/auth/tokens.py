@@ -7,6 +7,8 @@ public key). ``sub`` and ``exp`` are required; ``roles`` is optional.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import jwt
@@ -43,6 +45,27 @@ def _verification_key(algorithm: str, settings: Settings) -> str:
     if algorithm == "HS256" and settings.jwt_secret:
         return settings.jwt_secret
     raise Unauthenticated("token algorithm not accepted")
+
+
+def sign_token(settings: Settings, user: str, *, roles: Iterable[str] = (), ttl_seconds: int) -> str:
+    """An HS256 token that ``decode_token`` accepts under ``settings``, for the embedded mode and tests.
+
+    In production the platform signs; this process holds at most the HS256 secret it verifies with.
+    ``exp`` is on the wall clock, which is what PyJWT checks it against.
+    """
+    if not settings.jwt_secret:
+        raise ValueError("no HS256 secret to sign with (METERING_JWT_SECRET)")
+    if ttl_seconds <= 0:
+        raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
+    roles = sorted(set(roles))
+    unknown = set(roles) - KNOWN_ROLES
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; known: {sorted(KNOWN_ROLES)}")
+    issued = int(time.time())
+    claims: dict[str, object] = {"sub": user, "iat": issued, "exp": issued + ttl_seconds}
+    if roles:
+        claims["roles"] = roles
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
 def decode_token(token: str, settings: Settings) -> Principal:

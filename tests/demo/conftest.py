@@ -37,14 +37,21 @@ class DemoRun:
         return self.summary["period"]
 
 
-def run_demo_once(directory: Path) -> DemoRun:
-    """``metering demo --no-serve`` in a subprocess, writing its data and summary below ``directory``."""
-    data_dir, summary_path = directory / "data", directory / "summary.json"
-    command = [sys.executable, "-m", "cli.main", "demo", "--no-serve", "--data-dir", str(data_dir),
-               "--json-summary", str(summary_path)]
+def newcomer_env(**extra: str) -> dict[str, str]:
+    """The environment of a shell that never set a ``METERING_`` variable: every command's defaults apply."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("METERING_")} | extra
+
+
+def run_demo_once(directory: Path, *options: str, columns: int = 160) -> DemoRun:
+    """``metering demo --no-serve`` in a subprocess run in ``directory``, on the default data folder
+    (``directory/.metering``) unless ``options`` name another; the summary goes to ``directory``."""
+    data_dir, summary_path = directory / ".metering", directory / "summary.json"
+    if "--data-dir" in options:
+        data_dir = Path(options[options.index("--data-dir") + 1])
+    command = [sys.executable, "-m", "cli.main", "demo", "--no-serve", "--json-summary", str(summary_path), *options]
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, timeout=DEMO_TIME_LIMIT_SECONDS * 2,
-                            env={**os.environ, "COLUMNS": "160"})
+                            cwd=directory, env=newcomer_env(COLUMNS=str(columns)))
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
     if result.returncode != 0 or not summary_path.exists():

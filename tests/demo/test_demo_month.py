@@ -21,7 +21,9 @@ from metering.config import set_settings
 from metering.db import Database
 from metering.ledger.verify_repository import verify_repository
 from metering.models import Hold, LedgerTransaction, UsageRecord
+from metering.money import NANO_PER_CENT
 from tests.demo.conftest import DEMO_TIME_LIMIT_SECONDS, DemoRun
+
 
 @pytest.fixture
 async def database(demo_run: DemoRun) -> AsyncIterator[Database]:
@@ -111,7 +113,7 @@ class TestScenarios:
             account = demo_run.summary["accounts"][name]
             assert account["credits_used_nano_usd"] == account["credits_granted_nano_usd"], name
             assert account["payg_nano_usd"] > 0 and account["invoice_cents"] > 0, name
-            assert account["invoice_cents"] == account["payg_nano_usd"] // 10_000_000, name
+            assert account["invoice_cents"] == account["payg_nano_usd"] // NANO_PER_CENT, name
 
     async def test_org_requests_came_from_its_members_with_bill_to(self, demo_run: DemoRun, database: Database) -> None:
         async with database.session_scope() as session:

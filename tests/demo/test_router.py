@@ -139,7 +139,7 @@ class TestRecords:
         assert response.status_code == 200
         await world.delivered()
         [record] = await _records(db)
-        seed = world.providers[HF_INFERENCE].spec.seed
+        seed = world.providers[HF_INFERENCE].seed
         expected_ms = compute_time_ms(seed, record.request_id, 20_000, 60_000)
         assert (record.duration_ms, record.hardware, record.status) == (expected_ms, "gpu-h100", "priced")
         assert record.cost_nano_usd == duration_cost_nano(expected_ms, HARDWARE_PRICES["gpu-h100"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import pytest
@@ -43,3 +44,22 @@ async def test_a_server_never_started_lets_its_port_go() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
         other.bind(("127.0.0.1", server.port))
         assert other.getsockname()[1] == server.port
+
+
+async def test_answers_are_not_held_back_by_delayed_acks() -> None:
+    """Headers and body leave in two writes; without TCP_NODELAY the body waits ~40 ms for an ACK.
+
+    The demo sends its month one request at a time, so that wait would add up to most of its run.
+    """
+    server = LoopbackServer("ping", _app(), lifespan="off")
+    await server.start()
+    try:
+        async with httpx.AsyncClient() as http:
+            await http.get(f"{server.url}/ping")  # the connection, opened once
+            started = time.perf_counter()
+            for _ in range(25):
+                assert (await http.get(f"{server.url}/ping")).status_code == 200
+            elapsed = time.perf_counter() - started
+    finally:
+        await server.stop()
+    assert elapsed < 25 * 0.040 / 2, f"{elapsed:.3f} s for 25 requests"
