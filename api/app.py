@@ -9,12 +9,18 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimit
-from api.routes import accounts, health, providers
-from api.routes import billing, exports, usage_views
-from api.routes import usage
-from api.routes import authorize
-from api.routes import webhooks
-from api.routes import billing_page
+from api.routes import (
+    accounts,
+    authorize,
+    billing,
+    billing_page,
+    exports,
+    health,
+    providers,
+    usage,
+    usage_views,
+    webhooks,
+)
 from api.routes.docs import install_docs
 from metering.config import Settings, get_settings, set_settings
 from metering.db import Database

@@ -12,6 +12,7 @@ from metering.config import Settings
 from metering.db import Database
 from metering.errors import Unauthenticated
 
+
 async def get_database(request: Request) -> Database:
     return request.app.state.database
 

@@ -11,7 +11,6 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.responses import OrjsonResponse
-
 from metering import errors
 from metering.db import statement_timeout_of
 from metering.invoicing.errors import InvalidWebhookSignature

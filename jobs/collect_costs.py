@@ -23,14 +23,14 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from metering.config import Settings, get_settings
-from metering.db import Database
-from metering.metrics import cost_batch_seconds, cost_batches
-from metering.periods import utcnow
 from metering.collection.batch_scope import BatchScope, HeldSlots, LeaseLost
 from metering.collection.cost_client import CostClient
 from metering.collection.errors import ProviderUnavailable
 from metering.collection.service import CollectTarget, collection_service
+from metering.config import Settings, get_settings
+from metering.db import Database
+from metering.metrics import cost_batch_seconds, cost_batches
+from metering.periods import utcnow
 
 log = logging.getLogger("metering.jobs.collect_costs")
 
@@ -169,14 +169,14 @@ async def _guarded(
     """One provider's pass; an unexpected error is logged and does not stop the other providers."""
     try:
         stats = await collect_provider(database, client, target, owner=owner, settings=settings, slots=slots)
-    except Exception:  # noqa: BLE001 - one failing unit is logged and the rest go on
+    except Exception:  # one failing unit is logged and the rest go on
         log.exception("collecting costs of provider %s failed", target.provider_id)
         cost_batches.labels(target.provider_id, "error").inc()
         stats = ProviderPass(target.provider_id, failure="error")
     try:
         async with database.session_scope() as session:
             await collection_service.observe_oldest_pending(session, provider_id=target.provider_id)
-    except Exception:  # noqa: BLE001 - the gauge is best effort
+    except Exception:  # the gauge is best effort
         log.exception("cannot measure the oldest pending request of %s", target.provider_id)
     return stats
 

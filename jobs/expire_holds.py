@@ -30,7 +30,7 @@ async def run_once(database: Database) -> str:
             try:
                 async with database.session_scope() as session:
                     result = await holds_service.expire_account_holds(session, account=account, now=now)
-            except Exception:  # noqa: BLE001 - one account's failure must not stop the others
+            except Exception:  # one account's failure must not stop the others
                 logger.exception("expiring the holds of %s failed", account)
                 failed_accounts.add(account)
                 failed += 1

@@ -37,7 +37,7 @@ async def run_once(database: Database, *, period: str | None = None) -> str:
             async with database.session_scope() as session:
                 page = list((await account_repository.get_many(session, names)).values())
                 granted += await credits_service.grant_period(session, accounts=page, period=period)
-        except Exception:  # noqa: BLE001 - one page's failure must not stop the others
+        except Exception:  # one page's failure must not stop the others
             logger.exception("granting %s credits to accounts after %r failed", period, names[0])
             failed += len(names)
             continue

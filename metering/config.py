@@ -89,7 +89,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _secrets(self) -> "Settings":
+    def _secrets(self) -> Settings:
         """Production needs real secrets; the embedded default makes its own and keeps them on disk."""
         if self.environment == "production":
             if not self.database_url:

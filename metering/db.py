@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sqlalchemy import event, exc, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from metering.errors import StatementTimeout
 
@@ -108,7 +110,9 @@ def _skip_closed_connections(engine: AsyncEngine) -> None:
     """
 
     @event.listens_for(engine.sync_engine, "checkout")
-    def _on_checkout(dbapi_connection, _record, _proxy) -> None:  # noqa: ANN001
+    def _on_checkout(
+        dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
         if dbapi_connection.driver_connection.is_closed():
             raise exc.DisconnectionError("connection closed by the server while pooled")
 
@@ -135,7 +139,7 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
     """
 
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in SQLITE_PRAGMAS:
@@ -143,13 +147,21 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection) -> None:  # noqa: ANN001
+    def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def dialect_name(session: AsyncSession) -> str:
+    """The name of the dialect the session runs on: "sqlite" or "postgresql"."""
+    if session.bind is None:
+        raise exc.UnboundExecutionError("the session is not bound to an engine")
+    return session.bind.dialect.name
+
+
 def is_sqlite(session_or_engine: AsyncSession | AsyncEngine) -> bool:
-    bind = session_or_engine.bind if isinstance(session_or_engine, AsyncSession) else session_or_engine
-    return bind.dialect.name == "sqlite"
+    if isinstance(session_or_engine, AsyncSession):
+        return dialect_name(session_or_engine) == "sqlite"
+    return session_or_engine.dialect.name == "sqlite"
 
 
 class Database:

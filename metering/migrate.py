@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
@@ -33,7 +34,7 @@ async def upgrade(database_url: str, revision: str = "head") -> None:
 async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
     """Upgrade over an existing engine's connection (used by tests on throwaway databases)."""
 
-    def _run(connection) -> None:  # noqa: ANN001
+    def _run(connection: Connection) -> None:
         config = alembic_config(str(engine.url))
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

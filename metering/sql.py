@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from sqlalchemy.exc import InvalidRequestError
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult, Result
     from sqlalchemy.ext.asyncio import AsyncSession
 
-T = TypeVar("T", bound=Sequence)
+T = TypeVar("T", bound=Sequence[Any])
 
 # Rows per multi-row statement: stays under the 32,767 bind parameters of asyncpg and SQLite.
 ROWS_PER_STATEMENT = 2_000
@@ -17,10 +20,16 @@ ROWS_PER_STATEMENT = 2_000
 def chunks(items: T, size: int = ROWS_PER_STATEMENT) -> Iterator[T]:
     """``items`` in consecutive slices of at most ``size``: one statement each, under the bind-parameter limits."""
     for start in range(0, len(items), size):
-        yield items[start : start + size]
+        # A slice of a list is a list, of a tuple a tuple: the caller's own type.
+        yield cast(T, items[start : start + size])
 
 
-async def sqlite_fetchall(session: AsyncSession, sql: str, params: Sequence[object]) -> list[tuple]:
+def rowcount(result: Result[*tuple[Any, ...]]) -> int:
+    """The number of rows an UPDATE or DELETE matched (executing one gives a ``CursorResult``)."""
+    return cast("CursorResult[*tuple[Any, ...]]", result).rowcount
+
+
+async def sqlite_fetchall(session: AsyncSession, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
     """Run one statement of the session's transaction on the aiosqlite driver's connection and fetch its rows.
 
     aiosqlite runs a connection's calls on a thread of its own. Through SQLAlchemy's adapter a
@@ -29,4 +38,7 @@ async def sqlite_fetchall(session: AsyncSession, sql: str, params: Sequence[obje
     """
     connection = await session.connection()
     driver_connection = (await connection.get_raw_connection()).driver_connection
-    return await driver_connection.execute_fetchall(sql, params)
+    if driver_connection is None:
+        raise InvalidRequestError("the session's connection is closed")
+    rows: list[tuple[Any, ...]] = await driver_connection.execute_fetchall(sql, params)
+    return rows

@@ -12,18 +12,18 @@ from fastapi import APIRouter, Path, Query
 from api.auth import PrincipalDep
 from api.deps import DatabaseDep
 from api.schemas.accounts import NAME_PATTERN
-from api.schemas.errors import BODY_TOO_LARGE, NO_PLATFORM_JWT, UNREADABLE_BODY, error_responses
 from api.schemas.billing import (
-    PeriodText,
     AuditEventRead,
     AuditPage,
     BillingRead,
     DisabledProvidersRead,
     DisabledProvidersUpdate,
     InvoiceList,
+    PeriodText,
     SpendingLimitRead,
     SpendingLimitUpdate,
 )
+from api.schemas.errors import BODY_TOO_LARGE, NO_PLATFORM_JWT, UNREADABLE_BODY, error_responses
 from metering.analytics.service import analytics_service
 from metering.auth.policy import Action, access_policy
 from metering.invoicing.service import invoicing_service

@@ -9,8 +9,8 @@ from fastapi.responses import StreamingResponse
 
 from api.auth import PrincipalDep
 from api.deps import DatabaseDep, SettingsDep
-from api.schemas.errors import NO_PLATFORM_JWT, error_responses
 from api.routes.billing import Period
+from api.schemas.errors import NO_PLATFORM_JWT, error_responses
 from metering.auth.policy import access_policy
 from metering.exports.service import export_service
 from metering.periods import current_period

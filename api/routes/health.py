@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-
-from api.responses import OrjsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api.deps import DatabaseDep
+from api.responses import OrjsonResponse
 from metering.metrics import registry
 
 router = APIRouter(tags=["health"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -12,6 +13,7 @@ from api.deps import DatabaseDep, SettingsDep
 from api.routes.billing import REFUSALS, AccountName, Limit, Period
 from api.schemas.errors import error_responses
 from api.schemas.usage_views import RequestPage, RequestRead, UsageCounts, UsageGroup, UsagePoint, UsageSeriesRead
+from metering.analytics.repository import UsageBucketRow
 from metering.analytics.service import INTERVALS, UsageSeries, analytics_service
 from metering.auth.policy import Action, access_policy
 
@@ -20,12 +22,12 @@ router = APIRouter(prefix="/v1", tags=["usage"])
 _COUNT_FIELDS = ("requests", "priced_requests", "cost_nano_usd", "pending_requests", "custom_key_requests")
 
 
-def _totals(rows) -> UsageCounts:  # noqa: ANN001
+def _totals(rows: Sequence[UsageBucketRow]) -> UsageCounts:
     return UsageCounts(**{field: sum(getattr(row, field) for row in rows) for field in _COUNT_FIELDS})
 
 
 def _series_read(series: UsageSeries) -> UsageSeriesRead:
-    groups: dict[str, list] = {}
+    groups: dict[str, list[UsageBucketRow]] = {}
     for row in series.buckets:
         groups.setdefault(row.key, []).append(row)
     step = INTERVALS[series.interval]

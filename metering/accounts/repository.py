@@ -6,12 +6,16 @@ from collections.abc import Iterable
 from datetime import datetime
 
 import orjson
-from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy import Table, bindparam, delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.db import dialect_name
 from metering.models import Account, Membership
+from metering.models.base import Base
+from metering.sql import rowcount
 
 _USER_COLUMNS = "INSERT INTO accounts (name, kind, plan, seats, status, created_at, updated_at) "
 # ``WHERE true`` keeps SQLite from reading ON CONFLICT as a join constraint of the SELECT.
@@ -25,9 +29,9 @@ _PG_INSERT_USERS = text(
 ).bindparams(bindparam("now", type_=Account.__table__.c.created_at.type))
 
 
-def dialect_insert(session: AsyncSession, table):  # noqa: ANN001, ANN201
+def dialect_insert(session: AsyncSession, table: type[Base] | Table) -> sqlite.Insert | postgresql.Insert:
     """INSERT with ON CONFLICT support for the session's dialect."""
-    return (sqlite_insert if session.bind.dialect.name == "sqlite" else pg_insert)(table)
+    return (sqlite_insert if dialect_name(session) == "sqlite" else pg_insert)(table)
 
 
 class AccountRepository:
@@ -57,7 +61,7 @@ class AccountRepository:
         ordered = sorted(set(names))
         if not ordered:
             return
-        if session.bind.dialect.name == "sqlite":
+        if dialect_name(session) == "sqlite":
             values = {"names": orjson.dumps(ordered).decode(), "plan": plan, "now": now}
             await session.execute(_SQLITE_INSERT_USERS, values)
         else:
@@ -81,7 +85,7 @@ class AccountRepository:
         result = await session.execute(
             delete(Membership).where(Membership.org_name == org, Membership.user_name == user)
         )
-        return result.rowcount > 0
+        return rowcount(result) > 0
 
 
 account_repository = AccountRepository()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,7 +17,17 @@ DEFAULT_USER_PLAN = "free"
 BILL_TO_PLANS = ("team", "enterprise")
 
 
-def bill_to_refusal(*, user: str, org: Account | None, is_member: bool) -> str | None:
+class OrgTerms(Protocol):
+    """What the bill_to rule reads of an org: an ``Account``, or the plain columns read with Core."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def plan(self) -> str: ...
+
+
+def bill_to_refusal(*, user: str, org: OrgTerms | None, is_member: bool) -> str | None:
     """Why ``org`` may not pay for ``user``'s request, or None when it may (SPEC §3).
 
     The one rule shared by authorize (which refuses) and ingest (which stores the record
@@ -72,6 +83,8 @@ class AccountService:
             raise NotAnOrg(f"no org named {org!r}", org=org)
         await self.ensure_users(session, {user})
         user_account = await account_repository.get(session, user)
+        if user_account is None:
+            raise RuntimeError(f"account {user!r} missing right after ensure_users created it")
         if user_account.kind != "user":
             raise NotAUser(f"{user!r} is an org, not a user", user=user)
         membership = await account_repository.membership(session, org=org, user=user)

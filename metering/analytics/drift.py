@@ -9,6 +9,7 @@ error of -40/3 is -14; the p95 is the nearest-rank value, one of the observed er
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,7 +29,7 @@ class ModelDrift:
     mean_error_nano_usd: int
     p95_abs_error_nano_usd: int
 
-    def as_row(self) -> tuple:
+    def as_row(self) -> tuple[str, str, str, int, int, int, int, int]:
         return (
             self.provider,
             self.model,
@@ -41,7 +42,7 @@ class ModelDrift:
         )
 
 
-def drift_from_sums(row: tuple) -> ModelDrift:
+def drift_from_sums(row: tuple[Any, ...]) -> ModelDrift:
     """A raw ``(provider, model, period, requests, estimate_sum, price_sum, p95)`` row as a ``ModelDrift``.
 
     PostgreSQL sums BIGINT into NUMERIC; ``int()`` takes the exact integer back out.
@@ -60,7 +61,7 @@ def drift_from_sums(row: tuple) -> ModelDrift:
     )
 
 
-def drift_export_row(row: tuple) -> tuple:
+def drift_export_row(row: tuple[Any, ...]) -> tuple[str, str, str, int, int, int, int, int]:
     """A raw row as a row of the ``drift`` finance export."""
     return drift_from_sums(row).as_row()
 

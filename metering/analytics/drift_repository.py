@@ -7,6 +7,8 @@ comes back is one row per (provider, model), so memory never holds a request lis
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,7 +17,7 @@ from metering.models import UsageRecord
 P95_PERCENT = 95
 
 
-def drift_statement(*, period: str, account: str | None = None) -> Select:
+def drift_statement(*, period: str, account: str | None = None) -> Select[*tuple[Any, ...]]:
     """Rows ``(provider_id, model, period, requests, estimate_sum, price_sum, p95_abs_error)``, ordered.
 
     Only ``priced`` requests with an estimate above zero count: an estimate of 0 means none
@@ -60,7 +62,9 @@ def drift_statement(*, period: str, account: str | None = None) -> Select:
 
 
 class DriftRepository:
-    async def drift_sums(self, session: AsyncSession, *, period: str, account: str | None = None) -> list[tuple]:
+    async def drift_sums(
+        self, session: AsyncSession, *, period: str, account: str | None = None
+    ) -> list[tuple[Any, ...]]:
         """The raw per-(provider, model) rows of ``drift_statement``."""
         result = await session.execute(drift_statement(period=period, account=account))
         return [tuple(row) for row in result]

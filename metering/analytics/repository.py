@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Row, Select, and_, func, or_, select, text
+from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.db import dialect_name
 from metering.models import AccountPeriod, UsageRecord
 
 GROUP_COLUMNS = {
@@ -35,12 +38,12 @@ class UsageBucketRow:
     custom_key_requests: int
 
 
-def _as_int(value: object) -> int:
+def _as_int(value: int | Decimal | None) -> int:
     """PostgreSQL sums BIGINT into NUMERIC (a Decimal holding an integer); SQLite gives int or None."""
     return int(value or 0)
 
 
-def _measures() -> list:
+def _measures() -> list[ColumnElement[Any]]:
     routed = UsageRecord.custom_key.is_(False)
     return [
         func.count().filter(routed),
@@ -103,7 +106,7 @@ class AnalyticsRepository:
         """Per (bucket, group) counts over ``[start, end)``; buckets are UTC days or hours."""
         if interval not in _SQLITE_BUCKET:
             raise ValueError(f"unknown interval {interval!r}")
-        if session.bind.dialect.name == "sqlite":
+        if dialect_name(session) == "sqlite":
             rows = await self._buckets_sqlite(session, account=account, start=start, end=end, interval=interval, group_by=group_by)
         elif _on_the_hour(start) and _on_the_hour(end):
             rows = await self._buckets_rollup(session, account=account, start=start, end=end, interval=interval, group_by=group_by)
@@ -124,7 +127,7 @@ class AnalyticsRepository:
 
     async def _buckets_sqlite(
         self, session: AsyncSession, *, account: str, start: datetime, end: datetime, interval: str, group_by: str
-    ) -> Sequence[Row]:
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
         bucket = func.strftime(_SQLITE_BUCKET[interval], UsageRecord.started_at)
         key = GROUP_COLUMNS[group_by]
         statement = (
@@ -141,7 +144,7 @@ class AnalyticsRepository:
 
     async def _buckets_rollup(
         self, session: AsyncSession, *, account: str, start: datetime, end: datetime, interval: str, group_by: str
-    ) -> Sequence[Row]:
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
         """The same buckets summed from the hourly totals the triggers keep (``usage_rollups``, PostgreSQL).
 
         Only for a range on whole hours: the totals cannot split an hour. A day sums its
@@ -180,7 +183,7 @@ class AnalyticsRepository:
 
     async def _buckets_postgres(
         self, session: AsyncSession, *, account: str, start: datetime, end: datetime, interval: str, group_by: str
-    ) -> Sequence[Row]:
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
         """For a range that splits an hour: one small aggregate per bucket (LATERAL over the ``(billing_account, started_at)`` index).
 
         That index INCLUDEs every column read here (migration 0003), so each bucket is an
@@ -233,7 +236,7 @@ class AnalyticsRepository:
         limit: int,
     ) -> list[UsageRecord]:
         """Newest first, keyset on ``(started_at, id)``: rows strictly after ``after`` in that order."""
-        statement: Select = select(UsageRecord).where(UsageRecord.billing_account == account)
+        statement: Select[UsageRecord] = select(UsageRecord).where(UsageRecord.billing_account == account)
         if start is not None:
             statement = statement.where(UsageRecord.started_at >= start)
         if end is not None:

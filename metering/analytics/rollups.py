@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.db import dialect_name
+
 # Keys folded per statement, so one pass never holds a huge transaction.
 KEYS_PER_FOLD = 10_000
 # Two folds at once would wait on each other's deletes; the second one skips instead.
@@ -57,7 +59,7 @@ async def fold_usage_rollups(session: AsyncSession, *, limit: int = KEYS_PER_FOL
 
     PostgreSQL only: on SQLite the table stays empty and there is nothing to fold.
     """
-    if session.bind.dialect.name != "postgresql":
+    if dialect_name(session) != "postgresql":
         return FoldResult(keys=0, rows_before=0, rows_after=0)
     if not await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": FOLD_LOCK_KEY}):
         return None
@@ -118,7 +120,7 @@ _MISMATCHES = text(
 
 async def rollup_mismatches(session: AsyncSession) -> list[RollupMismatch]:
     """Every key whose totals differ from its records (PostgreSQL; SQLite keeps no totals)."""
-    if session.bind.dialect.name != "postgresql":
+    if dialect_name(session) != "postgresql":
         return []
     rows = await session.execute(_MISMATCHES)
     count = len(_MEASURES)

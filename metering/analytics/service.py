@@ -10,8 +10,8 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 from datetime import UTC, date, datetime, timedelta
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -124,7 +124,7 @@ def encode_cursor(*parts: object) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> list:
+def decode_cursor(cursor: str) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         parts = json.loads(raw)

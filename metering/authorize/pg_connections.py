@@ -100,7 +100,7 @@ class DecisionConnections:
             self._opened_at.pop(connection, None)
             try:
                 await connection.close(timeout=CLOSE_TIMEOUT_SECONDS)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 connection.terminate()
 
     def terminate(self) -> None:

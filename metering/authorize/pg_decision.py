@@ -33,6 +33,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypedDict, Unpack
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -200,8 +201,22 @@ def _boolean(value: bool) -> str:
     return "true" if value else "false"
 
 
+class DecisionArguments(TypedDict):
+    """What ``decide_on`` decides on, after the connection."""
+
+    user: str
+    bill_to: str | None
+    provider_ids: Sequence[str]
+    model: str
+    custom_key: bool
+    period: str
+    now: datetime
+    expires_at: datetime
+    plans: dict[str, PlanTerms]
+
+
 class PgDecisionRepository:
-    async def decide(self, engine: AsyncEngine, **decision: object) -> OneStatementDecision:
+    async def decide(self, engine: AsyncEngine, **decision: Unpack[DecisionArguments]) -> OneStatementDecision:
         """``decide_on`` in autocommit on one of the decision's own connections to ``engine``'s database.
 
         Below SQLAlchemy's session, execution and pool layers, whose per-statement work
@@ -243,6 +258,8 @@ class PgDecisionRepository:
         row = await driver.fetchrow(
             decide_statement(plans), user, bill_to, list(provider_ids), model, custom_key, period, now, expires_at
         )
+        if row is None:
+            raise RuntimeError("DECIDE answered no row; it answers one for every request")
         return OneStatementDecision(*row)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import and_, bindparam, literal, select
+from sqlalchemy import BindParameter, ColumnElement, Select, and_, bindparam, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.models import Account, DisabledProvider, Membership, Provider
@@ -50,8 +51,10 @@ _ACCOUNT_COLUMNS = (
 )
 
 
-def _parties_statement(with_bill_to: bool):  # noqa: ANN202
+def _parties_statement(with_bill_to: bool) -> Select[*tuple[Any, ...]]:
     """One row per (account, disabled named provider), or one with a NULL provider when none is disabled."""
+    member: ColumnElement[Any]
+    names: list[BindParameter[Any]]
     if with_bill_to:
         member = (
             select(Membership.role)
@@ -82,7 +85,7 @@ class AuthorizeRepository:
     ) -> Parties:
         """User, bill_to org, membership and disabled providers in one round trip."""
         with_bill_to = bill_to is not None and bill_to != user
-        params = {"user": user, "providers": list(provider_ids)}
+        params: dict[str, object] = {"user": user, "providers": list(provider_ids)}
         if with_bill_to:
             params["bill_to"] = bill_to
         rows = await (await session.connection()).execute(_PARTIES[with_bill_to], params)

@@ -31,13 +31,15 @@ import functools
 import weakref
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from metering import metrics
 from metering.accounts.service import account_service, bill_to_refusal
 from metering.authorize.catalog import provider_catalog
-from metering.authorize.pg_decision import OneStatementDecision, pg_decision_repository
+from metering.authorize.pg_decision import DecisionArguments, OneStatementDecision, pg_decision_repository
 from metering.authorize.repository import Party, authorize_repository
 from metering.balances.repository import PeriodMoney, balances_repository
 from metering.charging.rule import Figures, money_refusal
@@ -100,7 +102,7 @@ def _step_by_step_slots(database: Database) -> asyncio.Semaphore:
 
 
 @functools.cache
-def _decisions_counter(reason: str):  # noqa: ANN202 - a prometheus_client child counter
+def _decisions_counter(reason: str) -> Counter:
     """``metrics.authorize_decisions`` of one reason, looked up once rather than per decision."""
     return metrics.authorize_decisions.labels(reason=reason)
 
@@ -121,9 +123,8 @@ class AuthorizeService:
         if database.dialect != "sqlite":
             decision = await self._decide_in_one_statement(database.engine, request)
         if decision is None:
-            async with _step_by_step_slots(database):
-                async with database.session_scope() as session:
-                    decision = await self.decide_step_by_step(session, request=request)
+            async with _step_by_step_slots(database), database.session_scope() as session:
+                decision = await self.decide_step_by_step(session, request=request)
         _decisions_counter(decision.reason or "allowed").inc()
         return decision
 
@@ -142,6 +143,8 @@ class AuthorizeService:
         if user is None:
             await account_service.ensure_users(session, {request.user})
             created = await session.get(Account, request.user)
+            if created is None:
+                raise RuntimeError(f"account {request.user!r} missing right after ensure_users created it")
             user = Party(created.name, created.kind, created.plan, created.seats, created.status, created.spending_limit_nano_usd)
             parties.disabled[request.user] = set()
         if user.kind != "user":
@@ -152,7 +155,7 @@ class AuthorizeService:
             refusal = bill_to_refusal(user=request.user, org=org, is_member=parties.is_member)
             if refusal is not None:
                 return _refused(refusal, None)
-            payer = org
+            payer = cast(Party, org)  # not None: bill_to_refusal refuses a missing org
 
         registered = await provider_catalog.get_many(session, named)
         if not registered:
@@ -182,6 +185,8 @@ class AuthorizeService:
         if row is None or row.credits_granted_nano_usd < credits_for(payer):
             # Credits to grant (a ledger posting) or a row to create.
             account = await session.get(Account, payer.name)
+            if account is None:
+                raise RuntimeError(f"account {payer.name!r} missing, though its parties were just read")
             row = PeriodMoney.of(await credits_service.lock_period(session, account=account, period=period))
         figures = figures_of(row)
         credit_eligible = bool(allowed) and registered[first].credit_eligible
@@ -200,7 +205,7 @@ class AuthorizeService:
         )
 
 
-def statement_arguments(request: AuthorizeRequest, now: datetime) -> dict:
+def statement_arguments(request: AuthorizeRequest, now: datetime) -> DecisionArguments:
     """The arguments of ``pg_decision_repository.decide`` for ``request`` decided at ``now``."""
     settings = get_settings()
     return {
@@ -224,8 +229,14 @@ def decision_of(answer: OneStatementDecision) -> Decision | None:
     if outcome in _PAYERLESS:
         return _refused(outcome, None)
     if outcome == "custom_key":
-        return Decision(allowed=True, billing_account=answer.payer, providers=answer.providers)
-    if answer.granted is None:  # refused before the money was read
+        return Decision(allowed=True, billing_account=answer.payer, providers=answer.providers or [])
+    if (
+        answer.granted is None
+        or answer.used is None
+        or answer.payg is None
+        or answer.in_flight is None
+        or answer.in_flight_payg_only is None
+    ):  # refused before the money was read (the row's columns are None together)
         return _refused(outcome, answer.payer)
     figures = Figures(answer.granted, answer.used, answer.payg, answer.in_flight, answer.in_flight_payg_only)
     if outcome != "allowed":
@@ -240,7 +251,7 @@ def _money_decision(
     figures: Figures,
     limit: int | None,
     *,
-    billing_account: str,
+    billing_account: str | None,
     reason: str | None = None,
     providers: list[str] | None = None,
     hold_id: str | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, cast
 
 import orjson
 from sqlalchemy import bindparam, func, select, text, tuple_, update
@@ -23,6 +24,9 @@ from metering.accounts.repository import dialect_insert
 from metering.db import is_sqlite
 from metering.models import AccountPeriod, Hold, Provider, UsageRecord
 from metering.sql import chunks, sqlite_fetchall
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 EMPTY_ROW = {
     "granted_seats": 0,
@@ -140,7 +144,7 @@ class PeriodMoney:
     held_payg_only_nano_usd: int
 
     @classmethod
-    def of(cls, row: AccountPeriod) -> "PeriodMoney":
+    def of(cls, row: AccountPeriod) -> PeriodMoney:
         return cls(
             row.account_name, row.period, row.credits_granted_nano_usd, row.credits_used_nano_usd,
             row.payg_nano_usd, row.pending_estimate_nano_usd, row.held_nano_usd,
@@ -188,7 +192,10 @@ class BalancesRepository:
         """The existing ``account_periods`` rows of ``(account, period)`` keys, read without a lock:
         what a writer plans from before it locks them (``lock_rows``) and checks its plan against."""
         ordered = sorted(set(keys), key=lambda key: (key[1], key[0]))
-        return await self._select_rows(session, ordered, plain=True, lock=False) if ordered else {}
+        if not ordered:
+            return {}
+        # Plain rows are PeriodTotals.
+        return cast(dict[tuple[str, str], PeriodTotals], await self._select_rows(session, ordered, plain=True, lock=False))
 
     async def _insert_missing(self, session: AsyncSession, keys: list[tuple[str, str]]) -> None:
         if is_sqlite(session):
@@ -227,14 +234,14 @@ class BalancesRepository:
                     result = await session.execute(statement.with_for_update() if lock else statement)
                     rows.update({(r[0], r[1]): PeriodTotals(*r) for r in result})
                     continue
-                result = await session.scalars(
+                models = await session.scalars(
                     select(AccountPeriod)
                     .where(AccountPeriod.period == period, AccountPeriod.account_name.in_(part))
                     .order_by(AccountPeriod.account_name)
                     .with_for_update()
                     .execution_options(populate_existing=True)
                 )
-                rows.update({(row.account_name, row.period): row for row in result})
+                rows.update({(row.account_name, row.period): row for row in models})
         return rows
 
     async def add_pending_where_granted(
@@ -252,7 +259,7 @@ class BalancesRepository:
             # Unordered: BEGIN IMMEDIATE already serializes SQLite's writers, so no lock order to keep.
             ordered = list(deltas)
             for part in chunks(ordered, _SQLITE_KEYS_PER_UPDATE):
-                params = []
+                params: list[object] = []
                 extend = params.extend
                 for key in part:
                     delta = deltas[key]
@@ -270,7 +277,10 @@ class BalancesRepository:
                     }
                     for a, p in part
                 ]
-                result = await connection.exec_driver_sql(_PG_ADD_PENDING, (orjson.dumps(batch).decode(),))
+                result = cast(  # the statement returns (account_name, period)
+                    "CursorResult[str, str]",
+                    await connection.exec_driver_sql(_PG_ADD_PENDING, (orjson.dumps(batch).decode(),)),
+                )
                 left_out.update((account, period) for account, period in result)
         self._expire_copies(session, ordered)
         return left_out
@@ -335,8 +345,8 @@ class BalancesRepository:
                 .where(UsageRecord.provider_id == provider_id, UsageRecord.status == "pending").distinct()
             )).all()
         )
-        rows = await self.lock_rows(session, [tuple(key) for key in keys], plain=True)
-        for (account, period), row in rows.items():
+        rows = await self.lock_rows(session, [(account, period) for account, period in keys], plain=True)
+        for account, period in rows:
             pending = select(func.coalesce(func.sum(UsageRecord.estimate_nano_usd), 0)).join(
                 Provider, Provider.id == UsageRecord.provider_id
             ).where(

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import httpx
 import orjson
 
-from metering.config import Settings
 from metering.collection.errors import ProviderUnavailable
+from metering.config import Settings
 
 # Retry-After is clamped to this range: a provider can neither make us hammer it nor park us for days.
 RETRY_AFTER_MIN_SECONDS = 1.0
@@ -34,8 +34,6 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         try:
             moment = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
-            return None
-        if moment is None:
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
@@ -65,7 +63,7 @@ class CostClient:
             transport=transport,
         )
 
-    async def __aenter__(self) -> "CostClient":
+    async def __aenter__(self) -> CostClient:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:

@@ -19,13 +19,13 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import metrics
-from metering.config import Settings
-from metering.errors import MeteringError
-from metering.periods import utcnow
 from metering.collection.claims.repository import ClaimedRow, claim_repository, collection_state_repository
 from metering.collection.cost_client import CostClient
 from metering.collection.errors import ProviderUnavailable
 from metering.collection.validation import CostAnswer, read_answer
+from metering.config import Settings
+from metering.errors import MeteringError
+from metering.periods import utcnow
 from metering.providers.service import provider_service
 from metering.usage import accounting
 from metering.usage.types import PricedRequest, QuarantinedRequest
@@ -102,7 +102,8 @@ class CollectionService:
             except MeteringError as exc:
                 log.error("provider %s skipped: %s", provider.id, exc.detail)
                 continue
-            if token:
+            # The endpoint is always set: collectable_providers selects on it.
+            if token and provider.cost_endpoint is not None:
                 targets.append(CollectTarget(provider.id, provider.cost_endpoint, token))
         return targets
 

@@ -25,7 +25,9 @@ QUARANTINE_KINDS = ("bool", "float", "string", "null", "non_finite", "negative",
 class _NonFinite(float):
     """``NaN``/``Infinity`` as the stdlib parser sees them, kept apart from ordinary floats."""
 
-    def __new__(cls, name: str) -> "_NonFinite":
+    name: str
+
+    def __new__(cls, name: str) -> _NonFinite:
         value = super().__new__(cls, name)
         value.name = name
         return value

@@ -8,12 +8,12 @@ difference is topped up by another keyed transaction. A decrease claws nothing b
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.config import PlanTerms, get_settings
 from metering.balances.repository import PendingDelta, PeriodTotals, balances_repository
+from metering.config import PlanTerms, get_settings
 from metering.credits.repository import credits_repository
 from metering.ledger import codes
 from metering.ledger.service import Posting, ledger_service
@@ -56,7 +56,8 @@ class CreditsService:
         rows, _ = await self._lock_and_grant(
             session, keys=[(a.name, period) for a in accounts], accounts={a.name: a for a in accounts}
         )
-        return {account: row for (account, _), row in rows.items()}
+        models = cast(dict[tuple[str, str], AccountPeriod], rows)  # not plain: AccountPeriod models
+        return {account: row for (account, _), row in models.items()}
 
     async def lock_account_periods(
         self,
@@ -71,7 +72,7 @@ class CreditsService:
         ``balances_repository.save_totals``.
         """
         rows, _ = await self._lock_and_grant(session, keys=keys, accounts=accounts, plain=True)
-        return rows
+        return cast(dict[tuple[str, str], PeriodTotals], rows)  # plain rows are PeriodTotals
 
     async def add_pending_estimates(
         self, session: AsyncSession, *, deltas: dict[tuple[str, str], PendingDelta], accounts: Mapping[str, PlanHolder]
@@ -105,15 +106,17 @@ class CreditsService:
     async def _lock_and_grant(
         self, session: AsyncSession, *, keys: Iterable[tuple[str, str]], accounts: Mapping[str, PlanHolder],
         plain: bool = False,
-    ) -> tuple[dict, int]:
+    ) -> tuple[dict[tuple[str, str], AccountPeriod | PeriodTotals], int]:
         rows = await balances_repository.lock_rows(session, keys, plain=plain)
         closed = await credits_repository.closed_periods(session, {period for _, period in rows})
         granted = await self._grant(session, [row for key, row in rows.items() if key[1] not in closed], accounts)
         return rows, granted
 
-    async def _grant(self, session: AsyncSession, rows: list, accounts: Mapping[str, PlanHolder]) -> int:
+    async def _grant(
+        self, session: AsyncSession, rows: list[AccountPeriod | PeriodTotals], accounts: Mapping[str, PlanHolder]
+    ) -> int:
         postings: list[Posting] = []
-        changed: list = []
+        changed: list[AccountPeriod | PeriodTotals] = []
         plans = get_settings().plans
         for row in rows:
             account = accounts[row.account_name]

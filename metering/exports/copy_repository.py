@@ -13,7 +13,8 @@ Python. Two shapes of the same report query:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from sqlalchemy import ColumnElement, String, case, cast, extract, func, literal, null
 from sqlalchemy.dialects import postgresql
@@ -39,7 +40,7 @@ def supports_copy(report: str) -> bool:
     return report in STATEMENTS and report not in FINISHERS
 
 
-def _csv_text(value: ColumnElement) -> ColumnElement:
+def _csv_text(value: ColumnElement[Any]) -> ColumnElement[Any]:
     """``'`` before a formula; '' as NULL, because COPY quotes an empty string and csv.writer does not."""
     code = func.ascii(value)
     # Nearly every cell starts with a letter or digit: one comparison, then the cell as it is.
@@ -51,7 +52,7 @@ def _csv_text(value: ColumnElement) -> ColumnElement:
     )
 
 
-def _csv_datetime(value: ColumnElement) -> ColumnElement:
+def _csv_datetime(value: ColumnElement[Any]) -> ColumnElement[Any]:
     """RFC 3339 in UTC as ``datetime.isoformat`` writes it: microseconds only when there are any."""
     utc = func.timezone("UTC", value)
     return case(
@@ -60,11 +61,11 @@ def _csv_datetime(value: ColumnElement) -> ColumnElement:
     )
 
 
-def _epoch_micros(value: ColumnElement) -> ColumnElement:
+def _epoch_micros(value: ColumnElement[Any]) -> ColumnElement[Any]:
     return cast(extract("epoch", value) * 1_000_000, postgresql.BIGINT)
 
 
-_SHAPES = {
+_SHAPES: dict[str, dict[str, Callable[[ColumnElement[Any]], ColumnElement[Any]] | None]] = {
     "csv": {"int": None, "str": _csv_text, "datetime": _csv_datetime},
     "arrow": {"int": None, "str": None, "datetime": _epoch_micros},
 }
@@ -82,7 +83,9 @@ def copy_query(report: str, period: str, columns: Sequence[Column], *, shape: st
         shaped.append((expression if shaper is None else shaper(expression)).label(column.name))
     statement = statement.with_only_columns(*shaped, maintain_column_froms=True)
     # Literal binds: COPY takes no parameters; the values are a validated period and fixed codes.
-    return str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    # (SQLAlchemy leaves ``postgresql.dialect``, its default driver's dialect class, untyped.)
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
 class CopyRepository:
@@ -101,6 +104,8 @@ class CopyRepository:
                     await connection.exec_driver_sql("SET LOCAL jit = off")
                     await connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
                     raw = (await connection.get_raw_connection()).driver_connection
+                    if raw is None:
+                        raise RuntimeError("the export's connection is closed")
                     await raw.copy_from_query(query, output=queue.put, format="csv", header=header)
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
                 await queue.put(exc)

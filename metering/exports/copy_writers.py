@@ -123,7 +123,7 @@ class _CsvTables:
 
     def table(self, block: memoryview) -> pa.Table:
         table = pa_csv.read_csv(
-            pa.py_buffer(block),
+            pa.py_buffer(block),  # type: ignore[arg-type]  # a Buffer is read in place; the stubs list only paths and IO
             read_options=self.read_options,
             parse_options=self.parse_options,
             convert_options=self.convert_options,
@@ -214,7 +214,8 @@ async def write_parquet_from_copy(
     pool = _memory_pool()
     tables = _CsvTables(columns, pool)
     sink = ChunkSink()
-    writer = pq.ParquetWriter(sink, tables.schema, memory_pool=pool, **PARQUET_OPTIONS)
+    # A file-like object is enough (pyarrow's docs and code); its stubs list only paths and IO.
+    writer = pq.ParquetWriter(sink, tables.schema, memory_pool=pool, **PARQUET_OPTIONS)  # type: ignore[arg-type]
     groups = _RowGroups(writer, row_group_rows)
 
     def add(view: memoryview) -> int:

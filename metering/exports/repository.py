@@ -10,9 +10,10 @@ transaction. The ledger is append-only, so pages by ascending id miss nothing ol
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, case, func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import ColumnElement, Select, case, func, select
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from metering.analytics.drift import drift_export_row
 from metering.analytics.drift_repository import drift_statement
@@ -21,15 +22,19 @@ from metering.ledger import codes
 from metering.ledger.repository import select_entries
 from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
 
+if TYPE_CHECKING:
+    # A report's SELECT, and the id column that orders and pages it (None: a summary, read in one go).
+    ReportQuery = tuple[Select[*tuple[Any, ...]], InstrumentedAttribute[int] | None]
+
 BATCH_ROWS = 10_000
 UNPRICED_STATUSES = ("unpriced", "quarantined")
 
 
-def _sum(expression):  # noqa: ANN001, ANN202
+def _sum(expression: ColumnElement[Any] | InstrumentedAttribute[Any]) -> ColumnElement[Any]:
     return func.coalesce(func.sum(expression), 0)
 
 
-def _ledger(period: str) -> tuple[Select, object]:
+def _ledger(period: str) -> ReportQuery:
     # With the provider's request ID, so an invoice line traces to the requests behind it.
     statement = select_entries(
         LedgerEntry.id,
@@ -53,7 +58,7 @@ def _ledger(period: str) -> tuple[Select, object]:
     return statement, LedgerEntry.id
 
 
-def _owned_balances(kind: str, period: str, *measures) -> Select:  # noqa: ANN002
+def _owned_balances(kind: str, period: str, *measures: ColumnElement[Any]) -> Select[*tuple[Any, ...]]:
     return (
         select(LedgerAccount.owner, LedgerAccount.period, *measures)
         .select_from(LedgerEntry)
@@ -64,16 +69,16 @@ def _owned_balances(kind: str, period: str, *measures) -> Select:  # noqa: ANN00
     )
 
 
-def _provider_payables(period: str) -> tuple[Select, None]:
+def _provider_payables(period: str) -> ReportQuery:
     # A payable's credit balance (negative) is what is owed; the report shows it positive.
     return _owned_balances(codes.PAYABLE, period, -_sum(LedgerEntry.amount_nano_usd), func.count()), None
 
 
-def _receivables(period: str) -> tuple[Select, None]:
+def _receivables(period: str) -> ReportQuery:
     return _owned_balances(codes.RECEIVABLE, period, _sum(LedgerEntry.amount_nano_usd), func.count()), None
 
 
-def _credits(period: str) -> tuple[Select, None]:
+def _credits(period: str) -> ReportQuery:
     transaction = aliased(LedgerTransaction)
     amount = LedgerEntry.amount_nano_usd
     is_grant = transaction.kind == codes.GRANT
@@ -89,7 +94,7 @@ def _credits(period: str) -> tuple[Select, None]:
     return statement, None
 
 
-def _unpriced(period: str) -> tuple[Select, object]:
+def _unpriced(period: str) -> ReportQuery:
     statement = select(
         UsageRecord.id,
         UsageRecord.provider_id,
@@ -107,11 +112,11 @@ def _unpriced(period: str) -> tuple[Select, object]:
     return statement, UsageRecord.id
 
 
-def _drift(period: str) -> tuple[Select, None]:
+def _drift(period: str) -> ReportQuery:
     return drift_statement(period=period), None
 
 
-STATEMENTS = {
+STATEMENTS: dict[str, Callable[[str], ReportQuery]] = {
     "ledger": _ledger,
     "provider-payables": _provider_payables,
     "receivables": _receivables,
@@ -121,13 +126,13 @@ STATEMENTS = {
 }
 
 
-def _normalize(row: tuple) -> tuple:
+def _normalize(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """PostgreSQL sums BIGINT into NUMERIC; the summary reports hold integers only."""
     return tuple(int(value) if type(value).__name__ == "Decimal" else value for value in row)
 
 
 # Summary reports whose SQL rows need integer arithmetic before they are written.
-FINISHERS: dict[str, Callable[[tuple], tuple]] = {"drift": drift_export_row}
+FINISHERS: dict[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {"drift": drift_export_row}
 
 
 class ExportRepository:
@@ -138,7 +143,7 @@ class ExportRepository:
 
     async def batches(
         self, db: Database, *, report: str, period: str, batch_rows: int = BATCH_ROWS
-    ) -> AsyncIterator[list[tuple]]:
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
         """The report's rows in order, ``batch_rows`` at a time; memory stays one batch deep."""
         statement, key = STATEMENTS[report](period)
         if key is not None:

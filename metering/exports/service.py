@@ -7,6 +7,7 @@ report is read in several short transactions (see ``metering.exports.repository`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from metering.db import Database
 from metering.errors import InvalidInput
@@ -51,7 +52,7 @@ class ExportService:
                 yield chunk
             return
 
-        async def batches() -> AsyncIterator[list[tuple]]:
+        async def batches() -> AsyncIterator[list[tuple[Any, ...]]]:
             async for batch in export_repository.batches(db, report=spec.name, period=period):
                 if on_rows is not None:
                     on_rows(len(batch))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,7 +51,7 @@ _HELD_COLUMNS = (
 
 
 class HoldRepository:
-    async def insert_hold(self, session: AsyncSession, values: dict, *, credit_eligible: bool) -> None:
+    async def insert_hold(self, session: AsyncSession, values: dict[str, Any], *, credit_eligible: bool) -> None:
         """Insert a hold and add its amount to ``held_nano_usd`` of its period row (locked by the caller),
         and to ``held_payg_only_nano_usd`` when its provider is not ``credit_eligible``.
 

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.config import get_settings
 from metering.balances.repository import balances_repository
+from metering.config import get_settings
 from metering.holds.repository import HeldHold, hold_repository
 from metering.periods import utcnow
 

@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -76,7 +76,7 @@ class MeteringHook:
 
     async def on_request(self, request: httpx.Request) -> None:
         if EXTENSION in request.extensions:
-            request.extensions[_STARTED] = (datetime.now(timezone.utc), time.monotonic())
+            request.extensions[_STARTED] = (datetime.now(UTC), time.monotonic())
 
     async def on_response(self, response: httpx.Response) -> None:
         self.record_response(response)
@@ -93,8 +93,9 @@ class MeteringHook:
             record = self._build(request, response, meta)
             self.spool.append(record)
         except MissingRequestId as missing:
-            return self._missing(response, missing)
-        except Exception:  # noqa: BLE001 - metering must never break the router's response
+            self._missing(response, missing)
+            return None
+        except Exception:  # metering must never break the router's response
             self.stats.failed += 1
             logger.exception("metering hook: could not spool the usage record %r", record)
             return None
@@ -104,7 +105,7 @@ class MeteringHook:
 
     def _build(self, request: httpx.Request, response: httpx.Response, meta: Mapping[str, Any]) -> dict[str, Any]:
         provider_id = meta["provider_id"]
-        started_at, started_monotonic = request.extensions.get(_STARTED) or (datetime.now(timezone.utc), None)
+        started_at, started_monotonic = request.extensions.get(_STARTED) or (datetime.now(UTC), None)
         started_at = meta.get("started_at", started_at)
         duration_ms = meta.get("duration_ms")
         if duration_ms is None and started_monotonic is not None:
@@ -130,7 +131,7 @@ class MeteringHook:
         logger.warning("metering hook: %s; record dead-lettered", missing.detail)
         try:
             self.spool.add_dead_letter(missing.record, missing.detail)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.stats.failed += 1
             logger.exception("metering hook: could not dead-letter the usage record %r", missing.record)
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from metering.errors import InvalidInput
@@ -52,7 +52,7 @@ def _rfc3339(value: datetime | str) -> str:
     if value.tzinfo is None:
         # A naive time is ambiguous; guessing the zone would misplace requests near a period boundary.
         raise ValueError("started_at must be timezone-aware")
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _non_negative(name: str, value: int | None) -> int | None:

@@ -186,15 +186,13 @@ class UsageSender:
                 delay = 0.0 if settled >= self.batch_size else self.interval
             except DeliveryDeferred as retry:
                 delay = self._next_delay(retry)
-            except Exception:  # noqa: BLE001 - the loop must outlive any single failure
+            except Exception:  # the loop must outlive any single failure
                 logger.exception("usage sender: unexpected error; retrying")
                 self._failures_in_a_row += 1
                 delay = self._backoff()
             if delay:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    pass
 
     async def _deliver(self, batch: Sequence[SpooledRecord]) -> int:
         """POST ``batch``; splits it on whole-batch refusals; returns the number of records settled."""

@@ -57,7 +57,8 @@ class SpooledRecord:
 
     @property
     def record(self) -> dict[str, Any]:
-        return orjson.loads(self.body)
+        record: dict[str, Any] = orjson.loads(self.body)
+        return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +167,14 @@ class Spool:
 
     def pending_count(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
+            count: int = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
+            return count
 
     def oldest_enqueued_at(self) -> float | None:
         """When the oldest waiting record was spooled (epoch seconds), for a backlog-age gauge."""
         with self._lock:
-            return self._db.execute("SELECT min(enqueued_at) FROM spool").fetchone()[0]
+            oldest: float | None = self._db.execute("SELECT min(enqueued_at) FROM spool").fetchone()[0]
+            return oldest
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         with self._lock:
@@ -185,7 +188,8 @@ class Spool:
 
     def dead_letter_count(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            count: int = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            return count
 
     def requeue_dead_letters(self, ids: Sequence[int] | None = None) -> int:
         """Put dead letters back in the spool (after the cause was fixed); all of them when ``ids`` is None."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, distinct, func, select, text, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -12,6 +13,7 @@ from sqlalchemy.orm import aliased
 
 from metering.accounts.repository import dialect_insert
 from metering.db import is_sqlite
+from metering.errors import NotFound
 from metering.ledger import codes
 from metering.ledger.repository import select_entries
 from metering.models import (
@@ -121,7 +123,8 @@ class InvoicingRepository:
                 LedgerAccount.kind == codes.RECEIVABLE, LedgerAccount.period == period
             )
         )
-        return {owner: int(balance) for owner, balance in rows}
+        # Receivable accounts always have an owner.
+        return {owner: int(balance) for owner, balance in rows if owner is not None}
 
     async def plans_of(self, session: AsyncSession, names: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -148,7 +151,7 @@ class InvoicingRepository:
             found.update({name: int(carried) for name, carried in rows})
         return found
 
-    async def insert_invoices(self, session: AsyncSession, rows: Sequence[dict]) -> dict[str, int]:
+    async def insert_invoices(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
         """Insert invoice rows; returns ``{account_name: invoice id}``."""
         ids: dict[str, int] = {}
         for part in chunks(rows, CHUNK):
@@ -158,7 +161,7 @@ class InvoicingRepository:
             ids.update({name: id_ for name, id_ in result})
         return ids
 
-    async def insert_lines(self, session: AsyncSession, rows: Sequence[dict]) -> None:
+    async def insert_lines(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
         for part in chunks(rows, CHUNK):
             await session.execute(dialect_insert(session, InvoiceLine).values(list(part)))
 
@@ -182,7 +185,11 @@ class InvoicingRepository:
     async def line_request_ids(self, session: AsyncSession, line_id: int) -> list[str]:
         """Request ids behind a line: its provider's cost postings to the invoice's receivable."""
         line = await session.get(InvoiceLine, line_id)
+        if line is None:
+            raise NotFound(f"no invoice line {line_id}")
         invoice = await session.get(Invoice, line.invoice_id)
+        if invoice is None:  # the line's foreign key
+            raise RuntimeError(f"invoice {line.invoice_id} of line {line_id} is missing")
         provider_matches = (
             LedgerTransaction.provider_id.is_(None)
             if line.provider_id is None
@@ -258,7 +265,7 @@ class InvoicingRepository:
                 return found
         return await session.get(Invoice, local_id) if local_id is not None else None
 
-    async def insert_event(self, session: AsyncSession, row: dict) -> bool:
+    async def insert_event(self, session: AsyncSession, row: dict[str, Any]) -> bool:
         """Store an event by id; False when that id was already stored."""
         result = await session.execute(
             dialect_insert(session, StripeEvent).values(row).on_conflict_do_nothing().returning(StripeEvent.id)

@@ -10,6 +10,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -74,9 +75,9 @@ class InvoiceView:
     carried_out_nano_usd: int
     stripe_invoice_id: str | None
     created_at: datetime
-    lines: list[dict]
+    lines: list[dict[str, Any]]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The API shape: amounts in nano-USD and in the invoiced cents, RFC 3339 times."""
         return {
             "id": self.id, "account": self.account, "period": self.period, "status": self.status,
@@ -129,7 +130,7 @@ class InvoicingService:
         for line in await invoicing_repository.receivable_lines(session, period):
             by_account[line.account_name].append(line)
         cached = await invoicing_repository.receivable_balances(session, period)
-        owed = {name: sum(l.amount_nano_usd for l in lines) for name, lines in by_account.items()}
+        owed = {name: sum(line.amount_nano_usd for line in lines) for name, lines in by_account.items()}
         owed = {name: amount for name, amount in owed.items() if amount > 0}
         for name, amount in owed.items():
             if cached.get(name) != amount:
@@ -147,9 +148,9 @@ class InvoicingService:
         for name in names:
             carried_in = carried.get(name, 0)
             cents, carried_out = cents_with_remainder(owed[name], carried_in)
-            lines = sorted(by_account[name], key=lambda l: (l.provider_id is not None, l.provider_id or ""))
-            line_cents = apportion_cents([l.amount_nano_usd for l in lines], cents)
-            lines_by_account[name] = list(zip(lines, line_cents))
+            lines = sorted(by_account[name], key=lambda line: (line.provider_id is not None, line.provider_id or ""))
+            line_cents = apportion_cents([line.amount_nano_usd for line in lines], cents)
+            lines_by_account[name] = list(zip(lines, line_cents, strict=True))
             total_cents += cents
             nothing_due += cents == 0
             invoice_rows.append({

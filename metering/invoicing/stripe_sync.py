@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import stripe
 
@@ -89,9 +90,11 @@ class SyncResult:
 
 def stripe_client(settings: Settings) -> stripe.StripeClient:
     """One client per run, on httpx's async transport; ``STRIPE_API_BASE`` points it at a test server."""
-    base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
     return stripe.StripeClient(
-        settings.stripe_api_key, base_addresses=base, http_client=stripe.HTTPXClient(), max_network_retries=2
+        settings.stripe_api_key,
+        base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
+        http_client=stripe.HTTPXClient(),
+        max_network_retries=2,
     )
 
 
@@ -149,8 +152,8 @@ class StripeSync:
                     id=invoice.id, account=invoice.account_name, period=invoice.period, status=invoice.status,
                     customer_id=customer, stripe_invoice_id=invoice.stripe_invoice_id,
                     lines=[
-                        LineWork(l.id, l.provider_id, l.requests_count, l.amount_cents, l.stripe_status)
-                        for l in lines[invoice.id]
+                        LineWork(line.id, line.provider_id, line.requests_count, line.amount_cents, line.stripe_status)
+                        for line in lines[invoice.id]
                     ],
                 )
                 for invoice, customer in rows
@@ -185,13 +188,13 @@ class StripeSync:
     async def _send_lines(self, database: Database, client: stripe.StripeClient, invoice: InvoiceWork, result: SyncResult) -> None:
         pending = [line for line in invoice.lines if line.stripe_status == "pending"]
         if pending:
-            existing = await self._items_by_line(client, invoice.customer_id)
+            existing = await self._items_by_line(client, _customer_of(invoice))
             for line in pending:
                 item_id = existing.get(str(line.id))
                 if item_id is None:
                     item = await client.v1.invoice_items.create_async(
                         params={
-                            "customer": invoice.customer_id,
+                            "customer": _customer_of(invoice),
                             "amount": line.amount_cents,
                             "currency": CURRENCY,
                             "description": _describe(invoice, line),
@@ -235,7 +238,7 @@ class StripeSync:
         else:
             created = await client.v1.invoices.create_async(
                 params={
-                    "customer": invoice.customer_id,
+                    "customer": _customer_of(invoice),
                     "pending_invoice_items_behavior": "include",
                     "description": f"Inference usage {invoice.period}",
                     "metadata": {"invoice_id": str(invoice.id), "account": invoice.account, "period": invoice.period},
@@ -255,15 +258,22 @@ class StripeSync:
         result.invoices_finalized += 1
 
     async def _find_invoice(self, client: stripe.StripeClient, invoice: InvoiceWork) -> str | None:
-        page = await client.v1.invoices.list_async(params={"customer": invoice.customer_id, "limit": 100})
+        page = await client.v1.invoices.list_async(params={"customer": _customer_of(invoice), "limit": 100})
         async for found in page.auto_paging_iter():
             if _metadata(found).get("invoice_id") == str(invoice.id):
                 return found.id
         return None
 
 
-def _metadata(obj: stripe.StripeObject) -> dict:
-    metadata = obj["metadata"] if "metadata" in obj else None
+def _customer_of(invoice: InvoiceWork) -> str:
+    """The invoice's Stripe customer, which ``_sync`` ensures before it sends lines or the invoice."""
+    if invoice.customer_id is None:
+        raise RuntimeError(f"invoice {invoice.id} has no Stripe customer yet")
+    return invoice.customer_id
+
+
+def _metadata(obj: stripe.StripeObject) -> dict[str, Any]:
+    metadata = obj["metadata"] if "metadata" in obj else None  # noqa: SIM401 - StripeObject has no .get()
     return metadata.to_dict() if metadata else {}
 
 

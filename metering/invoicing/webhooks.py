@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,7 +32,7 @@ class WebhookEvent:
     id: str
     type: str
     created: int
-    data_object: dict
+    data_object: dict[str, Any]
 
 
 def verify_event(payload: bytes, signature: str | None, *, secret: str) -> WebhookEvent:
@@ -66,7 +67,9 @@ class WebhookService:
             return "ignored" if stored else "duplicate"
         obj = event.data_object
         stripe_invoice_id = obj.get("id") if isinstance(obj.get("id"), str) else None
-        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        metadata = obj.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
         local_id = _int_or_none(metadata.get("invoice_id"))
         invoice = await invoicing_repository.invoice_for_stripe(
             session, stripe_invoice_id=stripe_invoice_id, local_id=local_id
@@ -119,13 +122,13 @@ class WebhookService:
         )
 
 
-def _object_of(body: dict) -> dict:
+def _object_of(body: dict[str, Any]) -> dict[str, Any]:
     data = body.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
     return obj if isinstance(obj, dict) else {}
 
 
-def _int_or_none(value: object) -> int | None:
+def _int_or_none(value: Any) -> int | None:  # any JSON value
     try:
         number = int(value) if value is not None else None
     except (TypeError, ValueError):

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Select, bindparam, insert, select, text, update
+from sqlalchemy import ColumnElement, Select, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from metering.accounts.repository import dialect_insert
 from metering.db import is_sqlite
 from metering.ledger import codes
 from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
 from metering.sql import chunks
+
+if TYPE_CHECKING:
+    from metering.ledger.service import Posting
 
 _TRANSACTION_COLUMNS = (
     "kind", "idempotency_key", "account_name", "provider_id", "period", "original_period", "usage_record_id", "memo",
@@ -52,7 +57,9 @@ _PG_ADD_TO_BALANCES = (
 )
 
 
-def select_entries(*columns: object, usage_records: bool = False) -> Select:
+def select_entries(
+    *columns: ColumnElement[Any] | InstrumentedAttribute[Any], usage_records: bool = False
+) -> Select[*tuple[Any, ...]]:
     """SELECT ``columns`` of ledger entries, each joined to its transaction and its ledger account.
 
     With ``usage_records``, also to the usage record its transaction charges for (an outer join:
@@ -117,7 +124,12 @@ class LedgerRepository:
         return found
 
     async def insert_postings(
-        self, session: AsyncSession, postings: Sequence, entries: Sequence[tuple[str, int, int]], *, created_at: datetime
+        self,
+        session: AsyncSession,
+        postings: Sequence[Posting],
+        entries: Sequence[tuple[str, int, int]],
+        *,
+        created_at: datetime,
     ) -> set[str]:
         """Insert transactions (``Posting``-like objects, distinct keys) and, for those inserted
         now, their ``(idempotency_key, ledger_account_id, amount)`` entries.
@@ -141,7 +153,12 @@ class LedgerRepository:
         return {key for (key,) in result}
 
     async def _insert_postings_sqlite(
-        self, session: AsyncSession, postings: Sequence, entries: Sequence[tuple[str, int, int]], *, created_at: datetime
+        self,
+        session: AsyncSession,
+        postings: Sequence[Posting],
+        entries: Sequence[tuple[str, int, int]],
+        *,
+        created_at: datetime,
     ) -> set[str]:
         table = LedgerTransaction.__table__
         result = await session.execute(
@@ -174,7 +191,8 @@ class LedgerRepository:
                     LedgerTransaction.usage_record_id.in_(part)
                 )
             )
-            found.update({record_id: key for record_id, key in rows})
+            # Never None: NULL is in no IN list.
+            found.update({record_id: key for record_id, key in rows if record_id is not None})
         return found
 
     async def entries_of(self, session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, list[tuple[str, int]]]:

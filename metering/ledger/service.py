@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -102,6 +103,16 @@ class LedgerService:
         await self.move_balances(session, written)
         return written.fresh
 
+    @overload
+    async def write_many(
+        self, session: AsyncSession, postings: Sequence[Posting], *, create_accounts: Literal[True] = True
+    ) -> WrittenPostings: ...
+
+    @overload
+    async def write_many(
+        self, session: AsyncSession, postings: Sequence[Posting], *, create_accounts: bool
+    ) -> WrittenPostings | None: ...
+
     async def write_many(
         self, session: AsyncSession, postings: Sequence[Posting], *, create_accounts: bool = True
     ) -> WrittenPostings | None:
@@ -153,7 +164,11 @@ class LedgerService:
         await ledger_repository.add_to_balances(session, written.balance_deltas)
 
     async def _check_replays(
-        self, session: AsyncSession, indexes: list[int], postings: Sequence[Posting], checked: list[tuple]
+        self,
+        session: AsyncSession,
+        indexes: list[int],
+        postings: Sequence[Posting],
+        checked: list[tuple[tuple[str, int], ...]],
     ) -> None:
         """Postings that were not inserted must be exact replays of what is stored."""
         if not indexes:

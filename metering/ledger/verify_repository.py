@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.ledger import codes
@@ -109,7 +110,7 @@ class VerifyRepository:
         is_cost = LedgerTransaction.kind.in_(codes.COST_KINDS)
         amount = LedgerEntry.amount_nano_usd
 
-        def summed(condition):  # noqa: ANN001, ANN202
+        def summed(condition: ColumnElement[bool]) -> ColumnElement[Any]:
             return func.coalesce(func.sum(case((condition, amount), else_=0)), 0)
 
         rows = await session.execute(
@@ -181,7 +182,8 @@ class VerifyRepository:
             )
             .order_by(AccountPeriod.period, AccountPeriod.account_name)
         )
-        return [(a, p, int(payg), int(limit)) for a, p, payg, limit in rows]
+        # The limit is never None: the WHERE above keeps only accounts that have one.
+        return [(a, p, int(payg), int(limit)) for a, p, payg, limit in rows if limit is not None]
 
     async def limit_set_at(self, session: AsyncSession, account: str) -> datetime | None:
         """When the account's spending limit was last set (from the audit trail), if ever."""

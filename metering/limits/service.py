@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,12 +32,12 @@ class AuditRecord:
     account: str
     actor: str
     action: str
-    before: dict
-    after: dict
+    before: dict[str, Any]
+    after: dict[str, Any]
     created_at: datetime
 
 
-def _json(value: dict) -> str:
+def _json(value: dict[str, Any]) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 

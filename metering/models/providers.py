@@ -30,9 +30,9 @@ class Provider(Base):
     credit_eligible: Mapped[bool] = mapped_column(Boolean, default=True)
     default_estimate_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0)
     # {"cpu-basic": 120000}: integer nano-USD per second of each hardware.
-    hardware_prices_nano_usd_per_second: Mapped[dict] = mapped_column(JSON, default=dict)
+    hardware_prices_nano_usd_per_second: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     # {"org/name": {"input_nano_usd_per_million_tokens": int, "output_nano_usd_per_million_tokens": int}}
-    models: Mapped[dict] = mapped_column(JSON, default=dict)
+    models: Mapped[dict[str, dict[str, int]]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.balances.repository import balances_repository
 from metering.config import get_settings
 from metering.errors import ProviderNotFound
 from metering.models import Provider
 from metering.periods import utcnow
-from metering.balances.repository import balances_repository
 from metering.providers.errors import InvalidProviderRegistration
 from metering.providers.repository import provider_repository
 from metering.providers.secrets import decrypt_token, encrypt_token

@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import metrics
 from metering.accounts.repository import account_repository
-from metering.config import get_settings
 from metering.balances.repository import PendingDelta, PeriodTotals, balances_repository
+from metering.charging.split import CostSplit, split_costs
+from metering.config import get_settings
 from metering.credits.repository import credits_repository
 from metering.credits.service import PlanHolder, credits_service, pays_as_you_go
 from metering.holds.estimates import estimates_service
@@ -31,7 +32,6 @@ from metering.money import duration_cost_nano
 from metering.periods import current_period, next_period, utcnow
 from metering.providers.repository import provider_repository
 from metering.usage.accounting_repository import SettledRow, accounting_repository
-from metering.charging.split import CostSplit, split_costs
 from metering.usage.repository import ProviderTerms, usage_repository
 from metering.usage.types import PricedRequest, QuarantinedRequest, SettleResult
 

@@ -6,17 +6,21 @@ request only one sees it move; the other is told it was not pending.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.db import is_sqlite
-from metering.sql import chunks
 from metering.models import UsageRecord
+from metering.sql import chunks
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 # asyncpg caps one statement at 32,767 parameters; arrays make each chunk 2-3 parameters.
 PG_CHUNK = 20_000
@@ -118,7 +122,7 @@ class AccountingRepository:
         return await self._move_pg(session, _PG_PRICE, batch, now, lease_owner)
 
     async def _move_sqlite(
-        self, session: AsyncSession, values: dict[int, object], lease_owner: str | None, **columns: object
+        self, session: AsyncSession, values: Mapping[int, object], lease_owner: str | None, **columns: object
     ) -> list[SettledRow]:
         """SQLite: the records of ``values`` still pending take ``columns`` (``r_value``: each one's value)."""
         moved = await self._pending(session, sorted(values), lease_owner=lease_owner)
@@ -131,7 +135,7 @@ class AccountingRepository:
         return moved
 
     async def mark_settled(
-        self, session: AsyncSession, reasons: dict[int, str | None], *, status: str, lease_owner: str | None = None
+        self, session: AsyncSession, reasons: Mapping[int, str | None], *, status: str, lease_owner: str | None = None
     ) -> list[SettledRow]:
         """Move pending records to ``quarantined``/``unpriced`` with a reason; returns those that moved."""
         if is_sqlite(session):
@@ -142,10 +146,11 @@ class AccountingRepository:
         return await self._move_pg(session, _PG_SETTLE, batch, status, lease_owner)
 
     async def _move_pg(
-        self, session: AsyncSession, statements: tuple[str, str], batch: str, value: object, lease_owner: str | None
+        self, session: AsyncSession, statements: tuple[str, ...], batch: str, value: object, lease_owner: str | None
     ) -> list[SettledRow]:
         """One statement: lock the pending rows of ``batch`` in id order, move them, return them."""
         connection = await session.connection()
+        result: CursorResult[*tuple[Any, ...]]
         if lease_owner is None:
             result = await connection.exec_driver_sql(statements[0], (batch, value))
         else:

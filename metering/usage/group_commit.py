@@ -133,7 +133,7 @@ async def _store_group(db: Database, group: list[_Entry], store: Store) -> None:
                 # The next batch starts with an empty session, as it would in a transaction of its own.
                 await session.flush()
                 session.expunge_all()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - retried alone, then handed to the waiting request, which raises it
         if len(group) > 1:
             for entry in group:
                 await _store_group(db, [entry], store)

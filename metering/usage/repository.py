@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from sqlalchemy import select, text, tuple_
@@ -22,6 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering.db import is_sqlite
 from metering.models import Membership, UsageRecord
 from metering.sql import chunks, sqlite_fetchall
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 Key = tuple[str, str]  # (provider_id, request_id)
 
@@ -91,7 +95,7 @@ class ProviderTerms:
     pricing: str
     default_estimate_nano_usd: int
     credit_eligible: bool
-    hardware_prices_nano_usd_per_second: dict
+    hardware_prices_nano_usd_per_second: dict[str, int] | None
 
 
 @dataclass(slots=True)
@@ -183,6 +187,7 @@ class UsageRepository:
             orjson.dumps(sorted(set(names))).decode(),
             orjson.dumps(sorted(set(estimate_keys))).decode(),
         )
+        rows: Iterable[Sequence[Any]]
         if is_sqlite(session):
             rows = await sqlite_fetchall(session, _SQLITE_LOOKUP, params)
         else:
@@ -234,7 +239,10 @@ class UsageRepository:
         # orjson writes a dataclass as an object of its fields, named as the columns; validation
         # let no NUL or lone surrogate through, so every string is valid JSON text for PostgreSQL.
         connection = await session.connection()
-        result = await connection.exec_driver_sql(_PG_INSERT, (orjson.dumps(rows).decode(), received_at))
+        result = cast(  # the statement returns (id, provider_id, request_id)
+            "CursorResult[int, str, str]",
+            await connection.exec_driver_sql(_PG_INSERT, (orjson.dumps(rows).decode(), received_at)),
+        )
         return {(provider_id, request_id): id_ for id_, provider_id, request_id in result}
 
     async def _insert_sqlite(self, session: AsyncSession, rows: Sequence[NewUsageRow], *, received_at: datetime) -> dict[Key, int]:

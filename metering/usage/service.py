@@ -173,9 +173,8 @@ class UsageService:
             if bill_to is not None:
                 pair = (bill_to, user)
                 if pair not in refusals:
-                    # bill_to_refusal reads the org's kind and plan, which AccountTerms carries.
                     org = accounts.get(bill_to)
-                    refusals[pair] = bill_to_refusal(user=user, org=org, is_member=pair in members)  # type: ignore[arg-type]
+                    refusals[pair] = bill_to_refusal(user=user, org=org, is_member=pair in members)
                 reason = refusals[pair]
                 if reason is None:
                     payer = bill_to

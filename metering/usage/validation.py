@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import orjson
 
@@ -201,7 +202,8 @@ def check_record(
     started_at = _timestamp(get("started_at"), latest_start, max_future_skew_seconds)
     if earliest_start is not None and started_at < earliest_start:
         raise RecordInvalid(
-            f"started_at: {_show(get('started_at'))} is more than {max_age_days} days ago; "
+            # A string: _timestamp accepted it.
+            f"started_at: {_show(cast(str, get('started_at')))} is more than {max_age_days} days ago; "
             "records older than that are not accepted"
         )
     if (duration_ms := get("duration_ms")) is not None:

@@ -19,12 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, and_, any_, bindparam, func, or_, select, update
+from sqlalchemy import BigInteger, ColumnElement, and_, any_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.accounts.repository import dialect_insert
+from metering.db import dialect_name
 from metering.models import Provider, ProviderCollectionState, UsageRecord
+from metering.sql import rowcount
 
 _usage = UsageRecord.__table__
 _state = ProviderCollectionState.__table__
@@ -38,9 +40,9 @@ class ClaimedRow:
     attempts: int
 
 
-def _id_in(session: AsyncSession, ids: Sequence[int]):  # noqa: ANN202
+def _id_in(session: AsyncSession, ids: Sequence[int]) -> ColumnElement[bool]:
     """``id IN ids``: one array parameter on PostgreSQL (10k bind parameters would be slow to plan)."""
-    if session.bind.dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         return _usage.c.id == any_(bindparam("claim_ids", list(ids), type_=ARRAY(BigInteger)))
     return _usage.c.id.in_(list(ids))
 
@@ -75,7 +77,7 @@ class ClaimRepository:
             .where(*self._due(provider_id, due_before=due_before, now=now))
             .limit(limit)
         )
-        if session.bind.dialect.name == "postgresql":
+        if dialect_name(session) == "postgresql":
             due = due.with_for_update(skip_locked=True)
         statement = (
             update(_usage)
@@ -87,7 +89,7 @@ class ClaimRepository:
         return [ClaimedRow(row.id, row.request_id, row.received_at, row.attempts) for row in rows]
 
     @staticmethod
-    def _due(provider_id: str, *, due_before: datetime, now: datetime) -> tuple:
+    def _due(provider_id: str, *, due_before: datetime, now: datetime) -> tuple[ColumnElement[bool], ...]:
         """Pending rows of the provider, due, and with no written lease still running."""
         return (
             _usage.c.provider_id == provider_id,
@@ -106,7 +108,7 @@ class ClaimRepository:
             .values(lease_owner=None, lease_expires_at=None)
         )
         result = await session.execute(statement)
-        return result.rowcount
+        return rowcount(result)
 
     async def defer(
         self, session: AsyncSession, *, ids: Sequence[int], owner: str | None, next_attempt_at: datetime
@@ -124,13 +126,14 @@ class ClaimRepository:
                 attempts=_usage.c.attempts + 1, next_attempt_at=next_attempt_at, lease_owner=None, lease_expires_at=None
             )
         )
-        return (await session.execute(statement)).rowcount
+        return rowcount(await session.execute(statement))
 
     async def oldest_pending(self, session: AsyncSession, *, provider_id: str) -> datetime | None:
         statement = select(func.min(_usage.c.received_at)).where(
             _usage.c.provider_id == provider_id, _usage.c.status == "pending"
         )
-        return await session.scalar(statement)
+        oldest: datetime | None = await session.scalar(statement)
+        return oldest
 
     async def collectable_providers(self, session: AsyncSession) -> list[Provider]:
         statement = (
@@ -153,7 +156,7 @@ class CollectionStateRepository:
             .on_conflict_do_nothing()
         )
         statement = select(ProviderCollectionState).where(ProviderCollectionState.provider_id == provider_id)
-        if session.bind.dialect.name == "postgresql":
+        if dialect_name(session) == "postgresql":
             statement = statement.with_for_update()
         return (await session.scalars(statement.execution_options(populate_existing=True))).one()
 
@@ -173,7 +176,7 @@ class CollectionStateRepository:
             .values(circuit_open_until=probe_until, updated_at=now)
         )
         result = await session.execute(statement)
-        return result.rowcount == 1
+        return rowcount(result) == 1
 
     async def clear(self, session: AsyncSession, *, provider_id: str, now: datetime) -> None:
         """A good answer closes the circuit and ends any back-off."""
