@@ -62,13 +62,8 @@ async def _database_error(request: Request, exc: Exception) -> OrjsonResponse:
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> OrjsonResponse:
-    raw = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
-    ]
-    return OrjsonResponse(
-        error_body("ValidationError", describe_validation_errors(raw), errors=raw), status_code=422
-    )
+    raw = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    return OrjsonResponse(error_body("ValidationError", describe_validation_errors(raw), errors=raw), status_code=422)
 
 
 async def _framework_error(_request: Request, exc: StarletteHTTPException) -> OrjsonResponse:

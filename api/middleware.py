@@ -49,9 +49,7 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps(
-            {"error": "PayloadTooLarge", "detail": f"request body exceeds {self.max_bytes} bytes"}
-        )
+        body = orjson.dumps({"error": "PayloadTooLarge", "detail": f"request body exceeds {self.max_bytes} bytes"})
         await send(
             {
                 "type": "http.response.start",

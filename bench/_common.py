@@ -22,8 +22,16 @@ from tests.support.servers import free_port, metering_server  # noqa: E402
 
 SERVICE_TOKEN = "bench-service-token"
 __all__ = [
-    "PG_ADMIN_DSN", "ROOT", "Row", "SERVICE_TOKEN", "asyncpg_dsn", "free_port", "pg_database",
-    "postgres_reachable", "print_table", "serve",
+    "PG_ADMIN_DSN",
+    "ROOT",
+    "SERVICE_TOKEN",
+    "Row",
+    "asyncpg_dsn",
+    "free_port",
+    "pg_database",
+    "postgres_reachable",
+    "print_table",
+    "serve",
 ]
 
 

@@ -42,17 +42,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402
-import httpx  # noqa: E402
-import orjson  # noqa: E402
-from _common import Row, pg_database, postgres_reachable, print_table, serve  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+import _common
+import httpx
+import orjson
+from _common import Row, pg_database, postgres_reachable, print_table, serve
+from sqlalchemy import insert
 
-from metering.config import Settings, set_settings  # noqa: E402
-from metering.db import Database  # noqa: E402
-from metering.models import Account, AccountPeriod, Membership  # noqa: E402
-from metering.periods import current_period  # noqa: E402
-from tests.support.servers import free_port, wait_until_up  # noqa: E402
+from metering.config import Settings, set_settings
+from metering.db import Database
+from metering.models import Account, AccountPeriod, Membership
+from metering.periods import current_period
+from tests.support.servers import free_port, wait_until_up
 
 P99_TARGET_MS = 5.0
 SATURATION_RATIO_TARGET = 0.4
@@ -161,11 +161,15 @@ async def _seed(database: Database) -> None:
     async with database.session_scope() as session:
         await session.execute(insert(Account), [{"name": f"user-{i:05d}", **row} for i in range(ACCOUNTS)])
         await session.execute(
-            insert(Account), [{**row, "name": f"org-{i:02d}", "kind": "org", "plan": "team", "seats": 10} for i in range(ORGS)]
+            insert(Account),
+            [{**row, "name": f"org-{i:02d}", "kind": "org", "plan": "team", "seats": 10} for i in range(ORGS)],
         )
         await session.execute(
             insert(Membership),
-            [{"org_name": f"org-{i % ORGS:02d}", "user_name": f"user-{i:05d}", "role": "write", "created_at": now} for i in range(ACCOUNTS)],
+            [
+                {"org_name": f"org-{i % ORGS:02d}", "user_name": f"user-{i:05d}", "role": "write", "created_at": now}
+                for i in range(ACCOUNTS)
+            ],
         )
 
 
@@ -180,7 +184,13 @@ async def grant_credits(url: str) -> str:
 
 
 def register(client: httpx.Client, provider_id: str, *, cost_endpoint: str, **extra: object) -> None:
-    body = {"url": "http://127.0.0.1:9", "pricing": "cost_endpoint", "cost_endpoint": cost_endpoint, "cost_token": "provider-token", **extra}
+    body = {
+        "url": "http://127.0.0.1:9",
+        "pricing": "cost_endpoint",
+        "cost_endpoint": cost_endpoint,
+        "cost_token": "provider-token",
+        **extra,
+    }
     client.put(f"/internal/v1/providers/{provider_id}", json=body).raise_for_status()
 
 
@@ -236,9 +246,14 @@ async def open_loop(port: int, bodies: list[bytes], rate: float, connections: in
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
     return {
-        "p50": pick(0.50), "p99": pick(0.99), "max": latencies[-1] * 1000,
-        "offered_rate": len(bodies) / max(last_scheduled - start, 1e-9), "completed_rate": len(bodies) / elapsed,
-        "statuses": statuses, "allowed": allowed, "count": len(bodies),
+        "p50": pick(0.50),
+        "p99": pick(0.99),
+        "max": latencies[-1] * 1000,
+        "offered_rate": len(bodies) / max(last_scheduled - start, 1e-9),
+        "completed_rate": len(bodies) / elapsed,
+        "statuses": statuses,
+        "allowed": allowed,
+        "count": len(bodies),
     }
 
 
@@ -284,20 +299,35 @@ async def _overshoot(base_url: str, sim_url: str, database: Database) -> dict:
     limit = 10 * OVERSHOOT_ESTIMATE
     headers = {"Authorization": f"Bearer {_common.SERVICE_TOKEN}"}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
-        (await client.put("/internal/v1/accounts/capped-org", json={"kind": "org", "plan": "team", "seats": 0})).raise_for_status()
-        (await client.put("/internal/v1/orgs/capped-org/members/capped-user", json={"role": "write"})).raise_for_status()
+        (
+            await client.put("/internal/v1/accounts/capped-org", json={"kind": "org", "plan": "team", "seats": 0})
+        ).raise_for_status()
+        (
+            await client.put("/internal/v1/orgs/capped-org/members/capped-user", json={"role": "write"})
+        ).raise_for_status()
         async with database.session_scope() as session:
-            await limits_service.set_spending_limit(session, account_name="capped-org", limit_nano_usd=limit, actor="bench")
+            await limits_service.set_spending_limit(
+                session, account_name="capped-org", limit_nano_usd=limit, actor="bench"
+            )
         request = {"user": "capped-user", "bill_to": "capped-org", "provider": "sim", "model": "org/overshoot"}
         answers = await asyncio.gather(*(client.post("/internal/v1/authorize", json=request) for _ in range(64)))
         allowed = [a.json() for a in answers if a.json()["allowed"]]
         actual = OVERSHOOT_ESTIMATE * OVERSHOOT_FACTOR_NUM // OVERSHOOT_FACTOR_DEN
         request_ids = {answer["hold_id"]: f"req-{uuid.uuid4()}" for answer in allowed}
-        (await client.post(f"{sim_url}/_sim/costs", json={"costs": {rid: actual for rid in request_ids.values()}})).raise_for_status()
+        (
+            await client.post(f"{sim_url}/_sim/costs", json={"costs": {rid: actual for rid in request_ids.values()}})
+        ).raise_for_status()
         started = datetime.now(UTC).isoformat()
         records = [
-            {"request_id": rid, "provider": "sim", "user": "capped-user", "bill_to": "capped-org", "model": "org/overshoot",
-             "started_at": started, "hold_id": hold_id}
+            {
+                "request_id": rid,
+                "provider": "sim",
+                "user": "capped-user",
+                "bill_to": "capped-org",
+                "model": "org/overshoot",
+                "started_at": started,
+                "hold_id": hold_id,
+            }
             for hold_id, rid in request_ids.items()
         ]
         ingest = (await client.post("/internal/v1/usage", json={"records": records})).json()
@@ -307,8 +337,13 @@ async def _overshoot(base_url: str, sim_url: str, database: Database) -> dict:
         charged = row.payg_nano_usd
         pending = row.pending_estimate_nano_usd + row.held_nano_usd
     return {
-        "allowed": len(allowed), "limit": limit, "charged": charged, "overshoot": charged - limit,
-        "in_flight_left": pending, "accepted": ingest.get("accepted"), "collect": summary.splitlines()[0],
+        "allowed": len(allowed),
+        "limit": limit,
+        "charged": charged,
+        "overshoot": charged - limit,
+        "in_flight_left": pending,
+        "accepted": ingest.get("accepted"),
+        "collect": summary.splitlines()[0],
     }
 
 
@@ -325,22 +360,30 @@ def run(args: argparse.Namespace) -> list[Row]:
         sim_port = free_port()
         sim = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "simulate-provider", "--port", str(sim_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         sim_url = f"http://127.0.0.1:{sim_port}"
         try:
             wait_until_up(f"{sim_url}/_sim/stats", process=sim)
             with serve(url, workers=args.workers) as base_url:
                 port = int(base_url.rsplit(":", 1)[1])
-                with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {_common.SERVICE_TOKEN}"}) as client:
+                with httpx.Client(
+                    base_url=base_url, headers={"Authorization": f"Bearer {_common.SERVICE_TOKEN}"}
+                ) as client:
                     for provider_id, extra in PROVIDERS.items():
                         register(client, provider_id, cost_endpoint="http://127.0.0.1:9/billing/costs", **extra)
-                    register(client, "sim", cost_endpoint=f"{sim_url}/billing/costs", default_estimate_nano_usd=OVERSHOOT_ESTIMATE)
+                    register(
+                        client,
+                        "sim",
+                        cost_endpoint=f"{sim_url}/billing/costs",
+                        default_estimate_nano_usd=OVERSHOOT_ESTIMATE,
+                    )
                 print(asyncio.run(grant_credits(url)), file=sys.stderr)
                 count = int(args.rate * args.duration)
                 bodies = authorize_bodies(count + 2_000, args.org_share)
                 # Warm up connections, caches and the server's code paths.
-                asyncio.run(open_loop(port, bodies[count:count + 1_000], min(args.rate, 500), 32))
+                asyncio.run(open_loop(port, bodies[count : count + 1_000], min(args.rate, 500), 32))
                 authorize_requests = [(post_head("/internal/v1/authorize", b), b) for b in bodies[count:]]
                 with generator_collector_paused():
                     loaded = asyncio.run(open_loop(port, bodies[:count], args.rate, args.connections))
@@ -362,14 +405,29 @@ def run(args: argparse.Namespace) -> list[Row]:
         Row("authorize max", loaded["max"], "ms"),
         Row("saturation authorize", authorize_rate, "req/s", "", "closed loop, 64 in flight"),
         Row("saturation GET /healthz (baseline)", trivial_rate, "req/s", "", "constant route, same server"),
-        Row("authorize / baseline", ratio, "ratio", f">= {SATURATION_RATIO_TARGET}",
-            "met" if ratio >= SATURATION_RATIO_TARGET else "MISSED"),
-        Row("overshoot: allowed of 64", over["allowed"], "requests", "10",
-            "met" if over["allowed"] == 10 else "MISSED: the limit fits exactly 10 estimates"),
+        Row(
+            "authorize / baseline",
+            ratio,
+            "ratio",
+            f">= {SATURATION_RATIO_TARGET}",
+            "met" if ratio >= SATURATION_RATIO_TARGET else "MISSED",
+        ),
+        Row(
+            "overshoot: allowed of 64",
+            over["allowed"],
+            "requests",
+            "10",
+            "met" if over["allowed"] == 10 else "MISSED: the limit fits exactly 10 estimates",
+        ),
         Row("overshoot: limit", over["limit"], "nano-USD"),
         Row("overshoot: charged", over["charged"], "nano-USD", "", "actual = 1.5 x estimate"),
-        Row("overshoot: charged - limit", over["overshoot"], "nano-USD", "<= 10 x 0.5 x est.",
-            "met" if over["overshoot"] <= over["allowed"] * (OVERSHOOT_ESTIMATE // 2) else "MISSED"),
+        Row(
+            "overshoot: charged - limit",
+            over["overshoot"],
+            "nano-USD",
+            "<= 10 x 0.5 x est.",
+            "met" if over["overshoot"] <= over["allowed"] * (OVERSHOOT_ESTIMATE // 2) else "MISSED",
+        ),
     ]
 
 
@@ -378,7 +436,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="5 s of load and 2 s of saturation: a fast check")
     parser.add_argument("--rate", type=float, default=1_000, help="open-loop requests per second (default 1,000)")
     parser.add_argument("--duration", type=float, default=30, help="open-loop seconds (default 30)")
-    parser.add_argument("--saturation-seconds", type=float, default=10, help="closed-loop seconds per route (default 10)")
+    parser.add_argument(
+        "--saturation-seconds", type=float, default=10, help="closed-loop seconds per route (default 10)"
+    )
     parser.add_argument("--connections", type=int, default=128, help="open-loop keep-alive connections (default 128)")
     parser.add_argument("--org-share", type=float, default=0.2, help="share of requests billed to an org (default 0.2)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")

@@ -24,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import asyncpg  # noqa: E402
-from _common import Row, asyncpg_dsn, pg_database, postgres_reachable, print_table  # noqa: E402
+import asyncpg
+from _common import Row, asyncpg_dsn, pg_database, postgres_reachable, print_table
 
-from metering.config import Settings, set_settings  # noqa: E402
-from metering.db import Database  # noqa: E402
-from metering.invoicing.service import invoicing_service  # noqa: E402
-from metering.ledger import codes  # noqa: E402
-from metering.money import NANO_PER_CENT  # noqa: E402
+from metering.config import Settings, set_settings
+from metering.db import Database
+from metering.invoicing.service import invoicing_service
+from metering.ledger import codes
+from metering.money import NANO_PER_CENT
 
 TARGET_SECONDS = 60.0
 PERIOD = "2026-10"
@@ -50,14 +50,28 @@ async def populate(dsn: str, accounts: int, rng: random.Random) -> int:
     connection = await asyncpg.connect(dsn)
     try:
         await connection.copy_records_to_table(
-            "accounts", columns=["name", "kind", "plan", "seats", "status", "created_at", "updated_at"],
+            "accounts",
+            columns=["name", "kind", "plan", "seats", "status", "created_at", "updated_at"],
             records=[(n, "user", "pro", 1, "active", now, now) for n in names],
         )
         await connection.copy_records_to_table(
             "providers",
-            columns=["id", "url", "request_id_header", "pricing", "credit_eligible", "default_estimate_nano_usd",
-                     "hardware_prices_nano_usd_per_second", "models", "created_at", "updated_at"],
-            records=[(p, "http://127.0.0.1:9", "Inference-Id", "compute_time", True, 0, "{}", "{}", now, now) for p in PROVIDERS],
+            columns=[
+                "id",
+                "url",
+                "request_id_header",
+                "pricing",
+                "credit_eligible",
+                "default_estimate_nano_usd",
+                "hardware_prices_nano_usd_per_second",
+                "models",
+                "created_at",
+                "updated_at",
+            ],
+            records=[
+                (p, "http://127.0.0.1:9", "Inference-Id", "compute_time", True, 0, "{}", "{}", now, now)
+                for p in PROVIDERS
+            ],
         )
         ledger_ids: dict[str, int] = {}
         ledger_rows = []
@@ -71,7 +85,9 @@ async def populate(dsn: str, accounts: int, rng: random.Random) -> int:
 
         transactions, entries, usage = [], [], []
 
-        def post(kind: str, key: str, account: str, provider: str | None, record: int | None, lines: list[tuple[str, int]]) -> None:
+        def post(
+            kind: str, key: str, account: str, provider: str | None, record: int | None, lines: list[tuple[str, int]]
+        ) -> None:
             tx = len(transactions) + 1
             transactions.append((tx, kind, key, account, provider, PERIOD, record, now))
             for code, amount in lines:
@@ -80,41 +96,100 @@ async def populate(dsn: str, accounts: int, rng: random.Random) -> int:
                 entries.append((len(entries) + 1, tx, account_id, amount))
 
         for name in names:
-            post(codes.GRANT, f"grant:{name}:{PERIOD}", name, None, None,
-                 [(codes.credits_expense(PERIOD), GRANT), (codes.credits(name, PERIOD), -GRANT)])
+            post(
+                codes.GRANT,
+                f"grant:{name}:{PERIOD}",
+                name,
+                None,
+                None,
+                [(codes.credits_expense(PERIOD), GRANT), (codes.credits(name, PERIOD), -GRANT)],
+            )
         payg_total = 0
         for name in payg_accounts:
             for n in range(REQUESTS_PER_PAYG_ACCOUNT):
                 provider = PROVIDERS[n % len(PROVIDERS)]
                 cost = rng.randint(1, 500_000_000)
                 record = len(usage) + 1
-                usage.append((record, provider, f"{name}-{n}", name, name, False, "org/model", False, STARTED, PERIOD,
-                              f"{record:032x}", "priced", 0, cost, now, now, 0))
-                post(codes.REQUEST_COST, f"cost:{record}", name, provider, record,
-                     [(codes.receivable(name, PERIOD), cost), (codes.payable(provider, PERIOD), -cost)])
+                usage.append(
+                    (
+                        record,
+                        provider,
+                        f"{name}-{n}",
+                        name,
+                        name,
+                        False,
+                        "org/model",
+                        False,
+                        STARTED,
+                        PERIOD,
+                        f"{record:032x}",
+                        "priced",
+                        0,
+                        cost,
+                        now,
+                        now,
+                        0,
+                    )
+                )
+                post(
+                    codes.REQUEST_COST,
+                    f"cost:{record}",
+                    name,
+                    provider,
+                    record,
+                    [(codes.receivable(name, PERIOD), cost), (codes.payable(provider, PERIOD), -cost)],
+                )
                 payg_total += cost
 
         await connection.copy_records_to_table(
             "usage_records",
-            columns=["id", "provider_id", "request_id", "user_name", "billing_account", "bill_to_flagged", "model",
-                     "custom_key", "started_at", "period", "content_hash", "status", "estimate_nano_usd",
-                     "cost_nano_usd", "received_at", "priced_at", "attempts"],
+            columns=[
+                "id",
+                "provider_id",
+                "request_id",
+                "user_name",
+                "billing_account",
+                "bill_to_flagged",
+                "model",
+                "custom_key",
+                "started_at",
+                "period",
+                "content_hash",
+                "status",
+                "estimate_nano_usd",
+                "cost_nano_usd",
+                "received_at",
+                "priced_at",
+                "attempts",
+            ],
             records=usage,
         )
         await connection.copy_records_to_table(
-            "ledger_accounts", columns=["id", "code", "kind", "owner", "period", "balance_nano_usd"],
+            "ledger_accounts",
+            columns=["id", "code", "kind", "owner", "period", "balance_nano_usd"],
             records=[tuple(row) for row in ledger_rows],
         )
         await connection.copy_records_to_table(
             "ledger_transactions",
-            columns=["id", "kind", "idempotency_key", "account_name", "provider_id", "period", "usage_record_id", "created_at"],
+            columns=[
+                "id",
+                "kind",
+                "idempotency_key",
+                "account_name",
+                "provider_id",
+                "period",
+                "usage_record_id",
+                "created_at",
+            ],
             records=transactions,
         )
         await connection.copy_records_to_table(
             "ledger_entries", columns=["id", "transaction_id", "ledger_account_id", "amount_nano_usd"], records=entries
         )
         for table in ("usage_records", "ledger_accounts", "ledger_transactions", "ledger_entries"):
-            await connection.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+            await connection.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+            )
             await connection.execute(f"ANALYZE {table}")
         return payg_total
     finally:
@@ -124,9 +199,16 @@ async def populate(dsn: str, accounts: int, rng: random.Random) -> int:
 async def run(url: str, accounts: int) -> list[Row]:
     rng = random.Random(7)
     with tempfile.TemporaryDirectory() as data_dir:
-        set_settings(Settings(environment="embedded", database_url=url, data_dir=Path(data_dir),
-                              service_tokens="bench", secret_key=base64.urlsafe_b64encode(b"c" * 32).decode(),
-                              jwt_secret="bench-jwt-secret-long-enough"))
+        set_settings(
+            Settings(
+                environment="embedded",
+                database_url=url,
+                data_dir=Path(data_dir),
+                service_tokens="bench",
+                secret_key=base64.urlsafe_b64encode(b"c" * 32).decode(),
+                jwt_secret="bench-jwt-secret-long-enough",
+            )
+        )
         started = time.perf_counter()
         payg_total = await populate(asyncpg_dsn(url), accounts, rng)
         load_seconds = time.perf_counter() - started
@@ -150,11 +232,18 @@ async def run(url: str, accounts: int) -> list[Row]:
         finally:
             await connection.close()
     assert again.outcome == "already_closed"
-    assert payg == payg_total and cents * NANO_PER_CENT + carried == payg_total and line_cents == cents, "cents do not add up"
+    assert payg == payg_total and cents * NANO_PER_CENT + carried == payg_total and line_cents == cents, (
+        "cents do not add up"
+    )
     note = f"{result.invoices + result.nothing_due:,} invoices, {lines:,} lines; setup {load_seconds:.1f} s"
     return [
-        Row(f"close {accounts:,} accounts", seconds, "s", f"<= {TARGET_SECONDS:.0f} s",
-            f"{seconds / TARGET_SECONDS:.2f}x of target; {note}"),
+        Row(
+            f"close {accounts:,} accounts",
+            seconds,
+            "s",
+            f"<= {TARGET_SECONDS:.0f} s",
+            f"{seconds / TARGET_SECONDS:.2f}x of target; {note}",
+        ),
         Row("invoices per second", (result.invoices + result.nothing_due) / seconds, "1/s"),
     ]
 

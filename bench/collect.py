@@ -29,17 +29,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402, F401
-from _common import Row, asyncpg_dsn, free_port, pg_database, postgres_reachable, print_table  # noqa: E402
+import _common  # noqa: F401
+import asyncpg
+import httpx
+from _common import Row, asyncpg_dsn, free_port, pg_database, postgres_reachable, print_table
 
-import asyncpg  # noqa: E402
-import httpx  # noqa: E402
-
-from metering.config import Settings, set_settings  # noqa: E402
-from metering.db import Database  # noqa: E402
-from metering.periods import period_of  # noqa: E402
-from metering.providers.service import ProviderRegistration, provider_service  # noqa: E402
-from tests.support.servers import wait_until_up  # noqa: E402
+from metering.config import Settings, set_settings
+from metering.db import Database
+from metering.periods import period_of
+from metering.providers.service import ProviderRegistration, provider_service
+from tests.support.servers import wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = 1_000
@@ -47,8 +46,20 @@ BATCH = 10_000
 SECRET_KEY = base64.urlsafe_b64encode(b"c" * 32).decode()
 TOKEN = "bench-provider-token"
 COLUMNS = [
-    "provider_id", "request_id", "user_name", "billing_account", "bill_to_flagged", "model", "custom_key",
-    "started_at", "period", "content_hash", "status", "estimate_nano_usd", "received_at", "attempts",
+    "provider_id",
+    "request_id",
+    "user_name",
+    "billing_account",
+    "bill_to_flagged",
+    "model",
+    "custom_key",
+    "started_at",
+    "period",
+    "content_hash",
+    "status",
+    "estimate_nano_usd",
+    "received_at",
+    "attempts",
 ]
 
 
@@ -58,13 +69,21 @@ async def seed(url: str, *, requests: int, baseline: int, cost_endpoint: str, fi
     ``fillfactor`` overrides the one the migrations give ``usage_records`` (70: room on each
     page so that lease writes, which touch no indexed column, become HOT updates).
     """
-    set_settings(Settings(environment="embedded", database_url=url, secret_key=SECRET_KEY, service_tokens="x", jwt_secret="x" * 32))
+    set_settings(
+        Settings(
+            environment="embedded", database_url=url, secret_key=SECRET_KEY, service_tokens="x", jwt_secret="x" * 32
+        )
+    )
     database = Database(url)
     url_of_provider = cost_endpoint.rsplit("/billing", 1)[0]
     registrations = {
-        "sim": ProviderRegistration(url=url_of_provider, pricing="cost_endpoint", cost_endpoint=cost_endpoint, cost_token=TOKEN),
+        "sim": ProviderRegistration(
+            url=url_of_provider, pricing="cost_endpoint", cost_endpoint=cost_endpoint, cost_token=TOKEN
+        ),
         # Priced by compute time: the job asks no cost endpoint for its rows, which stay the baseline's.
-        "raw": ProviderRegistration(url=url_of_provider, pricing="compute_time", hardware_prices_nano_usd_per_second={"cpu": 1}),
+        "raw": ProviderRegistration(
+            url=url_of_provider, pricing="compute_time", hardware_prices_nano_usd_per_second={"cpu": 1}
+        ),
     }
     async with database.session_scope() as session:
         for provider_id, registration in registrations.items():
@@ -83,8 +102,22 @@ async def seed(url: str, *, requests: int, baseline: int, cost_endpoint: str, fi
         )
         for provider_id, count in (("sim", requests), ("raw", baseline)):
             records = (
-                (provider_id, f"{provider_id}-{i:08d}", f"user-{i % USERS:05d}", f"user-{i % USERS:05d}", False, "org/model",
-                 False, started, period_of(started), f"{i:032x}", "pending", 0, now, 0)
+                (
+                    provider_id,
+                    f"{provider_id}-{i:08d}",
+                    f"user-{i % USERS:05d}",
+                    f"user-{i % USERS:05d}",
+                    False,
+                    "org/model",
+                    False,
+                    started,
+                    period_of(started),
+                    f"{i:032x}",
+                    "pending",
+                    0,
+                    now,
+                    0,
+                )
                 for i in range(count)
             )
             await connection.copy_records_to_table("usage_records", columns=COLUMNS, records=records)
@@ -113,7 +146,10 @@ def drain_with_workers(url: str, workers: int) -> tuple[float, list[str]]:
     }
     command = [sys.executable, "-m", "cli.main", "jobs", "run-once", "collect-costs"]
     started = time.perf_counter()
-    processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    processes = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(workers)
+    ]
     outputs = [process.communicate() for process in processes]
     elapsed = time.perf_counter() - started
     for process, (_, err) in zip(processes, outputs):
@@ -168,7 +204,8 @@ async def raw_baseline(url: str, connections: int, batches: int) -> float:
                     await connection.execute(
                         "UPDATE usage_records u SET status = 'priced', cost_nano_usd = c.cost, priced_at = now() "
                         "FROM unnest($1::bigint[], $2::bigint[]) AS c(id, cost) WHERE u.id = c.id AND u.status = 'pending'",
-                        record_ids, costs,
+                        record_ids,
+                        costs,
                     )
                     transactions = await connection.fetch(
                         "INSERT INTO ledger_transactions (kind, idempotency_key, account_name, provider_id, period, usage_record_id, created_at) "
@@ -179,7 +216,10 @@ async def raw_baseline(url: str, connections: int, batches: int) -> float:
                         "INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd) "
                         "SELECT t, a, v FROM unnest($1::bigint[], $2::bigint[]) AS x(t, c), "
                         "LATERAL (VALUES ($3::bigint, x.c), ($4::bigint, -x.c)) AS e(a, v)",
-                        [row["id"] for row in transactions], costs, receivable, payable,
+                        [row["id"] for row in transactions],
+                        costs,
+                        receivable,
+                        payable,
                     )
         finally:
             await connection.close()
@@ -194,7 +234,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="50,000 requests")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--fillfactor", type=int, default=None, help="experiment: override the usage_records fillfactor of the schema (70)")
+    parser.add_argument(
+        "--fillfactor",
+        type=int,
+        default=None,
+        help="experiment: override the usage_records fillfactor of the schema (70)",
+    )
     args = parser.parse_args()
     requests = 50_000 if args.quick else args.requests
     baseline = min(requests, 200_000)
@@ -203,7 +248,8 @@ def main() -> None:
     port = free_port()
     simulator = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "simulate-provider", "--port", str(port), "--seed", "1", "--token", TOKEN],
-        cwd=ROOT, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -211,10 +257,19 @@ def main() -> None:
         with pg_database("metering_bench_collect") as (_, url):
             t0 = time.perf_counter()
             asyncio.run(
-                seed(url, requests=requests, baseline=baseline, cost_endpoint=f"{base_url}/billing/costs", fillfactor=args.fillfactor)
+                seed(
+                    url,
+                    requests=requests,
+                    baseline=baseline,
+                    cost_endpoint=f"{base_url}/billing/costs",
+                    fillfactor=args.fillfactor,
+                )
             )
             preload(base_url, requests)
-            print(f"seeded {requests:,} pending requests (+{baseline:,} for the baseline) in {time.perf_counter() - t0:.1f}s", flush=True)
+            print(
+                f"seeded {requests:,} pending requests (+{baseline:,} for the baseline) in {time.perf_counter() - t0:.1f}s",
+                flush=True,
+            )
             # The baseline runs half before the drain and half after, so a machine whose speed drifts
             # during the run weighs on both figures alike.
             raw_batches = baseline // BATCH
@@ -234,15 +289,51 @@ def main() -> None:
         f"collect-costs: {requests:,} pending, {args.workers} workers, batches of {BATCH:,} (PostgreSQL"
         + (f", usage_records fillfactor {args.fillfactor})" if args.fillfactor else ")"),
         [
-            Row("priced", priced, "requests", f"{requests:,}", "exactly the backlog" if priced == requests else "MISMATCH"),
+            Row(
+                "priced",
+                priced,
+                "requests",
+                f"{requests:,}",
+                "exactly the backlog" if priced == requests else "MISMATCH",
+            ),
             Row("priced/s end to end", priced / wall, "req/s", ">= 20,000", f"{wall:.1f}s incl. process start"),
-            Row("priced/s while draining", priced / draining, "req/s", ">= 20,000", f"{draining:.1f}s, longest worker pass"),
-            Row("10k batch, one worker's", sum(per_batch.values()), "s", "", f"mean of {batches}, {args.workers} at once"),
+            Row(
+                "priced/s while draining",
+                priced / draining,
+                "req/s",
+                ">= 20,000",
+                f"{draining:.1f}s, longest worker pass",
+            ),
+            Row(
+                "10k batch, one worker's",
+                sum(per_batch.values()),
+                "s",
+                "",
+                f"mean of {batches}, {args.workers} at once",
+            ),
             *(Row(f"  {step}", value, "s", "", "") for step, value in per_batch.items()),
-            Row("10k batch, effective", draining / batches * BATCH / (priced / batches), "s", "<= 0.5", "drain time per 10k priced"),
-            Row("raw baseline", raw_rate, "req/s", "", f"claim + UPDATE/INSERT, asyncpg, {raw_batches} batches on {args.workers} connections, half before the drain"),
+            Row(
+                "10k batch, effective",
+                draining / batches * BATCH / (priced / batches),
+                "s",
+                "<= 0.5",
+                "drain time per 10k priced",
+            ),
+            Row(
+                "raw baseline",
+                raw_rate,
+                "req/s",
+                "",
+                f"claim + UPDATE/INSERT, asyncpg, {raw_batches} batches on {args.workers} connections, half before the drain",
+            ),
             Row("raw baseline 10k batch, effective", raw_seconds / max(raw_batches, 1), "s", "", ""),
-            Row("ratio end to end / raw", priced / wall / raw_rate, "ratio", ">= 0.5", "the cost of settle, ledger, HTTP, processes"),
+            Row(
+                "ratio end to end / raw",
+                priced / wall / raw_rate,
+                "ratio",
+                ">= 0.5",
+                "the cost of settle, ledger, HTTP, processes",
+            ),
         ],
     )
 

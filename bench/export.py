@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402
-import asyncpg  # noqa: E402
-from _common import Row, pg_database, postgres_reachable, print_table  # noqa: E402
+import _common
+import asyncpg
+from _common import Row, pg_database, postgres_reachable, print_table
 
 PERIOD = "2026-10"
 PROVIDERS = 50
@@ -60,7 +60,9 @@ async def fill_ledger(dsn: str, entries: int) -> None:
     transactions = entries // 2
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute("TRUNCATE ledger_entries, ledger_transactions, ledger_accounts RESTART IDENTITY CASCADE")
+        await connection.execute(
+            "TRUNCATE ledger_entries, ledger_transactions, ledger_accounts RESTART IDENTITY CASCADE"
+        )
         await connection.execute(
             f"""
             INSERT INTO ledger_accounts (id, code, kind, owner, period, balance_nano_usd)
@@ -165,8 +167,12 @@ def bench_exports(url: str, sizes: list[int], repeats: int) -> list[Row]:
         env = export_env(url, tmp)
         startup, startup_rss, startup_cpu = measured_child([sys.executable, "-m", "cli.main", "export", "--help"], env)
         rows.append(
-            Row("process start (metering export --help), included below", startup * 1000, "ms",
-                note=f"{startup_cpu:.1f} CPU s, {startup_rss:.0f} MiB RSS")
+            Row(
+                "process start (metering export --help), included below",
+                startup * 1000,
+                "ms",
+                note=f"{startup_cpu:.1f} CPU s, {startup_rss:.0f} MiB RSS",
+            )
         )
         for size in sizes:
             started = time.perf_counter()
@@ -174,33 +180,62 @@ def bench_exports(url: str, sizes: list[int], repeats: int) -> list[Row]:
             print(f"  {size:,} ledger rows inserted in {time.perf_counter() - started:.1f} s", flush=True)
             baseline_seconds = asyncio.run(copy_baseline(dsn, Path(tmp) / "baseline.csv"))
             baseline_rate = size / baseline_seconds
-            rows.append(Row(f"COPY TO csv baseline, {size:,} rows", baseline_rate, "rows/s", note=f"{baseline_seconds:.1f} s"))
+            rows.append(
+                Row(f"COPY TO csv baseline, {size:,} rows", baseline_rate, "rows/s", note=f"{baseline_seconds:.1f} s")
+            )
             for fmt in ("parquet", "csv"):
                 out = Path(tmp) / f"ledger.{fmt}"
-                command = [sys.executable, "-m", "cli.main", "export", "ledger", "--period", PERIOD,
-                           "--format", fmt, "--out", str(out), "--no-progress"]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "cli.main",
+                    "export",
+                    "ledger",
+                    "--period",
+                    PERIOD,
+                    "--format",
+                    fmt,
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
                 runs = [measured_child(command, env) for _ in range(repeats)]
                 seconds, _, cpu = sorted(runs)[len(runs) // 2]  # the run of median wall time
                 peaks = sorted(peak for _, peak, _ in runs)
                 rate = size / seconds
                 rows.append(
-                    Row(f"export {fmt}, {size:,} rows", rate, "rows/s", f">= {EXPORT_TARGET_ROWS_S:,}",
+                    Row(
+                        f"export {fmt}, {size:,} rows",
+                        rate,
+                        "rows/s",
+                        f">= {EXPORT_TARGET_ROWS_S:,}",
                         note=f"median of {repeats}: {seconds:.1f} s wall, {size / cpu:,.0f} rows per CPU s, "
-                        f"{out.stat().st_size / 2**20:.0f} MiB file, {rate / baseline_rate:.2f}x of COPY")
+                        f"{out.stat().st_size / 2**20:.0f} MiB file, {rate / baseline_rate:.2f}x of COPY",
+                    )
                 )
                 peak = statistics.median(peaks)
                 peak_by_format.setdefault(fmt, []).append((size, peak))
                 rows.append(
-                    Row(f"export {fmt}, {size:,} rows: peak RSS", peak, "MiB",
-                        f"<= {RSS_TARGET_MB}, flat", note=f"median of {repeats}: {peak:.1f}, {peaks[0]:.1f}-{peaks[-1]:.1f}")
+                    Row(
+                        f"export {fmt}, {size:,} rows: peak RSS",
+                        peak,
+                        "MiB",
+                        f"<= {RSS_TARGET_MB}, flat",
+                        note=f"median of {repeats}: {peak:.1f}, {peaks[0]:.1f}-{peaks[-1]:.1f}",
+                    )
                 )
                 out.unlink()
     for fmt, peaks_by_size in peak_by_format.items():
         (small, small_peak), (large, large_peak) = peaks_by_size[0], peaks_by_size[-1]
         if large > small:
             rows.append(
-                Row(f"export {fmt}: peak RSS at {large:,} rows minus at {small:,}", large_peak - small_peak, "MiB", "<= 0",
-                    note=_GROWTH_NOTES.get(fmt, "medians"))
+                Row(
+                    f"export {fmt}: peak RSS at {large:,} rows minus at {small:,}",
+                    large_peak - small_peak,
+                    "MiB",
+                    "<= 0",
+                    note=_GROWTH_NOTES.get(fmt, "medians"),
+                )
             )
     return rows
 
@@ -284,7 +319,10 @@ async def time_usage_series(url: str, repeats: int) -> tuple[list[float], list[f
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
-            environment="embedded", database_url=url, data_dir=Path(tmp), service_tokens="t",
+            environment="embedded",
+            database_url=url,
+            data_dir=Path(tmp),
+            service_tokens="t",
             secret_key="YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI=",
             jwt_secret="test-jwt-secret-that-is-long-enough-for-hs256",
         )
@@ -321,7 +359,8 @@ async def time_usage_series(url: str, repeats: int) -> tuple[list[float], list[f
                 for attempt in range(repeats + 1):
                     began = time.perf_counter()
                     response = await http.get(
-                        "/v1/accounts/acme/usage?from=2026-10-01&to=2026-10-31&interval=day", headers=as_user("member-1")
+                        "/v1/accounts/acme/usage?from=2026-10-01&to=2026-10-31&interval=day",
+                        headers=as_user("member-1"),
                     )
                     response.raise_for_status()
                     if attempt:
@@ -339,14 +378,27 @@ def bench_usage(url: str, requests: int, repeats: int) -> list[Row]:
     floor_ms = asyncio.run(time_floor(_common.asyncpg_dsn(url), repeats))
     return [
         Row("floor: count(*) of the same rows", statistics.median(floor_ms), "ms", note=f"min {min(floor_ms):.0f} ms"),
-        Row("same series read from the records (a range splitting an hour)", statistics.median(direct_ms), "ms",
-            note=f"min {min(direct_ms):.0f} ms; the covering-index path"),
-        Row(f"usage series query, {requests:,} requests, 100 members, daily", statistics.median(service_ms), "ms",
+        Row(
+            "same series read from the records (a range splitting an hour)",
+            statistics.median(direct_ms),
+            "ms",
+            note=f"min {min(direct_ms):.0f} ms; the covering-index path",
+        ),
+        Row(
+            f"usage series query, {requests:,} requests, 100 members, daily",
+            statistics.median(service_ms),
+            "ms",
             f"<= {USAGE_TARGET_MS:.0f}",
             f"min {min(service_ms):.0f} ms, {points:,} points, {repeats} runs, "
-            f"{statistics.median(service_ms) / statistics.median(floor_ms):.1f}x the floor"),
-        Row("usage series via HTTP route (in-process)", statistics.median(route_ms), "ms",
-            f"<= {USAGE_TARGET_MS:.0f}", f"min {min(route_ms):.0f} ms, incl. JSON of every point"),
+            f"{statistics.median(service_ms) / statistics.median(floor_ms):.1f}x the floor",
+        ),
+        Row(
+            "usage series via HTTP route (in-process)",
+            statistics.median(route_ms),
+            "ms",
+            f"<= {USAGE_TARGET_MS:.0f}",
+            f"min {min(route_ms):.0f} ms, incl. JSON of every point",
+        ),
     ]
 
 
@@ -358,7 +410,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="usage series runs (default 20, 5 quick)")
     parser.add_argument("--export-repeats", type=int, default=3, help="runs of each export (default 3; median shown)")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([100_000, 300_000] if args.quick else [1_000_000, 5_000_000])
+    sizes = (
+        [int(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else ([100_000, 300_000] if args.quick else [1_000_000, 5_000_000])
+    )
     repeats = args.repeats or (5 if args.quick else 20)
     if not postgres_reachable():
         sys.exit("PostgreSQL is not reachable; this benchmark needs it")

@@ -11,16 +11,16 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metering.hook import Spool, build_record  # noqa: E402
+from metering.hook import Spool, build_record
 
 TARGET_MEDIAN_US = 100.0
-STARTED = datetime(2026, 11, 22, 5, 0, tzinfo=timezone.utc)
+STARTED = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
 
 
 def _record(n: int) -> dict:
@@ -87,8 +87,10 @@ def main() -> None:
     n = 2_000 if arguments.quick else arguments.n
     for name, figures in measure(n).items():
         ratio = figures["median_us"] / TARGET_MEDIAN_US
-        print(f"{name:30s} median {figures['median_us']:8.1f} µs  p99 {figures['p99_us']:8.1f} µs  "
-              f"n={figures['n']:<6d} median/target {ratio:.2f}")
+        print(
+            f"{name:30s} median {figures['median_us']:8.1f} µs  p99 {figures['p99_us']:8.1f} µs  "
+            f"n={figures['n']:<6d} median/target {ratio:.2f}"
+        )
 
 
 if __name__ == "__main__":

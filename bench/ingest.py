@@ -29,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402
-import asyncpg  # noqa: E402
-import httpx  # noqa: E402
-import orjson  # noqa: E402
-from _common import Row, pg_database, postgres_reachable, print_table, serve  # noqa: E402
+import _common
+import asyncpg
+import httpx
+import orjson
+from _common import Row, pg_database, postgres_reachable, print_table, serve
 
 PG_TARGET = 50_000
 PG_RATIO_TARGET = 0.3
@@ -143,10 +143,22 @@ def server_cpu_seconds(base_url: str) -> float | None:
 
 # The columns ingest writes, with the same constants; only the table differs.
 _RAW_COLUMNS = (
-    ("provider_id", "varchar"), ("request_id", "varchar"), ("user_name", "varchar"), ("bill_to", "varchar"),
-    ("billing_account", "varchar"), ("bill_to_flag_reason", "varchar"), ("model", "varchar"), ("task", "varchar"),
-    ("custom_key", "boolean"), ("started_at", "timestamptz"), ("period", "varchar"), ("duration_ms", "bigint"),
-    ("hardware", "varchar"), ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("hold_id", "varchar"),
+    ("provider_id", "varchar"),
+    ("request_id", "varchar"),
+    ("user_name", "varchar"),
+    ("bill_to", "varchar"),
+    ("billing_account", "varchar"),
+    ("bill_to_flag_reason", "varchar"),
+    ("model", "varchar"),
+    ("task", "varchar"),
+    ("custom_key", "boolean"),
+    ("started_at", "timestamptz"),
+    ("period", "varchar"),
+    ("duration_ms", "bigint"),
+    ("hardware", "varchar"),
+    ("input_tokens", "bigint"),
+    ("output_tokens", "bigint"),
+    ("hold_id", "varchar"),
     ("content_hash", "varchar"),
 )
 
@@ -167,11 +179,22 @@ def _raw_insert_sql(table: str) -> str:
 def _raw_arrays(batch: list[dict]) -> list[list]:
     started = [datetime.fromisoformat(r["started_at"]).astimezone(UTC) for r in batch]
     return [
-        [r["provider"] for r in batch], [r["request_id"] for r in batch], [r["user"] for r in batch],
-        [None] * len(batch), [r["user"] for r in batch], [None] * len(batch), [r["model"] for r in batch],
-        [r["task"] for r in batch], [False] * len(batch), started, [f"{s.year:04d}-{s.month:02d}" for s in started],
-        [None] * len(batch), [None] * len(batch), [r["input_tokens"] for r in batch],
-        [r["output_tokens"] for r in batch], [None] * len(batch),
+        [r["provider"] for r in batch],
+        [r["request_id"] for r in batch],
+        [r["user"] for r in batch],
+        [None] * len(batch),
+        [r["user"] for r in batch],
+        [None] * len(batch),
+        [r["model"] for r in batch],
+        [r["task"] for r in batch],
+        [False] * len(batch),
+        started,
+        [f"{s.year:04d}-{s.month:02d}" for s in started],
+        [None] * len(batch),
+        [None] * len(batch),
+        [r["input_tokens"] for r in batch],
+        [r["output_tokens"] for r in batch],
+        [None] * len(batch),
         [hashlib.blake2b(orjson.dumps(r), digest_size=16).hexdigest() for r in batch],
     ]
 
@@ -232,8 +255,15 @@ def raw_sqlite_rate(records: list[dict], args: argparse.Namespace) -> float:
     now = datetime.now(UTC).isoformat(sep=" ")
     prepared = [
         [
-            tuple(str(value) if isinstance(value, datetime) else value for value in row)
-            + (row[5] is not None, "pending", 0, now, 0, now)
+            (
+                *tuple(str(value) if isinstance(value, datetime) else value for value in row),
+                row[5] is not None,
+                "pending",
+                0,
+                now,
+                0,
+                now,
+            )
             for row in zip(*_raw_arrays(batch))
         ]
         for batch in batches_of(records, args.batch)
@@ -310,7 +340,9 @@ def _verdict(met: bool) -> str:
 
 # One function per figure group, by name; each returns rows of the table. Add new figures here.
 FIGURES: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
-    "postgres": postgres_figures, "sqlite": sqlite_figures, "hook": hook_figures,
+    "postgres": postgres_figures,
+    "sqlite": sqlite_figures,
+    "hook": hook_figures,
 }
 
 

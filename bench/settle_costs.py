@@ -24,18 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402, F401
-from _common import Row, pg_database, postgres_reachable, print_table  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+import _common  # noqa: F401
+from _common import Row, pg_database, postgres_reachable, print_table
+from sqlalchemy import insert
 
-from metering.config import Settings, set_settings  # noqa: E402
-from metering.db import Database  # noqa: E402
-from metering.ledger.verify import verify  # noqa: E402
-from metering.migrate import upgrade_sync  # noqa: E402
-from metering.models import Account, Provider, UsageRecord  # noqa: E402
-from metering.periods import period_of  # noqa: E402
-from metering.usage.accounting import account_for_new_usage, settle  # noqa: E402
-from metering.usage.types import AcceptedUsage, PricedRequest  # noqa: E402
+from metering.config import Settings, set_settings
+from metering.db import Database
+from metering.ledger.verify import verify
+from metering.migrate import upgrade_sync
+from metering.models import Account, Provider, UsageRecord
+from metering.periods import period_of
+from metering.usage.accounting import account_for_new_usage, settle
+from metering.usage.types import AcceptedUsage, PricedRequest
 
 USERS = 1_000
 INGEST_BATCH = 1_000
@@ -49,33 +49,75 @@ async def _seed(database: Database, records: int) -> list[AcceptedUsage]:
         await session.execute(
             insert(Account),
             [
-                {"name": f"user-{i:05d}", "kind": "user", "plan": "pro" if i % 2 else "free", "seats": 1,
-                 "status": "active", "created_at": now, "updated_at": now}
+                {
+                    "name": f"user-{i:05d}",
+                    "kind": "user",
+                    "plan": "pro" if i % 2 else "free",
+                    "seats": 1,
+                    "status": "active",
+                    "created_at": now,
+                    "updated_at": now,
+                }
                 for i in range(USERS)
             ],
         )
-        session.add(Provider(id="together", url="https://together.example", pricing="cost_endpoint",
-                             cost_endpoint="https://together.example/costs", credit_eligible=True,
-                             default_estimate_nano_usd=100_000, hardware_prices_nano_usd_per_second={}, models={},
-                             created_at=now, updated_at=now))
+        session.add(
+            Provider(
+                id="together",
+                url="https://together.example",
+                pricing="cost_endpoint",
+                cost_endpoint="https://together.example/costs",
+                credit_eligible=True,
+                default_estimate_nano_usd=100_000,
+                hardware_prices_nano_usd_per_second={},
+                models={},
+                created_at=now,
+                updated_at=now,
+            )
+        )
         await session.flush()
         period = period_of(started)
         accepted: list[AcceptedUsage] = []
         for start in range(0, records, 5_000):
             rows = [
-                {"provider_id": "together", "request_id": f"req-{i:09d}", "user_name": f"user-{i % USERS:05d}",
-                 "billing_account": f"user-{i % USERS:05d}", "model": "org/model", "custom_key": False,
-                 "started_at": started, "period": period, "content_hash": "0" * 32, "status": "pending",
-                 "estimate_nano_usd": 0, "received_at": now, "attempts": 0, "bill_to_flagged": False}
+                {
+                    "provider_id": "together",
+                    "request_id": f"req-{i:09d}",
+                    "user_name": f"user-{i % USERS:05d}",
+                    "billing_account": f"user-{i % USERS:05d}",
+                    "model": "org/model",
+                    "custom_key": False,
+                    "started_at": started,
+                    "period": period,
+                    "content_hash": "0" * 32,
+                    "status": "pending",
+                    "estimate_nano_usd": 0,
+                    "received_at": now,
+                    "attempts": 0,
+                    "bill_to_flagged": False,
+                }
                 for i in range(start, min(records, start + 5_000))
             ]
             result = await session.execute(insert(UsageRecord).returning(UsageRecord.id), rows)
             for row, record_id in zip(rows, result.scalars(), strict=True):
-                accepted.append(AcceptedUsage(
-                    id=record_id, provider_id="together", request_id=row["request_id"], user_name=row["user_name"],
-                    billing_account=row["billing_account"], model="org/model", period=period, started_at=started,
-                    custom_key=False, hold_id=None, duration_ms=None, hardware=None, input_tokens=None, output_tokens=None,
-                ))
+                accepted.append(
+                    AcceptedUsage(
+                        id=record_id,
+                        provider_id="together",
+                        request_id=row["request_id"],
+                        user_name=row["user_name"],
+                        billing_account=row["billing_account"],
+                        model="org/model",
+                        period=period,
+                        started_at=started,
+                        custom_key=False,
+                        hold_id=None,
+                        duration_ms=None,
+                        hardware=None,
+                        input_tokens=None,
+                        output_tokens=None,
+                    )
+                )
     return accepted
 
 
@@ -111,8 +153,13 @@ async def _run(database_url: str, records: int, label: str) -> list[Row]:
     return [
         Row(f"{label} account_for_new_usage", records / account_seconds, "records/s", "", "wall clock"),
         Row(f"{label} account_for_new_usage, CPU", records / account_cpu, "records/s", "", "this process"),
-        Row(f"{label} settle, median per 10,000", per_batch, "s", "< 0.5" if label == "pg" else "",
-            f"wall clock, {len(batch_seconds)} batches"),
+        Row(
+            f"{label} settle, median per 10,000",
+            per_batch,
+            "s",
+            "< 0.5" if label == "pg" else "",
+            f"wall clock, {len(batch_seconds)} batches",
+        ),
         Row(f"{label} settle per 10,000, CPU", per_batch_cpu, "s", "", "this process"),
         Row(f"{label} verify of {records:,} priced", verify_seconds, "s", "", "clean"),
     ]
@@ -126,8 +173,15 @@ def main() -> None:
     records = 20_000 if args.quick else args.records
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="metering-bench-") as data_dir:
-        set_settings(Settings(environment="embedded", data_dir=Path(data_dir), service_tokens="bench",
-                              secret_key="x" * 43 + "=", jwt_secret="bench-jwt-secret-long-enough"))
+        set_settings(
+            Settings(
+                environment="embedded",
+                data_dir=Path(data_dir),
+                service_tokens="bench",
+                secret_key="x" * 43 + "=",
+                jwt_secret="bench-jwt-secret-long-enough",
+            )
+        )
         if postgres_reachable():
             with pg_database() as (_, url):
                 rows += asyncio.run(_run(url, records, "pg"))

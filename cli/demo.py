@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -18,11 +17,15 @@ from demo import DEFAULT_SEED
 
 def demo(
     data_dir: Path = typer.Option(
-        Path(".metering"), envvar="METERING_DATA_DIR", file_okay=False,
+        Path(".metering"),
+        envvar="METERING_DATA_DIR",
+        file_okay=False,
         help="Folder of the demo's database and spool, the one every command reads; wiped at start (but its secrets).",
     ),
-    serve: bool = typer.Option(True, help="Keep the servers running after the summary until Ctrl-C (--no-serve: exit)."),
-    json_summary: Optional[Path] = typer.Option(None, help="Also write the summary's figures to this JSON file."),
+    serve: bool = typer.Option(
+        True, help="Keep the servers running after the summary until Ctrl-C (--no-serve: exit)."
+    ),
+    json_summary: Path | None = typer.Option(None, help="Also write the summary's figures to this JSON file."),
     seed: int = typer.Option(DEFAULT_SEED, min=0, help="The providers' seed: the same seed gives the same bill."),
 ) -> None:
     """Play a month of billing end to end on the embedded default, print the bill, then serve it."""

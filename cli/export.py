@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -42,7 +41,9 @@ async def _export(database_url: str, report: str, period: str, fmt: str, out: Pa
     database = None
     try:
         with handle:
-            database = Database(database_url, pool_size=2, statement_timeout_ms=get_settings().export_statement_timeout_ms)
+            database = Database(
+                database_url, pool_size=2, statement_timeout_ms=get_settings().export_statement_timeout_ms
+            )
             # Counting is a second pass over the report: only worth it when a bar shows the total.
             total = await export_service.count_rows(database, report=report, period=period) if show_progress else None
             with Progress(
@@ -90,7 +91,7 @@ def _known(check: Callable[[str], object]) -> Callable[[str], str]:
 
 def export(
     report: str = typer.Argument(..., help=f"One of: {', '.join(REPORTS)}.", callback=_known(get_report)),
-    period: Optional[str] = typer.Option(None, help="YYYY-MM; default the current period.", callback=check_period),
+    period: str | None = typer.Option(None, help="YYYY-MM; default the current period.", callback=check_period),
     format: str = typer.Option(  # noqa: A002
         "csv", "--format", help=f"One of: {', '.join(FORMATS)}.", callback=_known(check_format)
     ),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Optional
 
 import typer
 
@@ -44,7 +43,7 @@ def _startup_objects_out_of_the_collector(names: list[str]) -> None:
 @app.callback()
 def scheduler(
     ctx: typer.Context,
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these jobs (repeatable)."),
+    only: list[str] | None = typer.Option(None, "--only", help="Run only these jobs (repeatable)."),
     metrics_port: int = typer.Option(
         0, help="Serve Prometheus metrics of the jobs on this port (0: off).", callback=check_port_or_off
     ),
@@ -54,7 +53,9 @@ def scheduler(
         return
     unknown = sorted(set(only or ()) - set(JOBS))
     if unknown:
-        raise typer.BadParameter(f"unknown job(s) {', '.join(unknown)}; known: {', '.join(JOBS)}", param_hint="'--only'")
+        raise typer.BadParameter(
+            f"unknown job(s) {', '.join(unknown)}; known: {', '.join(JOBS)}", param_hint="'--only'"
+        )
     from prometheus_client import start_http_server
     from rich.console import Console
 
@@ -71,7 +72,7 @@ def scheduler(
 @app.command("run-once")
 def run_once(
     job: str = typer.Argument(..., help=f"One of: {', '.join(JOBS)}."),
-    period: Optional[str] = typer.Option(None, help="Period YYYY-MM, for jobs that take one.", callback=check_period),
+    period: str | None = typer.Option(None, help="Period YYYY-MM, for jobs that take one.", callback=check_period),
     force: bool = typer.Option(False, help="Passed to jobs that take it."),
 ) -> None:
     """Run one pass of JOB, print its summary, and exit."""

@@ -72,7 +72,7 @@ class LazyCommands(MutableMapping):
 class LazyGroup(TyperGroup):
     """The root group: its commands are ``COMMANDS``, loaded on first lookup; it words every command's failures."""
 
-    def __init__(self, **attrs) -> None:  # noqa: ANN003
+    def __init__(self, **attrs) -> None:
         super().__init__(**attrs)
         self.commands = LazyCommands(self.commands)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from metering.periods import parse_period
@@ -23,7 +21,7 @@ def check_port_or_off(value: int) -> int:
     return value if value == 0 else check_port(value)
 
 
-def check_period(value: Optional[str]) -> Optional[str]:
+def check_period(value: str | None) -> str | None:
     """A ``--period`` callback: ``YYYY-MM`` as ``metering.periods`` accepts it, worded for people."""
     if value is None:
         return None

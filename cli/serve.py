@@ -46,8 +46,15 @@ def serve(
     # httptools and uvloop when installed (uvicorn[standard]); no access log line per request, which
     # would cost the hot path more than a trivial route; errors are still logged.
     uvicorn.run(
-        "api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning",
-        http="auto", loop="auto", access_log=False,
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        http="auto",
+        loop="auto",
+        access_log=False,
     )
 
 
@@ -71,10 +78,16 @@ def print_token_hint(console: Console, settings: Settings, url: str) -> None:
         console.print("user routes need a JWT signed by the platform (RS256; METERING_JWT_PUBLIC_KEY)")
         return
     link = f"{url}/billing/{HINT_USER}?token={sign_token(settings, HINT_USER, ttl_seconds=DEFAULT_MINUTES * 60)}"
-    console.print(f"user routes need a token: [bold]metering token {HINT_USER}[/bold] (--role finance for exports), e.g.",
-                  highlight=False)
+    console.print(
+        f"user routes need a token: [bold]metering token {HINT_USER}[/bold] (--role finance for exports), e.g.",
+        highlight=False,
+    )
     # Commands and links are soft-wrapped: the terminal may fold them, but a copy stays one line.
-    console.print(f"  curl -H \"Authorization: Bearer $(metering token {HINT_USER})\" {url}/v1/accounts/{HINT_USER}/billing",
-                  highlight=False, markup=False, soft_wrap=True)
+    console.print(
+        f'  curl -H "Authorization: Bearer $(metering token {HINT_USER})" {url}/v1/accounts/{HINT_USER}/billing',
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     console.print(f"billing page of {HINT_USER}, valid {DEFAULT_MINUTES} minutes:", highlight=False)
     console.print(f"  {link}", highlight=False, markup=False, soft_wrap=True)

@@ -62,10 +62,15 @@ def _check_roles(values: list[str] | None) -> list[str]:
 
 def token(
     user: Annotated[str, typer.Argument(help="Who the token speaks for (its sub claim).", callback=_check_user)],
-    role: Annotated[list[str] | None, typer.Option(
-        "--role", metavar="ROLE", callback=_check_roles,
-        help="finance or platform_admin; repeat the option (or separate with commas) for both.",
-    )] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            metavar="ROLE",
+            callback=_check_roles,
+            help="finance or platform_admin; repeat the option (or separate with commas) for both.",
+        ),
+    ] = None,
     minutes: Annotated[int, typer.Option(min=1, max=MAX_MINUTES, help="Lifetime in minutes.")] = DEFAULT_MINUTES,
 ) -> None:
     """Print a short-lived JWT for USER, accepted by `metering serve` on this machine's settings."""

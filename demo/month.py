@@ -56,8 +56,16 @@ class Month:
     """Plays the period's days; ``play`` returns the close-period job's summary."""
 
     def __init__(
-        self, *, clock: SimulatedClock, database: Database, traffic: Traffic, faults: FaultPlan,
-        sender: UsageSender, http: httpx.AsyncClient, console: Console, grace_hours: int,
+        self,
+        *,
+        clock: SimulatedClock,
+        database: Database,
+        traffic: Traffic,
+        faults: FaultPlan,
+        sender: UsageSender,
+        http: httpx.AsyncClient,
+        console: Console,
+        grace_hours: int,
     ) -> None:
         self.clock, self.database, self.traffic, self.faults = clock, database, traffic, faults
         self.sender, self.http, self.console, self.grace_hours = sender, http, console, grace_hours
@@ -67,8 +75,14 @@ class Month:
         clock = self.clock
         clock.set(clock.at(1, 0, 5))
         await run_job("grant-credits", self.database)
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=self.console, transient=True) as progress:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as progress:
             task = progress.add_task(f"playing {clock.period}", total=clock.days)
             for day in range(1, clock.days + 1):
                 await self._day(day)
@@ -99,8 +113,9 @@ class Month:
         await run_job("expire-holds", self.database)
         closed = await run_job("close-period", self.database, period=clock.period)
         await run_job("sync-stripe", self.database)
-        self.console.print(f"[bold]{clock.end + timedelta(hours=self.grace_hours):%Y-%m-%d}[/bold] "
-                           f"grace window over: {closed}")
+        self.console.print(
+            f"[bold]{clock.end + timedelta(hours=self.grace_hours):%Y-%m-%d}[/bold] grace window over: {closed}"
+        )
         return closed
 
     def _event(self, day: int, who: str, text: str) -> None:

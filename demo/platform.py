@@ -45,8 +45,9 @@ class Platform:
         await self._call("PUT", f"/internal/v1/providers/{provider_id}", self._service, json=registration)
 
     async def put_account(self, name: str, *, kind: str, plan: str, seats: int = 1) -> None:
-        await self._call("PUT", f"/internal/v1/accounts/{name}", self._service,
-                         json={"kind": kind, "plan": plan, "seats": seats})
+        await self._call(
+            "PUT", f"/internal/v1/accounts/{name}", self._service, json={"kind": kind, "plan": plan, "seats": seats}
+        )
 
     async def put_member(self, org: str, user: str, role: str) -> None:
         await self._call("PUT", f"/internal/v1/orgs/{org}/members/{user}", self._service, json={"role": role})
@@ -54,12 +55,17 @@ class Platform:
     # -- user-facing settings, as the org admin (SPEC §8) ---------------------------------------
 
     async def set_spending_limit(self, account: str, limit_nano_usd: int | None, *, as_user: str) -> None:
-        await self._call("PUT", f"/v1/accounts/{account}/billing/spending-limit", self.bearer(as_user),
-                         json={"limit_nano_usd": limit_nano_usd})
+        await self._call(
+            "PUT",
+            f"/v1/accounts/{account}/billing/spending-limit",
+            self.bearer(as_user),
+            json={"limit_nano_usd": limit_nano_usd},
+        )
 
     async def set_disabled_providers(self, org: str, providers: list[str], *, as_user: str) -> None:
-        await self._call("PUT", f"/v1/orgs/{org}/billing/disabled-providers", self.bearer(as_user),
-                         json={"providers": providers})
+        await self._call(
+            "PUT", f"/v1/orgs/{org}/billing/disabled-providers", self.bearer(as_user), json={"providers": providers}
+        )
 
     # -- reads, as finance ----------------------------------------------------------------------
 
@@ -73,6 +79,7 @@ class Platform:
 
     async def export_rows(self, report: str, period: str) -> list[dict]:
         """A finance report of ``period`` as rows (its JSON Lines form)."""
-        response = await self._call("GET", f"/v1/finance/exports/{report}", self._finance,
-                                    params={"period": period, "format": "jsonl"})
+        response = await self._call(
+            "GET", f"/v1/finance/exports/{report}", self._finance, params={"period": period, "format": "jsonl"}
+        )
         return [orjson.loads(line) for line in response.content.splitlines() if line.strip()]

@@ -34,8 +34,12 @@ async def gather_summary(platform: Platform, *, period: str, log: TrafficLog, cl
         billing = await platform.billing(account.name, period)
         invoice = next((item for item in await platform.invoices(account.name) if item["period"] == period), None)
         accounts[account.name] = {
-            "kind": account.kind, "plan": account.plan, "seats": account.seats, "admin": account.admin,
-            "requests": log.requests[account.name], "refusals": dict(sorted(log.refusals[account.name].items())),
+            "kind": account.kind,
+            "plan": account.plan,
+            "seats": account.seats,
+            "admin": account.admin,
+            "requests": log.requests[account.name],
+            "refusals": dict(sorted(log.refusals[account.name].items())),
             **{name: billing[name] for name in MONEY_FIELDS},
             "pending_requests": billing["pending_requests"],
             "invoice_cents": invoice["amount_cents"] if invoice else None,
@@ -60,8 +64,12 @@ async def gather_summary(platform: Platform, *, period: str, log: TrafficLog, cl
     totals["invoice_cents"] = sum(a["invoice_cents"] or 0 for a in accounts.values())
     totals["payable_nano_usd"] = sum(p["payable_nano_usd"] for p in providers.values())
     return {
-        "period": period, "accounts": accounts, "providers": providers, "totals": totals,
-        "close_period": close_period, "router_errors": dict(log.errors),
+        "period": period,
+        "accounts": accounts,
+        "providers": providers,
+        "totals": totals,
+        "close_period": close_period,
+        "router_errors": dict(log.errors),
     }
 
 
@@ -96,16 +104,19 @@ def _widths(console: Console, cells: list[str]) -> tuple[int, int]:
     return max(m.minimum for m in measured), max(m.maximum for m in measured)
 
 
-def _fitting_table(console: Console, title: str, columns: list[_Column], rows: list[list[str]], total: list[str]
-                   ) -> tuple[Table, list[str]]:
+def _fitting_table(
+    console: Console, title: str, columns: list[_Column], rows: list[list[str]], total: list[str]
+) -> tuple[Table, list[str]]:
     """The table with as many columns as fit the console without breaking a word, so that no amount or
     name is folded over two lines; and the headers of the columns left out."""
     shown = list(columns)
     droppable = sorted((column for column in columns if column.drop_rank), key=lambda column: column.drop_rank)
     while True:
         picked = [columns.index(column) for column in shown]
-        measured = [_widths(console, [column.header, *(row[i] for row in rows), total[i]])
-                    for i, column in zip(picked, shown, strict=True)]
+        measured = [
+            _widths(console, [column.header, *(row[i] for row in rows), total[i]])
+            for i, column in zip(picked, shown, strict=True)
+        ]
         room = console.width - (3 * len(shown) + 1)  # a border and two spaces of padding per column, one more border
         if sum(smallest for smallest, _ in measured) <= room or not droppable:
             break
@@ -129,14 +140,24 @@ def _fitting_table(console: Console, title: str, columns: list[_Column], rows: l
 
 
 ACCOUNT_COLUMNS = [
-    _Column("account", "left"), _Column("requests", drop_rank=2), _Column("refused", "left", drop_rank=4),
-    _Column("credits", drop_rank=3), _Column("credits used", drop_rank=5), _Column("pay-as-you-go"),
-    _Column("written off", drop_rank=1), _Column("invoice"),
+    _Column("account", "left"),
+    _Column("requests", drop_rank=2),
+    _Column("refused", "left", drop_rank=4),
+    _Column("credits", drop_rank=3),
+    _Column("credits used", drop_rank=5),
+    _Column("pay-as-you-go"),
+    _Column("written off", drop_rank=1),
+    _Column("invoice"),
 ]
 PROVIDER_COLUMNS = [
-    _Column("provider", "left"), _Column("pricing", "left", drop_rank=1), _Column("routed", drop_rank=3),
-    _Column("custom key", drop_rank=2), _Column("priced"), _Column("quarantined", drop_rank=4),
-    _Column("unpriced", drop_rank=5), _Column("owed to provider"),
+    _Column("provider", "left"),
+    _Column("pricing", "left", drop_rank=1),
+    _Column("routed", drop_rank=3),
+    _Column("custom key", drop_rank=2),
+    _Column("priced"),
+    _Column("quarantined", drop_rank=4),
+    _Column("unpriced", drop_rank=5),
+    _Column("owed to provider"),
 ]
 
 
@@ -148,24 +169,42 @@ def print_summary(console: Console, summary: dict) -> None:
         plan = a["plan"] + (f" ×{a['seats']}" if a["kind"] == "org" else "")
         refused = "\n".join(f"{reason} ×{count}" for reason, count in a["refusals"].items()) or "—"
         money = [display_usd(a[field]) for field in MONEY_FIELDS]
-        rows.append([f"{name}\n[dim]{plan}[/dim]", str(a["requests"]), refused, *money,
-                     _cents(a["invoice_cents"], a["invoice_status"])])
-    total = ["total", "", "", *(display_usd(totals[field]) for field in MONEY_FIELDS),
-             _cents(totals["invoice_cents"], "total")]
+        rows.append(
+            [
+                f"{name}\n[dim]{plan}[/dim]",
+                str(a["requests"]),
+                refused,
+                *money,
+                _cents(a["invoice_cents"], a["invoice_status"]),
+            ]
+        )
+    total = [
+        "total",
+        "",
+        "",
+        *(display_usd(totals[field]) for field in MONEY_FIELDS),
+        _cents(totals["invoice_cents"], "total"),
+    ]
     accounts, left_out = _fitting_table(console, f"Accounts, period {period}", ACCOUNT_COLUMNS, rows, total)
     console.print(accounts)
 
     rows = [
-        [provider_id, p["pricing"], *(str(p[key]) for key in ("routed", "custom_key", "priced", "quarantined", "unpriced")),
-         display_usd(p["payable_nano_usd"])]
+        [
+            provider_id,
+            p["pricing"],
+            *(str(p[key]) for key in ("routed", "custom_key", "priced", "quarantined", "unpriced")),
+            display_usd(p["payable_nano_usd"]),
+        ]
         for provider_id, p in summary["providers"].items()
     ]
     total = ["total", "", "", "", "", "", "", display_usd(totals["payable_nano_usd"])]
     providers, left_out_too = _fitting_table(console, f"Providers, period {period}", PROVIDER_COLUMNS, rows, total)
     console.print(providers)
     if left_out or left_out_too:
-        console.print(f"[dim]Left out for the terminal's width: {', '.join(left_out + left_out_too)} "
-                      "(a wider terminal shows them; --json-summary writes every figure).[/dim]")
+        console.print(
+            f"[dim]Left out for the terminal's width: {', '.join(left_out + left_out_too)} "
+            "(a wider terminal shows them; --json-summary writes every figure).[/dim]"
+        )
     console.print(f"[bold]close-period[/bold]: {summary['close_period']}", highlight=False)
 
 
@@ -186,8 +225,9 @@ def print_next_steps(console: Console, *, period: str, env_lines: list[str], exa
         console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
-def print_urls(console: Console, *, metering_url: str, router_url: str, pages: dict[str, str], example_user: str,
-               example_org: str) -> None:
+def print_urls(
+    console: Console, *, metering_url: str, router_url: str, pages: dict[str, str], example_user: str, example_org: str
+) -> None:
     """Where to look next, and a request to try through the router (the org has fireworks-ai switched off)."""
     console.print(f"\n[bold]API docs[/bold]   {metering_url}/docs")
     console.print("[bold]Billing pages[/bold] (the token is in the link):")
@@ -198,6 +238,8 @@ def print_urls(console: Console, *, metering_url: str, router_url: str, pages: d
     console.print(
         f"  curl -s {router_url}/v1/chat/completions -H 'Authorization: Bearer {user_token(example_user)}' "
         f"-H 'X-HF-Bill-To: {example_org}' -d '{orjson.dumps(body).decode()}'",
-        highlight=False, soft_wrap=True, markup=False,
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
     console.print("Servers and the scheduler keep running; [bold]Ctrl-C[/bold] stops them.")

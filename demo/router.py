@@ -119,13 +119,18 @@ class Router:
             return _error(503, "billing is unavailable; try again")
         if not decision["allowed"]:
             reason = decision["reason"]
-            return _error(REFUSAL_STATUS.get(reason, 403), f"refused: {reason}", reason=reason,
-                          billing_account=decision["billing_account"])
+            return _error(
+                REFUSAL_STATUS.get(reason, 403),
+                f"refused: {reason}",
+                reason=reason,
+                billing_account=decision["billing_account"],
+            )
         chosen = decision["providers"][0]
         if chosen not in self.config.provider_urls:
             return _error(502, f"no route to provider {chosen!r}")
-        return await self._forward(body, chosen, decision, user=user, bill_to=bill_to, custom_key=custom_key,
-                                   started_at=started_at)
+        return await self._forward(
+            body, chosen, decision, user=user, bill_to=bill_to, custom_key=custom_key, started_at=started_at
+        )
 
     async def _authorize(
         self, user: str, bill_to: str | None, provider: str, model: str, custom_key: bool
@@ -137,26 +142,48 @@ class Router:
             return None
         return response.json() if response.status_code == 200 else None
 
-    async def _forward(self, body: dict, chosen: str, decision: dict, *, user: str, bill_to: str | None,
-                       custom_key: bool, started_at: datetime) -> Response:
+    async def _forward(
+        self,
+        body: dict,
+        chosen: str,
+        decision: dict,
+        *,
+        user: str,
+        bill_to: str | None,
+        custom_key: bool,
+        started_at: datetime,
+    ) -> Response:
         key = self.config.custom_keys[user][chosen] if custom_key else self.config.provider_keys.get(chosen, "")
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         if bill_to:
             headers[BILL_TO_HEADER] = bill_to
-        meta = {"provider_id": chosen, "user": user, "model": body["model"], "task": "conversational",
-                "custom_key": custom_key, "hold_id": decision["hold_id"], "started_at": started_at}
+        meta = {
+            "provider_id": chosen,
+            "user": user,
+            "model": body["model"],
+            "task": "conversational",
+            "custom_key": custom_key,
+            "hold_id": decision["hold_id"],
+            "started_at": started_at,
+        }
         forwarded = {name: value for name, value in body.items() if name != "provider"}
         try:
             answer = await self.providers.post(
-                f"{self.config.provider_urls[chosen]}/v1/chat/completions", content=orjson.dumps(forwarded),
-                headers=headers, extensions={"metering": meta},
+                f"{self.config.provider_urls[chosen]}/v1/chat/completions",
+                content=orjson.dumps(forwarded),
+                headers=headers,
+                extensions={"metering": meta},
             )
         except httpx.TransportError as exc:
             # No record: the hold expires after its TTL.
             return _error(502, f"provider {chosen} unreachable: {type(exc).__name__}")
         passed = {PROVIDER_HEADER: chosen, BILLING_ACCOUNT_HEADER: decision["billing_account"] or ""}
-        return Response(answer.content, status_code=answer.status_code,
-                        media_type=answer.headers.get("content-type", "application/json"), headers=passed)
+        return Response(
+            answer.content,
+            status_code=answer.status_code,
+            media_type=answer.headers.get("content-type", "application/json"),
+            headers=passed,
+        )
 
 
 def create_router_app(config: RouterConfig) -> FastAPI:
@@ -169,10 +196,17 @@ def create_router_app(config: RouterConfig) -> FastAPI:
         metering = httpx.AsyncClient(
             base_url=config.metering_url, headers={"Authorization": f"Bearer {config.service_token}"}, timeout=30.0
         )
-        sender = UsageSender(spool, config.metering_url, config.service_token, batch_size=500,
-                             interval=config.sender_interval_seconds, backoff_cap=5.0)
-        hook = MeteringHook(spool, request_id_headers=await fetch_request_id_headers(config.metering_url, metering),
-                            sender=sender)
+        sender = UsageSender(
+            spool,
+            config.metering_url,
+            config.service_token,
+            batch_size=500,
+            interval=config.sender_interval_seconds,
+            backoff_cap=5.0,
+        )
+        hook = MeteringHook(
+            spool, request_id_headers=await fetch_request_id_headers(config.metering_url, metering), sender=sender
+        )
         providers = httpx.AsyncClient(
             timeout=60.0, event_hooks={"request": [hook.on_request], "response": [_read_compute_time, hook.on_response]}
         )

@@ -95,7 +95,8 @@ def pointing_lines(settings: Settings) -> list[str]:
     configured = EnvSettingsSource(Settings)()
     lines = []
     unset = [
-        f"METERING_{name.upper()}" for name, default in (("environment", "embedded"), ("database_url", ""))
+        f"METERING_{name.upper()}"
+        for name, default in (("environment", "embedded"), ("database_url", ""))
         if configured.get(name, default) not in (default, getattr(settings, name))
     ]
     if unset:
@@ -111,8 +112,14 @@ def demo_settings(data_dir: Path) -> Settings:
     no_stripe = {"STRIPE_API_KEY": "", "STRIPE_API_BASE": "", "STRIPE_WEBHOOK_SECRET": ""}  # set by alias only
     database_url = f"sqlite+aiosqlite:///{(data_dir / 'metering.db').as_posix()}"
     return Settings(
-        environment="embedded", data_dir=data_dir, database_url=database_url, service_tokens=EMBEDDED_DEV_TOKEN,
-        secret_key="", jwt_secret="", jwt_public_key="", **no_stripe,
+        environment="embedded",
+        data_dir=data_dir,
+        database_url=database_url,
+        service_tokens=EMBEDDED_DEV_TOKEN,
+        secret_key="",
+        jwt_secret="",
+        jwt_public_key="",
+        **no_stripe,
     )
 
 
@@ -184,20 +191,34 @@ async def _run(options: DemoOptions, settings: Settings, clock: SimulatedClock, 
             await server.start()
             stack.push_async_callback(server.stop)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=60.0))
-        platform = Platform(http, metering_url=metering.url, service_token=settings.service_token_list[0],
-                            jwt_secret=settings.jwt_secret)
+        platform = Platform(
+            http,
+            metering_url=metering.url,
+            service_token=settings.service_token_list[0],
+            jwt_secret=settings.jwt_secret,
+        )
         await sync_platform(platform, providers)
         router_app = create_router_app(router_config(settings, metering.url, providers))
         router = LoopbackServer("router", router_app)
         await router.start()
         stack.push_async_callback(router.stop)
-        console.print(f"[bold]Metering demo[/bold]: playing {clock.period} with seed {options.seed} on "
-                      f"{settings.database_url} (Metering {metering.url}, router {router.url})", highlight=False)
+        console.print(
+            f"[bold]Metering demo[/bold]: playing {clock.period} with seed {options.seed} on "
+            f"{settings.database_url} (Metering {metering.url}, router {router.url})",
+            highlight=False,
+        )
 
         traffic = Traffic(http, router.url)
-        month = Month(clock=clock, database=database, traffic=traffic, faults=FaultPlan(providers),
-                      sender=router_app.state.sender, http=http, console=console,
-                      grace_hours=settings.period_grace_hours)
+        month = Month(
+            clock=clock,
+            database=database,
+            traffic=traffic,
+            faults=FaultPlan(providers),
+            sender=router_app.state.sender,
+            http=http,
+            console=console,
+            grace_hours=settings.period_grace_hours,
+        )
         closed = await month.play()
         summary = await gather_summary(platform, period=clock.period, log=traffic.log, close_period=closed)
         summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -212,11 +233,17 @@ async def _run(options: DemoOptions, settings: Settings, clock: SimulatedClock, 
             router_app.state.sender.start()  # requests sent from now on are recorded as they come
             pages = {
                 account.name: f"{metering.url}/billing/{account.name}?period={clock.period}"
-                              f"&token={sign_token(settings.jwt_secret, account.admin)}"
+                f"&token={sign_token(settings.jwt_secret, account.admin)}"
                 for account in ACCOUNTS
             }
-            print_urls(console, metering_url=metering.url, router_url=router.url, pages=pages,
-                       example_user="ivan", example_org="initech")
+            print_urls(
+                console,
+                metering_url=metering.url,
+                router_url=router.url,
+                pages=pages,
+                example_user="ivan",
+                example_org="initech",
+            )
             await serve_until_interrupted(database)
     return summary
 

@@ -44,10 +44,22 @@ ACCOUNTS = (
     DemoAccount("frida", "user", "free"),
     DemoAccount("paula", "user", "pro"),
     DemoAccount("acme", "org", "team", seats=3, members=(("alice", "admin"), ("bob", "write"), ("carol", "read"))),
-    DemoAccount("globex", "org", "team", seats=1, members=(("gina", "admin"), ("hank", "write")),
-                spending_limit_nano_usd=1 * USD),
-    DemoAccount("initech", "org", "team", seats=2, members=(("ivan", "admin"), ("judy", "write")),
-                disabled_providers=("fireworks-ai",)),
+    DemoAccount(
+        "globex",
+        "org",
+        "team",
+        seats=1,
+        members=(("gina", "admin"), ("hank", "write")),
+        spending_limit_nano_usd=1 * USD,
+    ),
+    DemoAccount(
+        "initech",
+        "org",
+        "team",
+        seats=2,
+        members=(("ivan", "admin"), ("judy", "write")),
+        disabled_providers=("fireworks-ai",),
+    ),
     DemoAccount("kai", "user", "pro"),
 )
 # Org members have accounts of their own (free users) that they do not spend from here.

@@ -50,7 +50,9 @@ class ProviderPass:
     replayed: int = 0
     lost_lease: int = 0
     failure: str | None = None
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("claim", "http", "validate", "apply"), 0.0))
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("claim", "http", "validate", "apply"), 0.0)
+    )
 
     def describe(self) -> str:
         timing = " ".join(f"{step}={value:.3f}s" for step, value in self.seconds.items())
@@ -95,7 +97,14 @@ async def collect_provider(
         try:
             async with scope:
                 done = await _collect_batch(
-                    scope, client, target, stats, owner=owner, settings=settings, due_before=due_before, probe=gate == "probe"
+                    scope,
+                    client,
+                    target,
+                    stats,
+                    owner=owner,
+                    settings=settings,
+                    due_before=due_before,
+                    probe=gate == "probe",
                 )
         except LeaseLost as lost:
             # The batch's transaction ended before it was applied: its rows are asked again.
@@ -140,7 +149,13 @@ async def _collect_batch(
         async with scope.step(last=True) as session:
             until = await collection_service.fail_batch(session, batch=batch, failure=failure)
         cost_batches.labels(target.provider_id, failure.kind).inc()
-        log.warning("provider %s failed (%s): %s; backed off until %s", target.provider_id, failure.kind, failure.detail, until.isoformat())
+        log.warning(
+            "provider %s failed (%s): %s; backed off until %s",
+            target.provider_id,
+            failure.kind,
+            failure.detail,
+            until.isoformat(),
+        )
         stats.failure = failure.kind
         return True
     await _pause("after_answer")

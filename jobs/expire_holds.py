@@ -21,7 +21,8 @@ async def run_once(database: Database) -> str:
     while True:
         async with database.session_scope() as session:
             pending = [
-                a for a in await holds_service.expired_accounts(session, now=now, limit=ACCOUNTS_PER_SCAN)
+                a
+                for a in await holds_service.expired_accounts(session, now=now, limit=ACCOUNTS_PER_SCAN)
                 if a not in failed_accounts
             ]
         if not pending:

@@ -31,9 +31,7 @@ def default_plans() -> dict[str, PlanTerms]:
         "free": PlanTerms(credits_nano_usd=100_000_000, kind="user"),
         "pro": PlanTerms(credits_nano_usd=2_000_000_000, pay_as_you_go=True, kind="user"),
         "team": PlanTerms(credits_nano_usd=2_000_000_000, per_seat=True, pay_as_you_go=True, kind="org"),
-        "enterprise": PlanTerms(
-            credits_nano_usd=2_000_000_000, per_seat=True, pay_as_you_go=True, kind="org"
-        ),
+        "enterprise": PlanTerms(credits_nano_usd=2_000_000_000, per_seat=True, pay_as_you_go=True, kind="org"),
     }
 
 
@@ -76,7 +74,9 @@ class Settings(BaseSettings):
     plans: dict[str, PlanTerms] = Field(default_factory=default_plans)
 
     stripe_api_key: str = Field(default="", validation_alias=AliasChoices("STRIPE_API_KEY", "METERING_STRIPE_API_KEY"))
-    stripe_api_base: str = Field(default="", validation_alias=AliasChoices("STRIPE_API_BASE", "METERING_STRIPE_API_BASE"))
+    stripe_api_base: str = Field(
+        default="", validation_alias=AliasChoices("STRIPE_API_BASE", "METERING_STRIPE_API_BASE")
+    )
     stripe_webhook_secret: str = Field(
         default="", validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET", "METERING_STRIPE_WEBHOOK_SECRET")
     )

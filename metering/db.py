@@ -204,7 +204,9 @@ class Database:
             try:
                 async with session.begin():
                     if self._transaction_timeout_ms is not None and self.dialect == "postgresql":
-                        await session.execute(text(f"SET LOCAL statement_timeout = {int(self._transaction_timeout_ms)}"))
+                        await session.execute(
+                            text(f"SET LOCAL statement_timeout = {int(self._transaction_timeout_ms)}")
+                        )
                     yield session
             except exc.DBAPIError as error:
                 timeout = statement_timeout_of(error)

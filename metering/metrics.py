@@ -12,13 +12,18 @@ records_ingested = Counter(
 authorize_decisions = Counter(
     "metering_authorize_total", "Authorize decisions, by reason (allowed for yes)", ["reason"], registry=registry
 )
-cost_batches = Counter("metering_cost_batches_total", "Cost batches asked, by outcome", ["provider", "outcome"], registry=registry)
+cost_batches = Counter(
+    "metering_cost_batches_total", "Cost batches asked, by outcome", ["provider", "outcome"], registry=registry
+)
 cost_batch_seconds = Histogram(
     "metering_cost_batch_seconds", "Time to ask and apply one cost batch", ["provider"], registry=registry
 )
 requests_priced = Counter("metering_requests_priced_total", "Requests priced", ["provider"], registry=registry)
 requests_quarantined = Counter(
-    "metering_requests_quarantined_total", "Requests whose cost answer was invalid", ["provider", "reason"], registry=registry
+    "metering_requests_quarantined_total",
+    "Requests whose cost answer was invalid",
+    ["provider", "reason"],
+    registry=registry,
 )
 requests_unpriced = Counter(
     "metering_requests_unpriced_total", "Requests never priced before the maximum age", ["provider"], registry=registry

@@ -44,7 +44,13 @@ def create_simulator_app(state: SimulatorState | None = None) -> FastAPI:
             "id": request_id,
             "object": "chat.completion",
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the simulator."}, "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello from the simulator."},
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
         }
         return _json(answer, headers={"Inference-Id": request_id})

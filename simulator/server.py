@@ -52,11 +52,15 @@ class SimulatorHandle:
 
 
 @contextmanager
-def simulator_in_thread(*, seed: int = 0, token: str = "provider-token", port: int | None = None) -> Iterator[SimulatorHandle]:
+def simulator_in_thread(
+    *, seed: int = 0, token: str = "provider-token", port: int | None = None
+) -> Iterator[SimulatorHandle]:
     """A simulator served by uvicorn in a daemon thread of this process, stopped on exit."""
     state = SimulatorState(seed=seed, token=token)
     port = port or _free_port()
-    config = uvicorn.Config(create_simulator_app(state), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        create_simulator_app(state), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"simulator-{port}", daemon=True)
     thread.start()

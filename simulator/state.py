@@ -114,7 +114,9 @@ class SimulatorState:
             cost = self.costs.get(request_id)
             if cost is None or not isinstance(request_id, str):
                 continue
-            if request_id in faults.missing_ids or (faults.missing_fraction and self.rng.random() < faults.missing_fraction):
+            if request_id in faults.missing_ids or (
+                faults.missing_fraction and self.rng.random() < faults.missing_fraction
+            ):
                 continue
             asked = self.asks.get(request_id, 0) + 1
             self.asks[request_id] = asked

@@ -84,7 +84,7 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def session(db: Database):  # noqa: ANN201
+async def session(db: Database):
     """A session in one transaction, committed at the end of the test body's block."""
     async with db.session_scope() as session:
         yield session
@@ -104,8 +104,10 @@ async def client(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncC
 @pytest.fixture
 def anonymous_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
     """The same app without credentials."""
-    return httpx.AsyncClient(transport=client._transport, base_url="http://metering.test")  # noqa: SLF001
+    return httpx.AsyncClient(transport=client._transport, base_url="http://metering.test")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"postgres dsn: {databases.PG_ADMIN_DSN} (required: {os.environ.get('METERING_TEST_REQUIRE_POSTGRES') == '1'})"
+    return (
+        f"postgres dsn: {databases.PG_ADMIN_DSN} (required: {os.environ.get('METERING_TEST_REQUIRE_POSTGRES') == '1'})"
+    )

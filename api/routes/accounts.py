@@ -36,7 +36,9 @@ async def put_account(name: AccountName, body: AccountUpdate, db: DatabaseDep) -
         account, _ = await account_service.upsert_account(
             session, name=name, sync=AccountSync(kind=body.kind, plan=body.plan, seats=body.seats)
         )
-        return AccountRead(name=account.name, kind=account.kind, plan=account.plan, seats=account.seats, status=account.status)
+        return AccountRead(
+            name=account.name, kind=account.kind, plan=account.plan, seats=account.seats, status=account.status
+        )
 
 
 @router.put(

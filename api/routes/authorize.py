@@ -45,7 +45,9 @@ class AuthorizeFastLane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
-            scope["type"] != "http" or scope["path"] != AUTHORIZE_PATH or scope["method"] != "POST"
+            scope["type"] != "http"
+            or scope["path"] != AUTHORIZE_PATH
+            or scope["method"] != "POST"
             or not _fast_lane_headers(scope, self.max_bytes)
         ):
             await self.app(scope, receive, send)
@@ -98,8 +100,10 @@ def _fast_lane_headers(scope: Scope, max_bytes: int) -> bool:
         return False
     scheme, _, credentials = authorization.decode("latin-1").partition(" ")
     credentials = credentials.strip()
-    return scheme.lower() == "bearer" and bool(credentials) and is_service_token(
-        credentials, scope["app"].state.service_tokens
+    return (
+        scheme.lower() == "bearer"
+        and bool(credentials)
+        and is_service_token(credentials, scope["app"].state.service_tokens)
     )
 
 

@@ -57,7 +57,9 @@ _BODY_ERRORS = error_responses({400: UNREADABLE_BODY, 413: BODY_TOO_LARGE})
     responses=REFUSALS,
     summary="Billing summary of a period",
 )
-async def get_billing(name: AccountName, principal: PrincipalDep, db: DatabaseDep, period: Period = None) -> BillingRead:
+async def get_billing(
+    name: AccountName, principal: PrincipalDep, db: DatabaseDep, period: Period = None
+) -> BillingRead:
     """Credits, pay-as-you-go, limit and in-flight amounts of one period (self, org admin, finance)."""
     async with db.session_scope() as session:
         account = await access_policy.authorize_account(

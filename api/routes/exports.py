@@ -19,9 +19,7 @@ router = APIRouter(prefix="/v1/finance", tags=["finance"])
 
 ReportName = Literal["ledger", "provider-payables", "receivables", "credits", "unpriced", "drift"]
 _CSV_EXAMPLE = (
-    "provider_id,period,payable_nano_usd,entries\r\n"
-    "fireworks-ai,2026-11,98000000,40\r\n"
-    "together,2026-11,1200000,3\r\n"
+    "provider_id,period,payable_nano_usd,entries\r\nfireworks-ai,2026-11,98000000,40\r\ntogether,2026-11,1200000,3\r\n"
 )
 
 

@@ -91,7 +91,8 @@ async def get_usage(
     ] = None,
     interval: Literal["day", "hour"] = "day",
     group_by: Annotated[
-        Literal["member", "provider", "model"] | None, Query(description="Default: member for orgs, provider for users.")
+        Literal["member", "provider", "model"] | None,
+        Query(description="Default: member for orgs, provider for users."),
     ] = None,
 ) -> UsageSeriesRead:
     """Requests and priced cost per UTC day or hour, per member (orgs), provider or model.
@@ -130,7 +131,9 @@ async def list_requests(
         account = await access_policy.authorize_account(
             session, principal=principal, account_name=name, action=Action.READ_REQUESTS
         )
-        page = await analytics_service.list_requests(session, account=account, period=period, cursor=cursor, limit=limit)
+        page = await analytics_service.list_requests(
+            session, account=account, period=period, cursor=cursor, limit=limit
+        )
     return RequestPage(
         items=[
             RequestRead(

@@ -10,7 +10,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
 
 
 class AccountUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "org", "plan": "team", "seats": 5}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"kind": "org", "plan": "team", "seats": 5}]}
+    )
 
     kind: Literal["user", "org"]
     plan: str = Field(min_length=1, max_length=32)

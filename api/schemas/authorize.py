@@ -28,16 +28,27 @@ class AuthorizeCreate(BaseModel):
         strict=True,
         json_schema_extra={
             "examples": [
-                {"user": "alice", "bill_to": "acme", "provider": "together fireworks-ai", "model": "org/name", "custom_key": False}
+                {
+                    "user": "alice",
+                    "bill_to": "acme",
+                    "provider": "together fireworks-ai",
+                    "model": "org/name",
+                    "custom_key": False,
+                }
             ]
         },
     )
 
-    user: str = Field(pattern=NAME_PATTERN, description="Who makes the request; unknown users are created on the free plan.")
+    user: str = Field(
+        pattern=NAME_PATTERN, description="Who makes the request; unknown users are created on the free plan."
+    )
     # Any header value is accepted: one naming no account is refused as unknown_account, not rejected.
     bill_to: str | None = Field(default=None, max_length=256, description="The X-HF-Bill-To header value, or null.")
     provider: str = Field(
-        min_length=1, max_length=2048, pattern=r"\S", description="One provider id or several separated by spaces, preferred first."
+        min_length=1,
+        max_length=2048,
+        pattern=r"\S",
+        description="One provider id or several separated by spaces, preferred first.",
     )
     model: str = Field(min_length=1, max_length=256)
     custom_key: bool = False

@@ -125,7 +125,9 @@ class SpendingLimitUpdate(BaseModel):
 
 
 class SpendingLimitRead(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"account": "acme", "spending_limit_nano_usd": 50_000_000_000}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"account": "acme", "spending_limit_nano_usd": 50_000_000_000}]}
+    )
 
     account: str
     spending_limit_nano_usd: int | None
@@ -143,7 +145,9 @@ class DisabledProvidersUpdate(BaseModel):
 
 
 class DisabledProvidersRead(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"account": "acme", "disabled_providers": ["fireworks-ai"]}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"account": "acme", "disabled_providers": ["fireworks-ai"]}]}
+    )
 
     account: str
     disabled_providers: list[str]
@@ -213,4 +217,3 @@ class AuditPage(BaseModel):
 
     items: list[AuditEventRead]
     next_cursor: str | None
-

@@ -20,7 +20,9 @@ class UsageCounts(BaseModel):
     priced_requests: int = Field(description="Routed requests whose provider cost is known.")
     cost_nano_usd: int = Field(description="Sum of the provider costs of the priced requests.")
     pending_requests: int = Field(description="Routed requests still waiting for their cost.")
-    custom_key_requests: int = Field(description="Requests made with the user's own provider key: counted, never spend.")
+    custom_key_requests: int = Field(
+        description="Requests made with the user's own provider key: counted, never spend."
+    )
 
 
 class UsagePoint(UsageCounts):

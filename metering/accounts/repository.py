@@ -51,7 +51,9 @@ class AccountRepository:
         rows = await session.scalars(select(Account).where(Account.name.in_(names)))
         return {row.name: row for row in rows}
 
-    async def insert_missing_users(self, session: AsyncSession, names: Iterable[str], *, plan: str, now: datetime) -> None:
+    async def insert_missing_users(
+        self, session: AsyncSession, names: Iterable[str], *, plan: str, now: datetime
+    ) -> None:
         """Create users never seen before; existing accounts are left untouched.
 
         One statement of fixed text whatever the number of names (they travel as one array),

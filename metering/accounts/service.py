@@ -61,8 +61,13 @@ class AccountService:
         account = await account_repository.get(session, name)
         if account is None:
             account = Account(
-                name=name, kind=sync.kind, plan=sync.plan, seats=sync.seats, status="active",
-                created_at=now, updated_at=now,
+                name=name,
+                kind=sync.kind,
+                plan=sync.plan,
+                seats=sync.seats,
+                status="active",
+                created_at=now,
+                updated_at=now,
             )
             session.add(account)
             await session.flush()

@@ -67,7 +67,9 @@ def drift_export_row(row: tuple[Any, ...]) -> tuple[str, str, str, int, int, int
 
 
 class DriftService:
-    async def estimate_drift(self, session: AsyncSession, *, period: str, account: str | None = None) -> list[ModelDrift]:
+    async def estimate_drift(
+        self, session: AsyncSession, *, period: str, account: str | None = None
+    ) -> list[ModelDrift]:
         """The period's drift per (provider, model), ordered; only ``account``'s requests when given."""
         rows = await drift_repository.drift_sums(session, period=period, account=account)
         return [drift_from_sums(row) for row in rows]

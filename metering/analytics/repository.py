@@ -62,7 +62,10 @@ def _floor_naive(moment: datetime, interval: str) -> datetime:
 
 # A bucket of the hourly totals: the hour itself, or its UTC day (``date_bin`` from a UTC
 # midnight: arithmetic on the instant, without the time zone lookups of ``date_trunc``).
-_ROLLUP_BUCKET = {"hour": "starts_at", "day": "date_bin(interval '1 day', starts_at, timestamptz '2000-01-01 00:00:00+00')"}
+_ROLLUP_BUCKET = {
+    "hour": "starts_at",
+    "day": "date_bin(interval '1 day', starts_at, timestamptz '2000-01-01 00:00:00+00')",
+}
 _ROLLUP_MEASURES = ("requests", "priced_requests", "cost_nano_usd", "pending_requests", "custom_key_requests")
 _BUCKET_SUMS = ", ".join(f"sum({m}) AS {m}" for m in _ROLLUP_MEASURES)
 
@@ -107,11 +110,17 @@ class AnalyticsRepository:
         if interval not in _SQLITE_BUCKET:
             raise ValueError(f"unknown interval {interval!r}")
         if dialect_name(session) == "sqlite":
-            rows = await self._buckets_sqlite(session, account=account, start=start, end=end, interval=interval, group_by=group_by)
+            rows = await self._buckets_sqlite(
+                session, account=account, start=start, end=end, interval=interval, group_by=group_by
+            )
         elif _on_the_hour(start) and _on_the_hour(end):
-            rows = await self._buckets_rollup(session, account=account, start=start, end=end, interval=interval, group_by=group_by)
+            rows = await self._buckets_rollup(
+                session, account=account, start=start, end=end, interval=interval, group_by=group_by
+            )
         else:
-            rows = await self._buckets_postgres(session, account=account, start=start, end=end, interval=interval, group_by=group_by)
+            rows = await self._buckets_postgres(
+                session, account=account, start=start, end=end, interval=interval, group_by=group_by
+            )
         return [
             UsageBucketRow(
                 start=_bucket_start(row[0]),

@@ -126,8 +126,13 @@ async def rollup_mismatches(session: AsyncSession) -> list[RollupMismatch]:
     count = len(_MEASURES)
     return [
         RollupMismatch(
-            billing_account=row[0], span=row[1], starts_at=row[2], dimension=row[3], key=row[4],
-            records=tuple(int(v) for v in row[5 : 5 + count]), totals=tuple(int(v) for v in row[5 + count :]),
+            billing_account=row[0],
+            span=row[1],
+            starts_at=row[2],
+            dimension=row[3],
+            key=row[4],
+            records=tuple(int(v) for v in row[5 : 5 + count]),
+            totals=tuple(int(v) for v in row[5 + count :]),
         )
         for row in rows
     ]

@@ -154,7 +154,9 @@ def _cursor_moment(value: object) -> datetime:
 
 
 class AnalyticsService:
-    async def get_billing_summary(self, session: AsyncSession, *, account: Account, period: str | None = None) -> BillingSummary:
+    async def get_billing_summary(
+        self, session: AsyncSession, *, account: Account, period: str | None = None
+    ) -> BillingSummary:
         """The period's totals from the ``account_periods`` cache (zeros when it has no row yet).
 
         With no row, ``credits_granted_nano_usd`` is what the plan will grant when the period is
@@ -221,14 +223,23 @@ class AnalyticsService:
         return start_at, end_at
 
     async def get_usage_series(
-        self, session: AsyncSession, *, account: Account, start: datetime, end: datetime, interval: str, group_by: str | None
+        self,
+        session: AsyncSession,
+        *,
+        account: Account,
+        start: datetime,
+        end: datetime,
+        interval: str,
+        group_by: str | None,
     ) -> UsageSeries:
         """Counts and priced cost per UTC bucket and group; orgs group by member unless told otherwise."""
         group_by = group_by or ("member" if account.kind == "org" else "provider")
         buckets = await analytics_repository.usage_buckets(
             session, account=account.name, start=start, end=end, interval=interval, group_by=group_by
         )
-        return UsageSeries(account=account.name, start=start, end=end, interval=interval, group_by=group_by, buckets=buckets)
+        return UsageSeries(
+            account=account.name, start=start, end=end, interval=interval, group_by=group_by, buckets=buckets
+        )
 
     async def list_requests(
         self, session: AsyncSession, *, account: Account, period: str | None, cursor: str | None, limit: int

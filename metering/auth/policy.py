@@ -73,7 +73,9 @@ class AccessPolicy:
             raise _not_found(account_name)
         raise NotPermitted(f"{principal.user!r} may not {action.value.replace('_', ' ')} of {account.name!r}")
 
-    def _allowed(self, principal: Principal, account: Account, action: Action, *, is_self: bool, role: str | None) -> bool:
+    def _allowed(
+        self, principal: Principal, account: Account, action: Action, *, is_self: bool, role: str | None
+    ) -> bool:
         if action in READ_ACTIONS:
             if is_self or role == "admin" or principal.is_platform_admin:
                 return True

@@ -43,7 +43,10 @@ APPLICATION_NAME = "metering-authorize"
 CLOSE_TIMEOUT_SECONDS = 2.0
 # A connection that cannot be opened now but may be in a moment: the caller is told to ask again (503).
 _UNREACHABLE = (
-    OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.TooManyConnectionsError,
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.TooManyConnectionsError,
     asyncpg.CannotConnectNowError,
 )
 

@@ -47,7 +47,12 @@ class Parties:
 
 
 _ACCOUNT_COLUMNS = (
-    Account.name, Account.kind, Account.plan, Account.seats, Account.status, Account.spending_limit_nano_usd
+    Account.name,
+    Account.kind,
+    Account.plan,
+    Account.seats,
+    Account.status,
+    Account.spending_limit_nano_usd,
 )
 
 
@@ -79,6 +84,7 @@ def _parties_statement(with_bill_to: bool) -> Select[*tuple[Any, ...]]:
 
 _PARTIES = {False: _parties_statement(False), True: _parties_statement(True)}
 
+
 class AuthorizeRepository:
     async def load_parties(
         self, session: AsyncSession, *, user: str, bill_to: str | None, provider_ids: Sequence[str]
@@ -100,9 +106,7 @@ class AuthorizeRepository:
         return parties
 
     async def provider_table(self, session: AsyncSession) -> dict[str, ProviderInfo]:
-        rows = await session.execute(
-            select(Provider.id, Provider.credit_eligible, Provider.default_estimate_nano_usd)
-        )
+        rows = await session.execute(select(Provider.id, Provider.credit_eligible, Provider.default_estimate_nano_usd))
         return {pid: ProviderInfo(pid, bool(eligible), default) for pid, eligible, default in rows}
 
 

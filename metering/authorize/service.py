@@ -145,7 +145,9 @@ class AuthorizeService:
             created = await session.get(Account, request.user)
             if created is None:
                 raise RuntimeError(f"account {request.user!r} missing right after ensure_users created it")
-            user = Party(created.name, created.kind, created.plan, created.seats, created.status, created.spending_limit_nano_usd)
+            user = Party(
+                created.name, created.kind, created.plan, created.seats, created.status, created.spending_limit_nano_usd
+            )
             parties.disabled[request.user] = set()
         if user.kind != "user":
             return _refused("unknown_account", None)
@@ -190,18 +192,32 @@ class AuthorizeService:
             row = PeriodMoney.of(await credits_service.lock_period(session, account=account, period=period))
         figures = figures_of(row)
         credit_eligible = bool(allowed) and registered[first].credit_eligible
-        refusal = "credits_exhausted" if not allowed else money_refusal(
-            figures, pays_as_you_go=pays_as_you_go, limit=limit, credit_eligible=credit_eligible, estimate=estimate
+        refusal = (
+            "credits_exhausted"
+            if not allowed
+            else money_refusal(
+                figures, pays_as_you_go=pays_as_you_go, limit=limit, credit_eligible=credit_eligible, estimate=estimate
+            )
         )
         if refusal is not None:
             return _money_decision(figures, limit, billing_account=payer.name, reason=refusal)
         hold_id = await holds_service.place_hold(
-            session, account=payer.name, period=period, user=request.user, provider_id=first, model=request.model,
-            amount_nano_usd=estimate, credit_eligible=credit_eligible, now=now,
+            session,
+            account=payer.name,
+            period=period,
+            user=request.user,
+            provider_id=first,
+            model=request.model,
+            amount_nano_usd=estimate,
+            credit_eligible=credit_eligible,
+            now=now,
         )
         return _money_decision(
-            figures.with_hold(estimate, credit_eligible=credit_eligible), limit,
-            billing_account=payer.name, providers=allowed, hold_id=hold_id,
+            figures.with_hold(estimate, credit_eligible=credit_eligible),
+            limit,
+            billing_account=payer.name,
+            providers=allowed,
+            hold_id=hold_id,
         )
 
 
@@ -242,8 +258,11 @@ def decision_of(answer: OneStatementDecision) -> Decision | None:
     if outcome != "allowed":
         return _money_decision(figures, answer.spending_limit, billing_account=answer.payer, reason=outcome)
     return _money_decision(
-        figures.with_hold(answer.estimate, credit_eligible=bool(answer.credit_eligible)), answer.spending_limit,
-        billing_account=answer.payer, providers=answer.providers, hold_id=answer.hold_id,
+        figures.with_hold(answer.estimate, credit_eligible=bool(answer.credit_eligible)),
+        answer.spending_limit,
+        billing_account=answer.payer,
+        providers=answer.providers,
+        hold_id=answer.hold_id,
     )
 
 

@@ -129,6 +129,8 @@ _ADD_HELD = (
         held_payg_only_nano_usd=AccountPeriod.held_payg_only_nano_usd + bindparam("h_payg_only_nano_usd"),
     )
 )
+
+
 @dataclass(frozen=True, slots=True)
 class PeriodMoney:
     """The money columns of a locked ``account_periods`` row."""
@@ -146,16 +148,28 @@ class PeriodMoney:
     @classmethod
     def of(cls, row: AccountPeriod) -> PeriodMoney:
         return cls(
-            row.account_name, row.period, row.credits_granted_nano_usd, row.credits_used_nano_usd,
-            row.payg_nano_usd, row.pending_estimate_nano_usd, row.held_nano_usd,
-            row.pending_payg_only_nano_usd, row.held_payg_only_nano_usd,
+            row.account_name,
+            row.period,
+            row.credits_granted_nano_usd,
+            row.credits_used_nano_usd,
+            row.payg_nano_usd,
+            row.pending_estimate_nano_usd,
+            row.held_nano_usd,
+            row.pending_payg_only_nano_usd,
+            row.held_payg_only_nano_usd,
         )
 
 
 _PERIOD_COLUMNS = (
-    AccountPeriod.account_name, AccountPeriod.period, AccountPeriod.credits_granted_nano_usd,
-    AccountPeriod.credits_used_nano_usd, AccountPeriod.payg_nano_usd, AccountPeriod.pending_estimate_nano_usd,
-    AccountPeriod.held_nano_usd, AccountPeriod.pending_payg_only_nano_usd, AccountPeriod.held_payg_only_nano_usd,
+    AccountPeriod.account_name,
+    AccountPeriod.period,
+    AccountPeriod.credits_granted_nano_usd,
+    AccountPeriod.credits_used_nano_usd,
+    AccountPeriod.payg_nano_usd,
+    AccountPeriod.pending_estimate_nano_usd,
+    AccountPeriod.held_nano_usd,
+    AccountPeriod.pending_payg_only_nano_usd,
+    AccountPeriod.held_payg_only_nano_usd,
 )
 _LOCK_PERIOD = (
     select(*_PERIOD_COLUMNS)
@@ -188,19 +202,25 @@ class BalancesRepository:
             rows.update(await self._select_rows(session, missing, plain=plain))
         return rows
 
-    async def read_totals(self, session: AsyncSession, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], PeriodTotals]:
+    async def read_totals(
+        self, session: AsyncSession, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], PeriodTotals]:
         """The existing ``account_periods`` rows of ``(account, period)`` keys, read without a lock:
         what a writer plans from before it locks them (``lock_rows``) and checks its plan against."""
         ordered = sorted(set(keys), key=lambda key: (key[1], key[0]))
         if not ordered:
             return {}
         # Plain rows are PeriodTotals.
-        return cast(dict[tuple[str, str], PeriodTotals], await self._select_rows(session, ordered, plain=True, lock=False))
+        return cast(
+            dict[tuple[str, str], PeriodTotals], await self._select_rows(session, ordered, plain=True, lock=False)
+        )
 
     async def _insert_missing(self, session: AsyncSession, keys: list[tuple[str, str]]) -> None:
         if is_sqlite(session):
             await session.execute(
-                dialect_insert(session, AccountPeriod.__table__).on_conflict_do_nothing(index_elements=["account_name", "period"]),
+                dialect_insert(session, AccountPeriod.__table__).on_conflict_do_nothing(
+                    index_elements=["account_name", "period"]
+                ),
                 [{"account_name": a, "period": p, **EMPTY_ROW} for a, p in keys],
             )
             return
@@ -272,8 +292,11 @@ class BalancesRepository:
             for part in chunks(ordered, _PG_KEYS_PER_UPDATE):
                 batch = [
                     {
-                        "account_name": a, "period": p, "delta": deltas[(a, p)].total,
-                        "payg_only": deltas[(a, p)].payg_only, "target": targets[(a, p)],
+                        "account_name": a,
+                        "period": p,
+                        "delta": deltas[(a, p)].total,
+                        "payg_only": deltas[(a, p)].payg_only,
+                        "target": targets[(a, p)],
                     }
                     for a, p in part
                 ]
@@ -285,13 +308,19 @@ class BalancesRepository:
         self._expire_copies(session, ordered)
         return left_out
 
-    async def add_held(self, session: AsyncSession, *, account: str, period: str, amount: int, credit_eligible: bool) -> None:
+    async def add_held(
+        self, session: AsyncSession, *, account: str, period: str, amount: int, credit_eligible: bool
+    ) -> None:
         """A hold placed on a row the caller holds locked: ``held_nano_usd += amount``, and
         ``held_payg_only_nano_usd`` too when its provider is not ``credit_eligible``."""
         await (await session.connection()).execute(
             _ADD_HELD,
-            {"h_account_name": account, "h_period": period, "h_amount_nano_usd": amount,
-             "h_payg_only_nano_usd": 0 if credit_eligible else amount},
+            {
+                "h_account_name": account,
+                "h_period": period,
+                "h_amount_nano_usd": amount,
+                "h_payg_only_nano_usd": 0 if credit_eligible else amount,
+            },
         )
 
     async def lock_keys(self, session: AsyncSession, keys: Iterable[tuple[str, str]]) -> None:
@@ -310,7 +339,9 @@ class BalancesRepository:
     async def release_held(self, session: AsyncSession, amounts: dict[tuple[str, str], tuple[int, int]]) -> None:
         """``held_nano_usd -= amount`` and ``held_payg_only_nano_usd -= payg_only`` per (account, period)
         → (amount, payg_only), in lock order."""
-        for (account, period), (amount, payg_only) in sorted(amounts.items(), key=lambda item: (item[0][1], item[0][0])):
+        for (account, period), (amount, payg_only) in sorted(
+            amounts.items(), key=lambda item: (item[0][1], item[0][0])
+        ):
             if amount:
                 await session.execute(
                     update(AccountPeriod)
@@ -321,7 +352,6 @@ class BalancesRepository:
                     )
                     .execution_options(synchronize_session=False)
                 )
-
 
     async def lock_period_money(self, session: AsyncSession, *, account: str, period: str) -> PeriodMoney | None:
         """The account's period row, locked, when it exists: the step-by-step decision's fast path.
@@ -336,28 +366,43 @@ class BalancesRepository:
         """Recompute the payg-only in-flight totals of every account period with a hold or a pending
         record of ``provider_id``, whose credit eligibility just changed (a rare registration change)."""
         keys = set(
-            (await session.execute(
-                select(Hold.account_name, Hold.period).where(Hold.provider_id == provider_id, Hold.status == "held").distinct()
-            )).all()
+            (
+                await session.execute(
+                    select(Hold.account_name, Hold.period)
+                    .where(Hold.provider_id == provider_id, Hold.status == "held")
+                    .distinct()
+                )
+            ).all()
         ) | set(
-            (await session.execute(
-                select(UsageRecord.billing_account, UsageRecord.period)
-                .where(UsageRecord.provider_id == provider_id, UsageRecord.status == "pending").distinct()
-            )).all()
+            (
+                await session.execute(
+                    select(UsageRecord.billing_account, UsageRecord.period)
+                    .where(UsageRecord.provider_id == provider_id, UsageRecord.status == "pending")
+                    .distinct()
+                )
+            ).all()
         )
         rows = await self.lock_rows(session, [(account, period) for account, period in keys], plain=True)
         for account, period in rows:
-            pending = select(func.coalesce(func.sum(UsageRecord.estimate_nano_usd), 0)).join(
-                Provider, Provider.id == UsageRecord.provider_id
-            ).where(
-                UsageRecord.billing_account == account, UsageRecord.period == period,
-                UsageRecord.status == "pending", Provider.credit_eligible.is_(False),
+            pending = (
+                select(func.coalesce(func.sum(UsageRecord.estimate_nano_usd), 0))
+                .join(Provider, Provider.id == UsageRecord.provider_id)
+                .where(
+                    UsageRecord.billing_account == account,
+                    UsageRecord.period == period,
+                    UsageRecord.status == "pending",
+                    Provider.credit_eligible.is_(False),
+                )
             )
-            held = select(func.coalesce(func.sum(Hold.amount_nano_usd), 0)).join(
-                Provider, Provider.id == Hold.provider_id
-            ).where(
-                Hold.account_name == account, Hold.period == period, Hold.status == "held",
-                Provider.credit_eligible.is_(False),
+            held = (
+                select(func.coalesce(func.sum(Hold.amount_nano_usd), 0))
+                .join(Provider, Provider.id == Hold.provider_id)
+                .where(
+                    Hold.account_name == account,
+                    Hold.period == period,
+                    Hold.status == "held",
+                    Provider.credit_eligible.is_(False),
+                )
             )
             await session.execute(
                 update(AccountPeriod)

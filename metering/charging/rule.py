@@ -52,7 +52,10 @@ class Figures:
     def with_hold(self, amount: int, *, credit_eligible: bool) -> Figures:
         """These figures once a hold of ``amount`` for a provider of that eligibility is in flight."""
         return Figures(
-            self.granted, self.used, self.payg, self.in_flight + amount,
+            self.granted,
+            self.used,
+            self.payg,
+            self.in_flight + amount,
             self.in_flight_payg_only + (0 if credit_eligible else amount),
         )
 
@@ -77,6 +80,9 @@ def money_refusal(
     if limit is None:
         return None
     committed = figures.payg_committed
-    if committed < limit and committed + payg_part(figures, credit_eligible=credit_eligible, estimate=estimate) <= limit:
+    if (
+        committed < limit
+        and committed + payg_part(figures, credit_eligible=credit_eligible, estimate=estimate) <= limit
+    ):
         return None
     return "spending_limit_reached"

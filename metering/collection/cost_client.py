@@ -91,9 +91,13 @@ class CostClient:
                     )
                 return await self._read_bounded(response, provider=provider)
         except httpx.TimeoutException as exc:
-            raise ProviderUnavailable(f"cost endpoint timed out ({type(exc).__name__})", provider=provider, kind="timeout") from None
+            raise ProviderUnavailable(
+                f"cost endpoint timed out ({type(exc).__name__})", provider=provider, kind="timeout"
+            ) from None
         except httpx.ConnectError as exc:
-            raise ProviderUnavailable(f"cannot connect to the cost endpoint: {exc}", provider=provider, kind="connect") from None
+            raise ProviderUnavailable(
+                f"cannot connect to the cost endpoint: {exc}", provider=provider, kind="connect"
+            ) from None
         except httpx.TransportError as exc:
             # The connection broke mid-answer (reset, protocol error): the answer is unusable.
             raise ProviderUnavailable(
@@ -106,9 +110,13 @@ class CostClient:
             return
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         if status == 429:
-            raise ProviderUnavailable("cost endpoint rate-limited us (429)", provider=provider, kind="429", retry_after_seconds=retry_after)
+            raise ProviderUnavailable(
+                "cost endpoint rate-limited us (429)", provider=provider, kind="429", retry_after_seconds=retry_after
+            )
         if status >= 500:
-            raise ProviderUnavailable(f"cost endpoint answered {status}", provider=provider, kind="5xx", retry_after_seconds=retry_after)
+            raise ProviderUnavailable(
+                f"cost endpoint answered {status}", provider=provider, kind="5xx", retry_after_seconds=retry_after
+            )
         if 400 <= status < 500:
             raise ProviderUnavailable(f"cost endpoint refused the request ({status})", provider=provider, kind="4xx")
         raise ProviderUnavailable(f"cost endpoint answered {status}, not 200", provider=provider, kind="bad_response")
@@ -133,4 +141,3 @@ class CostClient:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
-

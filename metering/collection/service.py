@@ -163,15 +163,30 @@ class CollectionService:
 
     def read(self, body: bytes, *, batch: Batch, settings: Settings) -> CostAnswer:
         answer = read_answer(
-            body, asked=set(batch.by_request_id), ceiling=settings.cost_ceiling_nano_usd, provider=batch.target.provider_id
+            body,
+            asked=set(batch.by_request_id),
+            ceiling=settings.cost_ceiling_nano_usd,
+            provider=batch.target.provider_id,
         )
         provider = batch.target.provider_id
         if answer.unknown_ids:
-            log.warning("provider %s answered %d IDs it was not asked for, ignored (e.g. %r)", provider, len(answer.unknown_ids), answer.unknown_ids[:3])
+            log.warning(
+                "provider %s answered %d IDs it was not asked for, ignored (e.g. %r)",
+                provider,
+                len(answer.unknown_ids),
+                answer.unknown_ids[:3],
+            )
         if answer.duplicate_ids:
-            log.warning("provider %s answered %d IDs twice; the first answer of each was used (e.g. %r)", provider, len(answer.duplicate_ids), answer.duplicate_ids[:3])
+            log.warning(
+                "provider %s answered %d IDs twice; the first answer of each was used (e.g. %r)",
+                provider,
+                len(answer.duplicate_ids),
+                answer.duplicate_ids[:3],
+            )
         if answer.malformed_entries:
-            log.warning("provider %s sent %d entries without a string requestId, ignored", provider, answer.malformed_entries)
+            log.warning(
+                "provider %s sent %d entries without a string requestId, ignored", provider, answer.malformed_entries
+            )
         return answer
 
     async def apply_answer(
@@ -241,9 +256,7 @@ class CollectionService:
             state.consecutive_failures > 0 or state.backoff_until is not None or state.circuit_open_until is not None
         )
 
-    async def fail_batch(
-        self, session: AsyncSession, *, batch: Batch, failure: ProviderUnavailable
-    ) -> datetime:
+    async def fail_batch(self, session: AsyncSession, *, batch: Batch, failure: ProviderUnavailable) -> datetime:
         """Give the rows back and back the provider off; returns until when it is backed off.
 
         A held batch's rows go back when its transaction ends: there is no lease to clear."""
@@ -251,7 +264,9 @@ class CollectionService:
             await claim_repository.release(session, ids=[row.id for row in batch.rows], owner=batch.owner)
         return await self.record_failure(session, provider_id=batch.target.provider_id, failure=failure)
 
-    async def record_failure(self, session: AsyncSession, *, provider_id: str, failure: ProviderUnavailable) -> datetime:
+    async def record_failure(
+        self, session: AsyncSession, *, provider_id: str, failure: ProviderUnavailable
+    ) -> datetime:
         now = utcnow()
         state = await collection_state_repository.lock(session, provider_id=provider_id)
         state.consecutive_failures += 1

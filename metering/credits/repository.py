@@ -37,5 +37,4 @@ class CreditsRepository:
         return list(await session.scalars(statement))
 
 
-
 credits_repository = CreditsRepository()

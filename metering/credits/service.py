@@ -104,7 +104,11 @@ class CreditsService:
         return granted
 
     async def _lock_and_grant(
-        self, session: AsyncSession, *, keys: Iterable[tuple[str, str]], accounts: Mapping[str, PlanHolder],
+        self,
+        session: AsyncSession,
+        *,
+        keys: Iterable[tuple[str, str]],
+        accounts: Mapping[str, PlanHolder],
         plain: bool = False,
     ) -> tuple[dict[tuple[str, str], AccountPeriod | PeriodTotals], int]:
         rows = await balances_repository.lock_rows(session, keys, plain=plain)

@@ -132,7 +132,9 @@ class _CsvTables:
         # Datetime columns arrive as epoch microseconds: the same int64 buffers viewed as
         # timestamp[us, UTC] (a cast would copy every such column once more).
         columns = [
-            column if column.type == field.type else pa.chunked_array([c.view(field.type) for c in column.chunks], field.type)
+            column
+            if column.type == field.type
+            else pa.chunked_array([c.view(field.type) for c in column.chunks], field.type)
             for column, field in zip(table.columns, self.schema, strict=True)
         ]
         return pa.Table.from_arrays(columns, schema=self.schema)

@@ -62,7 +62,6 @@ class ExportService:
             if chunk:
                 yield chunk
 
-
     async def _stream_copy(
         self, db: Database, *, spec: Report, period: str, fmt: str, on_rows: Callable[[int], None] | None
     ) -> AsyncIterator[bytes]:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 CSV_FLUSH_BYTES = 256 * 1024
 PARQUET_ROW_GROUP_ROWS = 65_536
+
+
 # Parquet's options for every export: zstd over plain pages, no dictionary pages. The report
 # columns are mostly near-unique (ids, keys, amounts, times), so a dictionary filled up to its
 # page limit and fell back to plain in every row group of those columns: measured on a 5M-row
@@ -148,7 +150,10 @@ def _table(schema: pa.Schema, rows: list[tuple[Any, ...]]) -> pa.Table:
 
 
 async def write_parquet(
-    columns: Sequence[Column], batches: AsyncIterator[list[tuple[Any, ...]]], *, row_group_rows: int = PARQUET_ROW_GROUP_ROWS
+    columns: Sequence[Column],
+    batches: AsyncIterator[list[tuple[Any, ...]]],
+    *,
+    row_group_rows: int = PARQUET_ROW_GROUP_ROWS,
 ) -> AsyncIterator[bytes]:
     schema = arrow_schema(columns)
     sink = ChunkSink()

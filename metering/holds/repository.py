@@ -39,13 +39,26 @@ class HeldHold:
 
 
 _HOLD_COLUMNS = (
-    "id", "account_name", "user_name", "provider_id", "model", "period", "amount_nano_usd", "status",
-    "created_at", "expires_at",
+    "id",
+    "account_name",
+    "user_name",
+    "provider_id",
+    "model",
+    "period",
+    "amount_nano_usd",
+    "status",
+    "created_at",
+    "expires_at",
 )
 _HOLD_VALUES = {name: bindparam(f"h_{name}", type_=Hold.__table__.c[name].type) for name in _HOLD_COLUMNS}
 _INSERT_HOLD = insert(Hold).values(_HOLD_VALUES)
 _HELD_COLUMNS = (
-    Hold.id, Hold.account_name, Hold.period, Hold.amount_nano_usd, Hold.user_name, Hold.provider_id,
+    Hold.id,
+    Hold.account_name,
+    Hold.period,
+    Hold.amount_nano_usd,
+    Hold.user_name,
+    Hold.provider_id,
     Provider.credit_eligible.is_(False),
 )
 
@@ -61,7 +74,10 @@ class HoldRepository:
         params = {f"h_{name}": values[name] for name in _HOLD_COLUMNS}
         await (await session.connection()).execute(_INSERT_HOLD, params)
         await balances_repository.add_held(
-            session, account=values["account_name"], period=values["period"], amount=values["amount_nano_usd"],
+            session,
+            account=values["account_name"],
+            period=values["period"],
+            amount=values["amount_nano_usd"],
             credit_eligible=credit_eligible,
         )
 
@@ -101,8 +117,10 @@ class HoldRepository:
         """The given holds that are still 'held', locked against a concurrent attach or expiry."""
         found: list[HeldHold] = []
         for part in chunks(sorted(set(hold_ids)), CHUNK):
-            statement = select(*_HELD_COLUMNS).join(Provider, Provider.id == Hold.provider_id).where(
-                Hold.id.in_(part), Hold.status == "held"
+            statement = (
+                select(*_HELD_COLUMNS)
+                .join(Provider, Provider.id == Hold.provider_id)
+                .where(Hold.id.in_(part), Hold.status == "held")
             )
             if not is_sqlite(session):
                 statement = statement.order_by(Hold.id).with_for_update(of=Hold)
@@ -136,9 +154,8 @@ class HoldRepository:
 
     async def mark_expired(self, session: AsyncSession, hold_ids: Sequence[str]) -> None:
         for part in chunks(list(hold_ids), CHUNK):
-            await session.execute(
-                update(Hold).where(Hold.id.in_(part), Hold.status == "held").values(status="expired")
-            )
+            await session.execute(update(Hold).where(Hold.id.in_(part), Hold.status == "held").values(status="expired"))
+
 
 class EstimateRepository:
     async def estimate_rows(
@@ -148,8 +165,9 @@ class EstimateRepository:
         found: dict[tuple[str, str], tuple[int, int]] = {}
         for part in chunks(sorted(set(keys)), CHUNK):
             rows = await session.execute(
-                select(CostEstimate.provider_id, CostEstimate.model, CostEstimate.samples, CostEstimate.mean_nano_usd)
-                .where(tuple_(CostEstimate.provider_id, CostEstimate.model).in_(part))
+                select(
+                    CostEstimate.provider_id, CostEstimate.model, CostEstimate.samples, CostEstimate.mean_nano_usd
+                ).where(tuple_(CostEstimate.provider_id, CostEstimate.model).in_(part))
             )
             found.update({(p, m): (samples, mean) for p, m, samples, mean in rows})
         return found
@@ -158,7 +176,9 @@ class EstimateRepository:
         ids = sorted(set(provider_ids))
         if not ids:
             return {}
-        rows = await session.execute(select(Provider.id, Provider.default_estimate_nano_usd).where(Provider.id.in_(ids)))
+        rows = await session.execute(
+            select(Provider.id, Provider.default_estimate_nano_usd).where(Provider.id.in_(ids))
+        )
         return {pid: default for pid, default in rows}
 
     async def estimate_one(self, session: AsyncSession, provider_id: str, model: str) -> tuple[int, int, int] | None:

@@ -42,7 +42,11 @@ class HoldClaim:
     provider_id: str
 
     def owns(self, hold: HeldHold) -> bool:
-        return (self.user, self.billing_account, self.provider_id) == (hold.user_name, hold.account_name, hold.provider_id)
+        return (self.user, self.billing_account, self.provider_id) == (
+            hold.user_name,
+            hold.account_name,
+            hold.provider_id,
+        )
 
 
 @dataclass(frozen=True, slots=True)

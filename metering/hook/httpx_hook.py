@@ -110,7 +110,9 @@ class MeteringHook:
         duration_ms = meta.get("duration_ms")
         if duration_ms is None and started_monotonic is not None:
             duration_ms = int((time.monotonic() - started_monotonic) * 1000)
-        header = meta.get("request_id_header") or self.request_id_headers.get(provider_id, self.default_request_id_header)
+        header = meta.get("request_id_header") or self.request_id_headers.get(
+            provider_id, self.default_request_id_header
+        )
         return build_record(
             request_headers=request.headers,
             response_headers=response.headers,

@@ -134,9 +134,7 @@ class Spool:
     def peek(self, limit: int) -> list[SpooledRecord]:
         """The oldest ``limit`` records, oldest first, left in place until ``settle``/``delete``."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, body, enqueued_at FROM spool ORDER BY id LIMIT ?", (limit,)
-            ).fetchall()
+            rows = self._db.execute("SELECT id, body, enqueued_at FROM spool ORDER BY id LIMIT ?", (limit,)).fetchall()
         return [SpooledRecord(id=row[0], body=row[1], enqueued_at=row[2]) for row in rows]
 
     def delete(self, ids: Iterable[int]) -> None:

@@ -71,7 +71,10 @@ class InvoicingRepository:
         )
         return (
             await session.scalars(
-                select(Period).where(Period.period == period).with_for_update().execution_options(populate_existing=True)
+                select(Period)
+                .where(Period.period == period)
+                .with_for_update()
+                .execution_options(populate_existing=True)
             )
         ).one()
 
@@ -112,7 +115,9 @@ class InvoicingRepository:
             .group_by(LedgerAccount.owner, LedgerTransaction.provider_id)
         )
         return [
-            ReceivableLine(account_name=owner, provider_id=provider, amount_nano_usd=int(amount), requests_count=int(count))
+            ReceivableLine(
+                account_name=owner, provider_id=provider, amount_nano_usd=int(amount), requests_count=int(count)
+            )
             for owner, provider, amount, count in rows
         ]
 
@@ -169,7 +174,9 @@ class InvoicingRepository:
 
     async def invoices_of(self, session: AsyncSession, account: str) -> list[Invoice]:
         return list(
-            await session.scalars(select(Invoice).where(Invoice.account_name == account).order_by(Invoice.period.desc()))
+            await session.scalars(
+                select(Invoice).where(Invoice.account_name == account).order_by(Invoice.period.desc())
+            )
         )
 
     async def lines_of(self, session: AsyncSession, invoice_ids: Sequence[int]) -> dict[int, list[InvoiceLine]]:
@@ -229,7 +236,9 @@ class InvoicingRepository:
         )
         return [(invoice, customer) for invoice, customer in rows]
 
-    async def set_stripe_customer(self, session: AsyncSession, *, account: str, customer_id: str, now: datetime) -> None:
+    async def set_stripe_customer(
+        self, session: AsyncSession, *, account: str, customer_id: str, now: datetime
+    ) -> None:
         await session.execute(
             update(Account)
             .where(Account.name == account, Account.stripe_customer_id.is_(None))
@@ -257,7 +266,9 @@ class InvoicingRepository:
     async def account_by_customer(self, session: AsyncSession, customer_id: str) -> str | None:
         return await session.scalar(select(Account.name).where(Account.stripe_customer_id == customer_id))
 
-    async def invoice_for_stripe(self, session: AsyncSession, *, stripe_invoice_id: str | None, local_id: int | None) -> Invoice | None:
+    async def invoice_for_stripe(
+        self, session: AsyncSession, *, stripe_invoice_id: str | None, local_id: int | None
+    ) -> Invoice | None:
         """The local invoice a Stripe invoice stands for: by stored Stripe id, else by its metadata."""
         if stripe_invoice_id:
             found = await session.scalar(select(Invoice).where(Invoice.stripe_invoice_id == stripe_invoice_id))

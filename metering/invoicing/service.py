@@ -80,11 +80,18 @@ class InvoiceView:
     def as_dict(self) -> dict[str, Any]:
         """The API shape: amounts in nano-USD and in the invoiced cents, RFC 3339 times."""
         return {
-            "id": self.id, "account": self.account, "period": self.period, "status": self.status,
-            "currency": "usd", "amount_cents": self.amount_cents, "payg_nano_usd": self.payg_nano_usd,
-            "carried_in_nano_usd": self.carried_in_nano_usd, "carried_out_nano_usd": self.carried_out_nano_usd,
+            "id": self.id,
+            "account": self.account,
+            "period": self.period,
+            "status": self.status,
+            "currency": "usd",
+            "amount_cents": self.amount_cents,
+            "payg_nano_usd": self.payg_nano_usd,
+            "carried_in_nano_usd": self.carried_in_nano_usd,
+            "carried_out_nano_usd": self.carried_out_nano_usd,
             "stripe_invoice_id": self.stripe_invoice_id,
-            "created_at": self.created_at.isoformat().replace("+00:00", "Z"), "lines": self.lines,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "lines": self.lines,
         }
 
 
@@ -116,7 +123,9 @@ class InvoicingService:
             return CloseResult(period, "already_closed", closed_by=later)
         earlier = []
         for before in await invoicing_repository.open_periods_before(session, period):
-            earlier.append(await self._close_and_invoice(session, await invoicing_repository.lock_period(session, before), now))
+            earlier.append(
+                await self._close_and_invoice(session, await invoicing_repository.lock_period(session, before), now)
+            )
         result = await self._close_and_invoice(session, row, now)
         return replace(result, earlier=earlier)
 
@@ -134,8 +143,13 @@ class InvoicingService:
         owed = {name: amount for name, amount in owed.items() if amount > 0}
         for name, amount in owed.items():
             if cached.get(name) != amount:
-                log.warning("receivable cache of %s for %s is %s, entries sum to %s; invoicing the entries",
-                            name, period, cached.get(name), amount)
+                log.warning(
+                    "receivable cache of %s for %s is %s, entries sum to %s; invoicing the entries",
+                    name,
+                    period,
+                    cached.get(name),
+                    amount,
+                )
 
         names = sorted(owed)
         plans = await invoicing_repository.plans_of(session, names)
@@ -153,16 +167,27 @@ class InvoicingService:
             lines_by_account[name] = list(zip(lines, line_cents, strict=True))
             total_cents += cents
             nothing_due += cents == 0
-            invoice_rows.append({
-                "account_name": name, "period": period, "payg_nano_usd": owed[name],
-                "carried_in_nano_usd": carried_in, "amount_cents": cents, "carried_out_nano_usd": carried_out,
-                "status": "pending" if cents else "nothing_due", "created_at": now, "updated_at": now,
-            })
+            invoice_rows.append(
+                {
+                    "account_name": name,
+                    "period": period,
+                    "payg_nano_usd": owed[name],
+                    "carried_in_nano_usd": carried_in,
+                    "amount_cents": cents,
+                    "carried_out_nano_usd": carried_out,
+                    "status": "pending" if cents else "nothing_due",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
         ids = await invoicing_repository.insert_invoices(session, invoice_rows)
         line_rows = [
             {
-                "invoice_id": ids[name], "provider_id": line.provider_id, "requests_count": line.requests_count,
-                "amount_nano_usd": line.amount_nano_usd, "amount_cents": cents,
+                "invoice_id": ids[name],
+                "provider_id": line.provider_id,
+                "requests_count": line.requests_count,
+                "amount_nano_usd": line.amount_nano_usd,
+                "amount_cents": cents,
                 "stripe_status": "pending" if cents else "skipped",
             }
             for name in names
@@ -172,8 +197,13 @@ class InvoicingService:
         for name, why in refused.items():
             log.error("not invoicing %s for %s: %s (receivable %s nano-USD)", name, period, why, owed[name])
         return CloseResult(
-            period, "closed", invoices=len(names) - nothing_due, nothing_due=nothing_due, amount_cents=total_cents,
-            payg_nano_usd=sum(owed[name] for name in names), refused=refused,
+            period,
+            "closed",
+            invoices=len(names) - nothing_due,
+            nothing_due=nothing_due,
+            amount_cents=total_cents,
+            payg_nano_usd=sum(owed[name] for name in names),
+            refused=refused,
         )
 
     @staticmethod
@@ -204,15 +234,25 @@ class InvoicingService:
 
 def _view(invoice: Invoice, lines: list[InvoiceLine]) -> InvoiceView:
     return InvoiceView(
-        id=invoice.id, account=invoice.account_name, period=invoice.period, status=invoice.status,
-        payg_nano_usd=invoice.payg_nano_usd, carried_in_nano_usd=invoice.carried_in_nano_usd,
-        amount_cents=invoice.amount_cents, carried_out_nano_usd=invoice.carried_out_nano_usd,
-        stripe_invoice_id=invoice.stripe_invoice_id, created_at=invoice.created_at,
+        id=invoice.id,
+        account=invoice.account_name,
+        period=invoice.period,
+        status=invoice.status,
+        payg_nano_usd=invoice.payg_nano_usd,
+        carried_in_nano_usd=invoice.carried_in_nano_usd,
+        amount_cents=invoice.amount_cents,
+        carried_out_nano_usd=invoice.carried_out_nano_usd,
+        stripe_invoice_id=invoice.stripe_invoice_id,
+        created_at=invoice.created_at,
         lines=[
             {
-                "id": line.id, "provider": line.provider_id, "requests": line.requests_count,
-                "amount_nano_usd": line.amount_nano_usd, "amount_cents": line.amount_cents,
-                "stripe_status": line.stripe_status, "stripe_invoice_item_id": line.stripe_invoice_item_id,
+                "id": line.id,
+                "provider": line.provider_id,
+                "requests": line.requests_count,
+                "amount_nano_usd": line.amount_nano_usd,
+                "amount_cents": line.amount_cents,
+                "stripe_status": line.stripe_status,
+                "stripe_invoice_item_id": line.stripe_invoice_item_id,
             }
             for line in lines
         ],

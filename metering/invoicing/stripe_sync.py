@@ -133,14 +133,18 @@ class StripeSync:
                     if invoice.customer_id is None:
                         if customers is None:
                             customers = await self._customers_by_account(client)
-                        invoice.customer_id = await self._ensure_customer(database, client, invoice.account, customers, result)
+                        invoice.customer_id = await self._ensure_customer(
+                            database, client, invoice.account, customers, result
+                        )
                     await self._send_lines(database, client, invoice, result)
                     await self._finish_invoice(database, client, invoice, result)
                 except stripe.StripeError as exc:
                     reason = f"{type(exc).__name__}: {exc.user_message or exc}"[:500]
                     result.failures[invoice.id] = reason
                     async with database.session_scope() as session:
-                        await invoicing_repository.update_invoice(session, invoice.id, now=utcnow(), stripe_error=reason)
+                        await invoicing_repository.update_invoice(
+                            session, invoice.id, now=utcnow(), stripe_error=reason
+                        )
                     log.warning("stripe sync of invoice %s stopped: %s", invoice.id, reason)
 
     async def _load(self, database: Database, *, after_id: int) -> list[InvoiceWork]:
@@ -149,8 +153,12 @@ class StripeSync:
             lines = await invoicing_repository.lines_of(session, [invoice.id for invoice, _ in rows])
             return [
                 InvoiceWork(
-                    id=invoice.id, account=invoice.account_name, period=invoice.period, status=invoice.status,
-                    customer_id=customer, stripe_invoice_id=invoice.stripe_invoice_id,
+                    id=invoice.id,
+                    account=invoice.account_name,
+                    period=invoice.period,
+                    status=invoice.status,
+                    customer_id=customer,
+                    stripe_invoice_id=invoice.stripe_invoice_id,
                     lines=[
                         LineWork(line.id, line.provider_id, line.requests_count, line.amount_cents, line.stripe_status)
                         for line in lines[invoice.id]
@@ -182,10 +190,14 @@ class StripeSync:
             result.customers_created += 1
             pause_point("after_customer_create")
         async with database.session_scope() as session:
-            await invoicing_repository.set_stripe_customer(session, account=account, customer_id=customer_id, now=utcnow())
+            await invoicing_repository.set_stripe_customer(
+                session, account=account, customer_id=customer_id, now=utcnow()
+            )
         return customer_id
 
-    async def _send_lines(self, database: Database, client: stripe.StripeClient, invoice: InvoiceWork, result: SyncResult) -> None:
+    async def _send_lines(
+        self, database: Database, client: stripe.StripeClient, invoice: InvoiceWork, result: SyncResult
+    ) -> None:
         pending = [line for line in invoice.lines if line.stripe_status == "pending"]
         if pending:
             existing = await self._items_by_line(client, _customer_of(invoice))
@@ -199,8 +211,10 @@ class StripeSync:
                             "currency": CURRENCY,
                             "description": _describe(invoice, line),
                             "metadata": {
-                                "line_id": str(line.id), "invoice_id": str(invoice.id),
-                                "account": invoice.account, "period": invoice.period,
+                                "line_id": str(line.id),
+                                "invoice_id": str(invoice.id),
+                                "account": invoice.account,
+                                "period": invoice.period,
                                 "provider": line.provider_id or "",
                             },
                         },
@@ -217,7 +231,9 @@ class StripeSync:
                 pause_point("after_line_write")
         if invoice.status == "pending":
             async with database.session_scope() as session:
-                await invoicing_repository.update_invoice(session, invoice.id, now=utcnow(), from_status="pending", status="sent")
+                await invoicing_repository.update_invoice(
+                    session, invoice.id, now=utcnow(), from_status="pending", status="sent"
+                )
             invoice.status = "sent"
             result.invoices_sent += 1
 
@@ -230,7 +246,9 @@ class StripeSync:
                 found.setdefault(line_id, item.id)
         return found
 
-    async def _finish_invoice(self, database: Database, client: stripe.StripeClient, invoice: InvoiceWork, result: SyncResult) -> None:
+    async def _finish_invoice(
+        self, database: Database, client: stripe.StripeClient, invoice: InvoiceWork, result: SyncResult
+    ) -> None:
         """Create the Stripe invoice from the customer's pending items and finalize it."""
         stripe_id = invoice.stripe_invoice_id or await self._find_invoice(client, invoice)
         if stripe_id is not None:
@@ -250,11 +268,15 @@ class StripeSync:
         async with database.session_scope() as session:
             await invoicing_repository.update_invoice(session, invoice.id, now=utcnow(), stripe_invoice_id=stripe_id)
         if status == "draft":
-            await client.v1.invoices.finalize_invoice_async(stripe_id, options={"idempotency_key": f"finalize-{invoice.id}"})
+            await client.v1.invoices.finalize_invoice_async(
+                stripe_id, options={"idempotency_key": f"finalize-{invoice.id}"}
+            )
         # A Stripe invoice already past draft was finalized by an earlier run; webhooks bring its payment.
         async with database.session_scope() as session:
             await invoicing_repository.update_invoice(session, invoice.id, now=utcnow(), stripe_error=None)
-            await invoicing_repository.update_invoice(session, invoice.id, now=utcnow(), from_status="sent", status="open")
+            await invoicing_repository.update_invoice(
+                session, invoice.id, now=utcnow(), from_status="sent", status="open"
+            )
         result.invoices_finalized += 1
 
     async def _find_invoice(self, client: stripe.StripeClient, invoice: InvoiceWork) -> str | None:

@@ -49,7 +49,9 @@ def verify_event(payload: bytes, signature: str | None, *, secret: str) -> Webho
     try:
         body = json.loads(text)
         event = WebhookEvent(
-            id=str(body["id"]), type=str(body["type"]), created=int(body["created"]),
+            id=str(body["id"]),
+            type=str(body["type"]),
+            created=int(body["created"]),
             data_object=_object_of(body),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -111,13 +113,24 @@ class WebhookService:
         return "applied"
 
     async def _store(
-        self, session: AsyncSession, event: WebhookEvent, *, account: str | None, outcome: str, invoice_id: str | None = None
+        self,
+        session: AsyncSession,
+        event: WebhookEvent,
+        *,
+        account: str | None,
+        outcome: str,
+        invoice_id: str | None = None,
     ) -> bool:
         return await invoicing_repository.insert_event(
             session,
             {
-                "id": event.id, "type": event.type[:128], "event_created": event.created, "account_name": account,
-                "stripe_invoice_id": invoice_id, "outcome": outcome, "received_at": utcnow(),
+                "id": event.id,
+                "type": event.type[:128],
+                "event_created": event.created,
+                "account_name": account,
+                "stripe_invoice_id": invoice_id,
+                "outcome": outcome,
+                "received_at": utcnow(),
             },
         )
 

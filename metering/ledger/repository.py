@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from metering.ledger.service import Posting
 
 _TRANSACTION_COLUMNS = (
-    "kind", "idempotency_key", "account_name", "provider_id", "period", "original_period", "usage_record_id", "memo",
+    "kind",
+    "idempotency_key",
+    "account_name",
+    "provider_id",
+    "period",
+    "original_period",
+    "usage_record_id",
+    "memo",
 )
 
 # PostgreSQL writes a batch of postings in one statement: the transactions and their entries
@@ -92,10 +99,19 @@ class LedgerRepository:
             rows = []
             for code in missing:
                 parsed = codes.parse(code)
-                rows.append({"code": code, "kind": parsed.kind, "owner": parsed.owner, "period": parsed.period, "balance_nano_usd": 0})
+                rows.append(
+                    {
+                        "code": code,
+                        "kind": parsed.kind,
+                        "owner": parsed.owner,
+                        "period": parsed.period,
+                        "balance_nano_usd": 0,
+                    }
+                )
             if is_sqlite(session):
                 await session.execute(
-                    dialect_insert(session, LedgerAccount.__table__).on_conflict_do_nothing(index_elements=["code"]), rows
+                    dialect_insert(session, LedgerAccount.__table__).on_conflict_do_nothing(index_elements=["code"]),
+                    rows,
                 )
             else:
                 await session.execute(
@@ -105,8 +121,15 @@ class LedgerRepository:
                         "CAST(:owners AS VARCHAR[]), CAST(:periods AS VARCHAR[])) AS v(c, k, o, p) "
                         "ON CONFLICT (code) DO NOTHING"
                     ),
-                    {name: [row[key] for row in rows] for name, key in
-                     (("codes", "code"), ("kinds", "kind"), ("owners", "owner"), ("periods", "period"))},
+                    {
+                        name: [row[key] for row in rows]
+                        for name, key in (
+                            ("codes", "code"),
+                            ("kinds", "kind"),
+                            ("owners", "owner"),
+                            ("periods", "period"),
+                        )
+                    },
                 )
         if missing:
             ids.update(await self._ids(session, missing))
@@ -119,7 +142,9 @@ class LedgerRepository:
     async def _ids(self, session: AsyncSession, account_codes: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         for part in chunks(account_codes):
-            rows = await session.execute(select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(part)))
+            rows = await session.execute(
+                select(LedgerAccount.code, LedgerAccount.id).where(LedgerAccount.code.in_(part))
+            )
             found.update({code: id_ for code, id_ in rows})
         return found
 
@@ -195,7 +220,9 @@ class LedgerRepository:
             found.update({record_id: key for record_id, key in rows if record_id is not None})
         return found
 
-    async def entries_of(self, session: AsyncSession, transaction_ids: Sequence[int]) -> dict[int, list[tuple[str, int]]]:
+    async def entries_of(
+        self, session: AsyncSession, transaction_ids: Sequence[int]
+    ) -> dict[int, list[tuple[str, int]]]:
         """``{transaction_id: [(code, amount), ...]}``."""
         found: dict[int, list[tuple[str, int]]] = {id_: [] for id_ in transaction_ids}
         for part in chunks(transaction_ids):

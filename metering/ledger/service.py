@@ -86,9 +86,15 @@ class LedgerService:
     ) -> bool:
         """Post one balanced transaction; True when written now, False for a replay."""
         posting = Posting(
-            kind=kind, idempotency_key=idempotency_key, period=period, entries=tuple(entries),
-            account_name=account_name, provider_id=provider_id, usage_record_id=usage_record_id,
-            original_period=original_period, memo=memo,
+            kind=kind,
+            idempotency_key=idempotency_key,
+            period=period,
+            entries=tuple(entries),
+            account_name=account_name,
+            provider_id=provider_id,
+            usage_record_id=usage_record_id,
+            original_period=original_period,
+            memo=memo,
         )
         return (await self.post_many(session, [posting]))[0]
 
@@ -142,12 +148,16 @@ class LedgerService:
             if len(account_ids) < len(named):
                 return None
         entries = [
-            (postings[index].idempotency_key, account_ids[code], amount) for index in unique for code, amount in checked[index]
+            (postings[index].idempotency_key, account_ids[code], amount)
+            for index in unique
+            for code, amount in checked[index]
         ]
         left_out = await ledger_repository.insert_postings(
             session, [postings[i] for i in unique], entries, created_at=utcnow()
         )
-        await self._check_replays(session, [i for i in unique if postings[i].idempotency_key in left_out], postings, checked)
+        await self._check_replays(
+            session, [i for i in unique if postings[i].idempotency_key in left_out], postings, checked
+        )
         deltas: dict[int, int] = defaultdict(int)
         for key, account_id, amount in entries:
             if key not in left_out:
@@ -195,7 +205,8 @@ class LedgerService:
             )
             if not same:
                 raise LedgerConflict(
-                    f"{posting.idempotency_key!r} was already posted with different entries", key=posting.idempotency_key
+                    f"{posting.idempotency_key!r} was already posted with different entries",
+                    key=posting.idempotency_key,
                 )
 
 

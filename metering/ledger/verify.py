@@ -167,7 +167,9 @@ async def _spending_limits(session: AsyncSession) -> Check:
         for posting in postings:
             late = posting.kind == codes.LATE_REQUEST_COST
             if late:
-                check.warn(f"{account} {period}: late cost of {posting.original_period} charged {format_usd(posting.amount_nano_usd)}")
+                check.warn(
+                    f"{account} {period}: late cost of {posting.original_period} charged {format_usd(posting.amount_nano_usd)}"
+                )
                 allowance += posting.amount_nano_usd
             elif reached_at is not None and posting.started_at is not None and posting.started_at > reached_at:
                 after_start.append(posting.amount_nano_usd)

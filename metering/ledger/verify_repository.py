@@ -92,7 +92,9 @@ class VerifyRepository:
         )
         return [(id_, int(cost), int(paid)) for id_, cost, paid in rows]
 
-    async def receivables_of_accounts_on(self, session: AsyncSession, plans: Sequence[str]) -> list[tuple[str, str, int]]:
+    async def receivables_of_accounts_on(
+        self, session: AsyncSession, plans: Sequence[str]
+    ) -> list[tuple[str, str, int]]:
         """(account, ledger code, balance) of non-zero receivables of accounts on the given plans."""
         if not plans:
             return []
@@ -169,12 +171,19 @@ class VerifyRepository:
         return {(account, period): (int(total), int(payg_only)) for account, period, total, payg_only in rows}
 
     async def account_periods(self, session: AsyncSession) -> list[AccountPeriod]:
-        return list(await session.scalars(select(AccountPeriod).order_by(AccountPeriod.period, AccountPeriod.account_name)))
+        return list(
+            await session.scalars(select(AccountPeriod).order_by(AccountPeriod.period, AccountPeriod.account_name))
+        )
 
     async def over_limit(self, session: AsyncSession) -> list[tuple[str, str, int, int]]:
         """(account, period, payg, limit) of periods whose pay-as-you-go exceeds the account's cap."""
         rows = await session.execute(
-            select(AccountPeriod.account_name, AccountPeriod.period, AccountPeriod.payg_nano_usd, Account.spending_limit_nano_usd)
+            select(
+                AccountPeriod.account_name,
+                AccountPeriod.period,
+                AccountPeriod.payg_nano_usd,
+                Account.spending_limit_nano_usd,
+            )
             .join(Account, Account.name == AccountPeriod.account_name)
             .where(
                 Account.spending_limit_nano_usd.is_not(None),
@@ -208,7 +217,10 @@ class VerifyRepository:
                 usage_records=True,
             )
             .outerjoin(
-                Hold, (Hold.id == UsageRecord.hold_id) & (Hold.usage_record_id == UsageRecord.id) & (Hold.status == "attached")
+                Hold,
+                (Hold.id == UsageRecord.hold_id)
+                & (Hold.usage_record_id == UsageRecord.id)
+                & (Hold.status == "attached"),
             )
             .where(
                 LedgerAccount.code == codes.receivable(account, period),

@@ -60,8 +60,13 @@ async def _audit(
     now = utcnow()
     account.updated_at = now
     event = limit_repository.add_audit_event(
-        session, account=account.name, actor=actor, action=action,
-        before=_json({field: before}), after=_json({field: after}), now=now,
+        session,
+        account=account.name,
+        actor=actor,
+        action=action,
+        before=_json({field: before}),
+        after=_json({field: after}),
+        now=now,
     )
     await session.flush()
     return _record(event)
@@ -91,7 +96,9 @@ class LimitService:
         if before == limit_nano_usd:
             return None
         account.spending_limit_nano_usd = limit_nano_usd
-        return await _audit(session, account, actor, SPENDING_LIMIT_ACTION, "spending_limit_nano_usd", before, limit_nano_usd)
+        return await _audit(
+            session, account, actor, SPENDING_LIMIT_ACTION, "spending_limit_nano_usd", before, limit_nano_usd
+        )
 
     async def set_disabled_providers(
         self, session: AsyncSession, *, account_name: str, providers: list[str], actor: str

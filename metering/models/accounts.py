@@ -22,9 +22,7 @@ class Account(Base):
         CheckConstraint("kind IN ('user', 'org')", name="kind"),
         CheckConstraint("status IN ('active', 'delinquent')", name="status"),
         CheckConstraint("seats >= 0", name="seats_non_negative"),
-        CheckConstraint(
-            "spending_limit_nano_usd IS NULL OR spending_limit_nano_usd >= 0", name="limit_non_negative"
-        ),
+        CheckConstraint("spending_limit_nano_usd IS NULL OR spending_limit_nano_usd >= 0", name="limit_non_negative"),
     )
 
     name: Mapped[str] = mapped_column(String(96), primary_key=True)
@@ -46,7 +44,9 @@ class Membership(Base):
     __table_args__ = (CheckConstraint("role IN ('admin', 'write', 'read')", name="role"),)
 
     org_name: Mapped[str] = mapped_column(ForeignKey("accounts.name", ondelete="CASCADE"), primary_key=True)
-    user_name: Mapped[str] = mapped_column(ForeignKey("accounts.name", ondelete="CASCADE"), primary_key=True, index=True)
+    user_name: Mapped[str] = mapped_column(
+        ForeignKey("accounts.name", ondelete="CASCADE"), primary_key=True, index=True
+    )
     role: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -23,7 +23,8 @@ class AccountPeriod(Base):
         CheckConstraint("held_nano_usd >= 0", name="held_non_negative"),
         CheckConstraint("pending_estimate_nano_usd >= 0", name="pending_non_negative"),
         CheckConstraint(
-            "held_payg_only_nano_usd >= 0 AND held_payg_only_nano_usd <= held_nano_usd", name="held_payg_only_within_held"
+            "held_payg_only_nano_usd >= 0 AND held_payg_only_nano_usd <= held_nano_usd",
+            name="held_payg_only_within_held",
         ),
         CheckConstraint(
             "pending_payg_only_nano_usd >= 0 AND pending_payg_only_nano_usd <= pending_estimate_nano_usd",

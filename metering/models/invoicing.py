@@ -34,12 +34,8 @@ class Invoice(Base):
             "status IN ('nothing_due', 'pending', 'sent', 'open', 'paid', 'payment_failed')", name="status"
         ),
         CheckConstraint("payg_nano_usd > 0", name="payg_positive"),
-        CheckConstraint(
-            "carried_in_nano_usd >= 0 AND carried_in_nano_usd < 10000000", name="carried_in_sub_cent"
-        ),
-        CheckConstraint(
-            "carried_out_nano_usd >= 0 AND carried_out_nano_usd < 10000000", name="carried_out_sub_cent"
-        ),
+        CheckConstraint("carried_in_nano_usd >= 0 AND carried_in_nano_usd < 10000000", name="carried_in_sub_cent"),
+        CheckConstraint("carried_out_nano_usd >= 0 AND carried_out_nano_usd < 10000000", name="carried_out_sub_cent"),
         # Nothing lost or invented by rounding.
         CheckConstraint(
             "amount_cents * 10000000 + carried_out_nano_usd = payg_nano_usd + carried_in_nano_usd",

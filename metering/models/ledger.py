@@ -51,9 +51,7 @@ class LedgerTransaction(Base):
     period: Mapped[str] = mapped_column(String(7), index=True)
     # For a late adjustment: the closed period the cost belonged to.
     original_period: Mapped[str | None] = mapped_column(String(7), nullable=True)
-    usage_record_id: Mapped[int | None] = mapped_column(
-        ForeignKey("usage_records.id"), nullable=True, unique=True
-    )
+    usage_record_id: Mapped[int | None] = mapped_column(ForeignKey("usage_records.id"), nullable=True, unique=True)
     memo: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

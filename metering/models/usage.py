@@ -24,9 +24,7 @@ class UsageRecord(Base):
     __tablename__ = "usage_records"
     __table_args__ = (
         UniqueConstraint("provider_id", "request_id"),
-        CheckConstraint(
-            "status IN ('pending', 'priced', 'custom_key', 'unpriced', 'quarantined')", name="status"
-        ),
+        CheckConstraint("status IN ('pending', 'priced', 'custom_key', 'unpriced', 'quarantined')", name="status"),
         CheckConstraint("cost_nano_usd IS NULL OR cost_nano_usd >= 0", name="cost_non_negative"),
         CheckConstraint("(status = 'priced') = (cost_nano_usd IS NOT NULL)", name="priced_has_cost"),
         CheckConstraint("estimate_nano_usd >= 0", name="estimate_non_negative"),

@@ -37,7 +37,9 @@ class ProviderRegistration:
 
 
 class ProviderService:
-    async def upsert(self, session: AsyncSession, *, provider_id: str, registration: ProviderRegistration) -> tuple[Provider, bool]:
+    async def upsert(
+        self, session: AsyncSession, *, provider_id: str, registration: ProviderRegistration
+    ) -> tuple[Provider, bool]:
         """Create or replace a registration; returns it and whether it was created."""
         provider = await provider_repository.get(session, provider_id)
         created = provider is None

@@ -258,7 +258,9 @@ async def settle(
             conflicts += 1
             logger.warning(
                 "usage record %s already priced at %s nano-USD; a different cost of %s was refused",
-                record_id, stored_cost, costs[record_id],
+                record_id,
+                stored_cost,
+                costs[record_id],
             )
         else:
             replayed += 1
@@ -267,7 +269,9 @@ async def settle(
         await _move_money(session, moved_priced, costs, moved_quarantined + moved_unpriced)
     if moved_priced:
         # Last, as the estimator asks: after every account row this transaction locks.
-        await estimates_service.observe_costs(session, [(row.provider_id, row.model, costs[row.id]) for row in moved_priced])
+        await estimates_service.observe_costs(
+            session, [(row.provider_id, row.model, costs[row.id]) for row in moved_priced]
+        )
     return SettleResult(
         priced=len(moved_priced),
         replayed=replayed,
@@ -303,7 +307,9 @@ async def _move_money(
     priced_keys = {(row.billing_account, posting_period(row)) for row in priced_rows}
     keys = priced_keys | {(row.billing_account, row.period) for row in all_rows}
     # Plain terms, not ORM accounts: a batch names up to a thousand accounts.
-    _, accounts = await usage_repository.lookup(session, provider_ids=(), names={row.billing_account for row in all_rows})
+    _, accounts = await usage_repository.lookup(
+        session, provider_ids=(), names={row.billing_account for row in all_rows}
+    )
     providers = await provider_repository.get_many(session, {row.provider_id for row in all_rows})
     eligible = {provider_id: provider.credit_eligible for provider_id, provider in providers.items()}
     payg = {name: pays_as_you_go(terms) for name, terms in accounts.items()}

@@ -72,7 +72,8 @@ def _pg_move(value_type: str, assignments: str, *, owned: bool) -> str:
 
 # (without, with) a lease owner; $2 is the time priced, or the status settled to.
 _PG_PRICE = tuple(
-    _pg_move("bigint", "status = 'priced', cost_nano_usd = v.value, priced_at = $2", owned=owned) for owned in (False, True)
+    _pg_move("bigint", "status = 'priced', cost_nano_usd = v.value, priced_at = $2", owned=owned)
+    for owned in (False, True)
 )
 _PG_SETTLE = tuple(
     _pg_move("varchar", "status = $2, quarantine_reason = v.value", owned=owned) for owned in (False, True)
@@ -105,7 +106,9 @@ class AccountingRepository:
         """Flag records whose ``hold_id`` named a hold that was not theirs (rare: one statement per chunk)."""
         for part in chunks(sorted(record_ids)):
             await session.execute(
-                update(UsageRecord).where(UsageRecord.id.in_(part)).values(hold_flag_reason=reason)
+                update(UsageRecord)
+                .where(UsageRecord.id.in_(part))
+                .values(hold_flag_reason=reason)
                 .execution_options(synchronize_session=False)
             )
 

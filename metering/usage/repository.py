@@ -31,15 +31,34 @@ Key = tuple[str, str]  # (provider_id, request_id)
 
 # Columns the ingest writes, in the order of NewUsageRow's fields.
 INSERT_COLUMNS = (
-    "provider_id", "request_id", "user_name", "bill_to", "billing_account", "bill_to_flag_reason",
-    "model", "task", "custom_key", "started_at", "period", "duration_ms", "hardware",
-    "input_tokens", "output_tokens", "hold_id", "content_hash", "estimate_nano_usd",
+    "provider_id",
+    "request_id",
+    "user_name",
+    "bill_to",
+    "billing_account",
+    "bill_to_flag_reason",
+    "model",
+    "task",
+    "custom_key",
+    "started_at",
+    "period",
+    "duration_ms",
+    "hardware",
+    "input_tokens",
+    "output_tokens",
+    "hold_id",
+    "content_hash",
+    "estimate_nano_usd",
 )
 # Written with the same value on every new row (status follows custom_key).
 _FIXED_COLUMNS = ("bill_to_flagged", "status", "received_at", "attempts", "next_attempt_at")
 _PG_TYPES = {
-    "custom_key": "boolean", "started_at": "timestamptz", "duration_ms": "bigint",
-    "input_tokens": "bigint", "output_tokens": "bigint", "estimate_nano_usd": "bigint",
+    "custom_key": "boolean",
+    "started_at": "timestamptz",
+    "duration_ms": "bigint",
+    "input_tokens": "bigint",
+    "output_tokens": "bigint",
+    "estimate_nano_usd": "bigint",
 }
 # SQLite binds at most 32,766 values per statement: 1,000 rows of 23 columns stay under it.
 _SQLITE_ROWS_PER_INSERT = 1_000
@@ -157,9 +176,7 @@ _PG_STORED_HASHES = text(
     "JOIN unnest(CAST(:provider_ids AS varchar[]), CAST(:request_ids AS varchar[])) AS k(provider_id, request_id) "
     "ON u.provider_id = k.provider_id AND u.request_id = k.request_id"
 )
-_SQLITE_INSERT_HEAD = (
-    f"INSERT INTO usage_records ({', '.join(INSERT_COLUMNS + _FIXED_COLUMNS)}) VALUES "
-)
+_SQLITE_INSERT_HEAD = f"INSERT INTO usage_records ({', '.join(INSERT_COLUMNS + _FIXED_COLUMNS)}) VALUES "
 _SQLITE_INSERT_TAIL = " ON CONFLICT (provider_id, request_id) DO NOTHING RETURNING id, provider_id, request_id"
 _SQLITE_ROW = "(" + ", ".join("?" * (len(INSERT_COLUMNS) + len(_FIXED_COLUMNS))) + ")"
 
@@ -225,7 +242,9 @@ class UsageRepository:
             )
         return {(org, user) for org, user in rows} & pairs
 
-    async def insert_new(self, session: AsyncSession, rows: Sequence[NewUsageRow], *, received_at: datetime) -> dict[Key, int]:
+    async def insert_new(
+        self, session: AsyncSession, rows: Sequence[NewUsageRow], *, received_at: datetime
+    ) -> dict[Key, int]:
         """INSERT … ON CONFLICT DO NOTHING; returns ``{key: id}`` of the rows this call inserted.
 
         Rows are inserted in key order so two batches sharing keys wait on each other in the
@@ -245,20 +264,42 @@ class UsageRepository:
         )
         return {(provider_id, request_id): id_ for id_, provider_id, request_id in result}
 
-    async def _insert_sqlite(self, session: AsyncSession, rows: Sequence[NewUsageRow], *, received_at: datetime) -> dict[Key, int]:
+    async def _insert_sqlite(
+        self, session: AsyncSession, rows: Sequence[NewUsageRow], *, received_at: datetime
+    ) -> dict[Key, int]:
         received = sqlite_time(received_at)
         inserted: dict[Key, int] = {}
         for chunk in chunks(rows, _SQLITE_ROWS_PER_INSERT):
             params: list[object] = []
             extend = params.extend
             for r in chunk:
-                extend((
-                    r.provider_id, r.request_id, r.user_name, r.bill_to, r.billing_account, r.bill_to_flag_reason,
-                    r.model, r.task, r.custom_key, sqlite_time(r.started_at), r.period, r.duration_ms, r.hardware,
-                    r.input_tokens, r.output_tokens, r.hold_id, r.content_hash, r.estimate_nano_usd,
-                    r.bill_to_flag_reason is not None, "custom_key" if r.custom_key else "pending",
-                    received, 0, received,
-                ))
+                extend(
+                    (
+                        r.provider_id,
+                        r.request_id,
+                        r.user_name,
+                        r.bill_to,
+                        r.billing_account,
+                        r.bill_to_flag_reason,
+                        r.model,
+                        r.task,
+                        r.custom_key,
+                        sqlite_time(r.started_at),
+                        r.period,
+                        r.duration_ms,
+                        r.hardware,
+                        r.input_tokens,
+                        r.output_tokens,
+                        r.hold_id,
+                        r.content_hash,
+                        r.estimate_nano_usd,
+                        r.bill_to_flag_reason is not None,
+                        "custom_key" if r.custom_key else "pending",
+                        received,
+                        0,
+                        received,
+                    )
+                )
             sql = _SQLITE_INSERT_HEAD + ", ".join([_SQLITE_ROW] * len(chunk)) + _SQLITE_INSERT_TAIL
             result = await sqlite_fetchall(session, sql, params)
             inserted.update({(provider_id, request_id): id_ for id_, provider_id, request_id in result})

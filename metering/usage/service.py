@@ -76,8 +76,11 @@ class UsageService:
             if start:
                 await asyncio.sleep(0)
             checked, refused = check_records(
-                records[start : start + _RECORDS_BETWEEN_YIELDS], now=received_at, max_future_skew_seconds=skew,
-                max_age_days=max_age_days, first_index=start,
+                records[start : start + _RECORDS_BETWEEN_YIELDS],
+                now=received_at,
+                max_future_skew_seconds=skew,
+                max_age_days=max_age_days,
+                first_index=start,
             )
             valid += checked
             rejected += refused
@@ -141,8 +144,12 @@ class UsageService:
         return result
 
     async def _judge_not_inserted(
-        self, session: AsyncSession, firsts: list[ValidRecord], repeats: list[ValidRecord],
-        inserted: dict[Key, int], result: IngestResult,
+        self,
+        session: AsyncSession,
+        firsts: list[ValidRecord],
+        repeats: list[ValidRecord],
+        inserted: dict[Key, int],
+        result: IngestResult,
     ) -> None:
         """Records that did not insert are duplicates when their content equals the stored row's,
         else conflicts; a repeat within the batch is judged against whatever its key stored."""
@@ -162,7 +169,8 @@ class UsageService:
     ) -> list[NewUsageRow]:
         """Who pays for each record: the bill_to org when valid now, else the user, flagged with why."""
         members = await usage_repository.memberships(
-            session, {(r.bill_to, r.user) for r in records if r.bill_to in accounts and accounts[r.bill_to].kind == "org"}
+            session,
+            {(r.bill_to, r.user) for r in records if r.bill_to in accounts and accounts[r.bill_to].kind == "org"},
         )
         refusals: dict[tuple[str, str], str | None] = {}
         rows: list[NewUsageRow] = []
@@ -182,9 +190,23 @@ class UsageService:
             # started_at is UTC already (validation), so its period needs no ``periods.period_of``.
             append(
                 NewUsageRow(
-                    r.provider, r.request_id, user, bill_to, payer, reason, r.model, r.task, r.custom_key,
-                    started_at, f"{started_at.year:04d}-{started_at.month:02d}", r.duration_ms, r.hardware,
-                    r.input_tokens, r.output_tokens, r.hold_id, r.content_hash,
+                    r.provider,
+                    r.request_id,
+                    user,
+                    bill_to,
+                    payer,
+                    reason,
+                    r.model,
+                    r.task,
+                    r.custom_key,
+                    started_at,
+                    f"{started_at.year:04d}-{started_at.month:02d}",
+                    r.duration_ms,
+                    r.hardware,
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.hold_id,
+                    r.content_hash,
                 )
             )
         return rows
@@ -198,7 +220,9 @@ def _drop_unknown_providers(
         if record.provider in known:
             kept.append(record)
         else:
-            rejected.append(Rejection(record.index, record.request_id, f"provider: unknown provider {record.provider!r}"))
+            rejected.append(
+                Rejection(record.index, record.request_id, f"provider: unknown provider {record.provider!r}")
+            )
     return kept
 
 

@@ -22,8 +22,19 @@ from metering.usage.errors import ValidationError
 
 FIELDS = frozenset(
     {
-        "request_id", "provider", "user", "bill_to", "model", "task", "custom_key", "started_at",
-        "duration_ms", "hardware", "input_tokens", "output_tokens", "hold_id",
+        "request_id",
+        "provider",
+        "user",
+        "bill_to",
+        "model",
+        "task",
+        "custom_key",
+        "started_at",
+        "duration_ms",
+        "hardware",
+        "input_tokens",
+        "output_tokens",
+        "hold_id",
     }
 )
 REQUIRED = ("request_id", "provider", "user", "model", "started_at")
@@ -39,8 +50,15 @@ MAX_BIGINT = 2**63 - 1
 # ingest creates must be one the platform can address later.
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})\Z")
-_JSON_KIND = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-              list: "an array", dict: "an object"}
+_JSON_KIND = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+}
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, a third of the
@@ -121,7 +139,11 @@ def _refuse_constant(name: str) -> None:
 
 
 def check_records(
-    records: list[object], *, now: datetime, max_future_skew_seconds: int, max_age_days: int | None = None,
+    records: list[object],
+    *,
+    now: datetime,
+    max_future_skew_seconds: int,
+    max_age_days: int | None = None,
     first_index: int = 0,
 ) -> tuple[list[ValidRecord], list[Rejection]]:
     """Split records into valid ones and rejections; one bad record never affects another.
@@ -137,8 +159,12 @@ def check_records(
         try:
             valid.append(
                 check_record(
-                    index, raw, latest_start=latest_start, max_future_skew_seconds=max_future_skew_seconds,
-                    earliest_start=earliest_start, max_age_days=max_age_days,
+                    index,
+                    raw,
+                    latest_start=latest_start,
+                    max_future_skew_seconds=max_future_skew_seconds,
+                    earliest_start=earliest_start,
+                    max_age_days=max_age_days,
                 )
             )
         except RecordInvalid as exc:
@@ -159,8 +185,13 @@ def request_id_of(raw: object) -> str | None:
 
 
 def check_record(
-    index: int, raw: object, *, latest_start: datetime, max_future_skew_seconds: int,
-    earliest_start: datetime | None = None, max_age_days: int | None = None,
+    index: int,
+    raw: object,
+    *,
+    latest_start: datetime,
+    max_future_skew_seconds: int,
+    earliest_start: datetime | None = None,
+    max_age_days: int | None = None,
 ) -> ValidRecord:
     """One record's checks in a fixed order; the first failure is the reason given back."""
     if type(raw) is not dict:
@@ -217,12 +248,37 @@ def check_record(
     if (hold_id := get("hold_id")) is not None:
         hold_id = _text(hold_id, "hold_id", MAX_HOLD_ID)
     canonical = orjson.dumps(
-        (request_id, provider, user, bill_to, model, task, custom_key, started_at,
-         duration_ms, hardware, input_tokens, output_tokens, hold_id)
+        (
+            request_id,
+            provider,
+            user,
+            bill_to,
+            model,
+            task,
+            custom_key,
+            started_at,
+            duration_ms,
+            hardware,
+            input_tokens,
+            output_tokens,
+            hold_id,
+        )
     )
     return ValidRecord(
-        index, request_id, provider, user, bill_to, model, task, custom_key, started_at,
-        duration_ms, hardware, input_tokens, output_tokens, hold_id,
+        index,
+        request_id,
+        provider,
+        user,
+        bill_to,
+        model,
+        task,
+        custom_key,
+        started_at,
+        duration_ms,
+        hardware,
+        input_tokens,
+        output_tokens,
+        hold_id,
         hashlib.blake2b(canonical, digest_size=16).hexdigest(),
     )
 

@@ -13,25 +13,24 @@ from __future__ import annotations
 
 from alembic import op
 
-
-revision = '0003_usage_series_cover'
-down_revision = '0002_invoicing'
+revision = "0003_usage_series_cover"
+down_revision = "0002_invoicing"
 branch_labels = None
 depends_on = None
 
-INDEX = 'ix_usage_records_billing_time'
-COVERED = ['user_name', 'provider_id', 'model', 'status', 'custom_key', 'cost_nano_usd']
+INDEX = "ix_usage_records_billing_time"
+COVERED = ["user_name", "provider_id", "model", "status", "custom_key", "cost_nano_usd"]
 
 
 def upgrade() -> None:
-    if op.get_context().dialect.name != 'postgresql':
+    if op.get_context().dialect.name != "postgresql":
         return
-    op.drop_index(INDEX, table_name='usage_records')
-    op.create_index(INDEX, 'usage_records', ['billing_account', 'started_at'], postgresql_include=COVERED)
+    op.drop_index(INDEX, table_name="usage_records")
+    op.create_index(INDEX, "usage_records", ["billing_account", "started_at"], postgresql_include=COVERED)
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name != 'postgresql':
+    if op.get_context().dialect.name != "postgresql":
         return
-    op.drop_index(INDEX, table_name='usage_records')
-    op.create_index(INDEX, 'usage_records', ['billing_account', 'started_at'])
+    op.drop_index(INDEX, table_name="usage_records")
+    op.create_index(INDEX, "usage_records", ["billing_account", "started_at"])

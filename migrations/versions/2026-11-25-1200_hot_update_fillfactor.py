@@ -16,24 +16,23 @@ from __future__ import annotations
 
 from alembic import op
 
-
-revision = '0004_hot_update_fillfactor'
-down_revision = '0003_usage_series_cover'
+revision = "0004_hot_update_fillfactor"
+down_revision = "0003_usage_series_cover"
 branch_labels = None
 depends_on = None
 
-FILLFACTORS = {'usage_records': 70, 'account_periods': 50, 'ledger_accounts': 70}
+FILLFACTORS = {"usage_records": 70, "account_periods": 50, "ledger_accounts": 70}
 
 
 def upgrade() -> None:
-    if op.get_context().dialect.name != 'postgresql':
+    if op.get_context().dialect.name != "postgresql":
         return
     for table, fillfactor in FILLFACTORS.items():
-        op.execute(f'ALTER TABLE {table} SET (fillfactor = {fillfactor})')
+        op.execute(f"ALTER TABLE {table} SET (fillfactor = {fillfactor})")
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name != 'postgresql':
+    if op.get_context().dialect.name != "postgresql":
         return
     for table in FILLFACTORS:
-        op.execute(f'ALTER TABLE {table} RESET (fillfactor)')
+        op.execute(f"ALTER TABLE {table} RESET (fillfactor)")

@@ -19,15 +19,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
-revision = '0005_usage_rollups'
-down_revision = '0004_hot_update_fillfactor'
+revision = "0005_usage_rollups"
+down_revision = "0004_hot_update_fillfactor"
 branch_labels = None
 depends_on = None
 
 COLUMNS = (
-    'billing_account, span, starts_at, dimension, key, '
-    'requests, priced_requests, cost_nano_usd, pending_requests, custom_key_requests'
+    "billing_account, span, starts_at, dimension, key, "
+    "requests, priced_requests, cost_nano_usd, pending_requests, custom_key_requests"
 )
 
 
@@ -74,57 +73,61 @@ def trigger_function(name: str, rows: str) -> str:
 
 
 FUNCTIONS = {
-    'usage_rollups_on_insert': ('INSERT', 'REFERENCING NEW TABLE AS new_rows', signed('new_rows', '1')),
-    'usage_rollups_on_update': (
-        'UPDATE',
-        'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows',
-        signed('new_rows', '1') + ' UNION ALL ' + signed('old_rows', '-1'),
+    "usage_rollups_on_insert": ("INSERT", "REFERENCING NEW TABLE AS new_rows", signed("new_rows", "1")),
+    "usage_rollups_on_update": (
+        "UPDATE",
+        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+        signed("new_rows", "1") + " UNION ALL " + signed("old_rows", "-1"),
     ),
-    'usage_rollups_on_delete': ('DELETE', 'REFERENCING OLD TABLE AS old_rows', signed('old_rows', '-1')),
+    "usage_rollups_on_delete": ("DELETE", "REFERENCING OLD TABLE AS old_rows", signed("old_rows", "-1")),
 }
 
 
 def upgrade() -> None:
     op.create_table(
-        'usage_rollups',
-        sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-        sa.Column('billing_account', sa.String(96), nullable=False),
-        sa.Column('span', sa.String(4), nullable=False),
-        sa.Column('starts_at', sa.DateTime(timezone=True), nullable=False),
-        sa.Column('dimension', sa.String(8), nullable=False),
-        sa.Column('key', sa.String(256), nullable=False),
-        sa.Column('requests', sa.BigInteger(), nullable=False),
-        sa.Column('priced_requests', sa.BigInteger(), nullable=False),
-        sa.Column('cost_nano_usd', sa.BigInteger(), nullable=False),
-        sa.Column('pending_requests', sa.BigInteger(), nullable=False),
-        sa.Column('custom_key_requests', sa.BigInteger(), nullable=False),
-        sa.Column('folded', sa.Boolean(), nullable=False),
-        sa.PrimaryKeyConstraint('id', name=op.f('pk_usage_rollups')),
+        "usage_rollups",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("billing_account", sa.String(96), nullable=False),
+        sa.Column("span", sa.String(4), nullable=False),
+        sa.Column("starts_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("dimension", sa.String(8), nullable=False),
+        sa.Column("key", sa.String(256), nullable=False),
+        sa.Column("requests", sa.BigInteger(), nullable=False),
+        sa.Column("priced_requests", sa.BigInteger(), nullable=False),
+        sa.Column("cost_nano_usd", sa.BigInteger(), nullable=False),
+        sa.Column("pending_requests", sa.BigInteger(), nullable=False),
+        sa.Column("custom_key_requests", sa.BigInteger(), nullable=False),
+        sa.Column("folded", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_usage_rollups")),
     )
-    op.create_index('ix_usage_rollups_series', 'usage_rollups', ['billing_account', 'span', 'dimension', 'starts_at', 'key'])
-    if op.get_context().dialect.name != 'postgresql':
+    op.create_index(
+        "ix_usage_rollups_series", "usage_rollups", ["billing_account", "span", "dimension", "starts_at", "key"]
+    )
+    if op.get_context().dialect.name != "postgresql":
         return
     for name, (event, referencing, rows) in FUNCTIONS.items():
         op.execute(trigger_function(name, rows))
         op.execute(
-            f'CREATE TRIGGER {name} AFTER {event} ON usage_records {referencing} '
-            f'FOR EACH STATEMENT EXECUTE FUNCTION {name}()'
+            f"CREATE TRIGGER {name} AFTER {event} ON usage_records {referencing} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
         )
     op.execute(
         "CREATE FUNCTION usage_rollups_on_truncate() RETURNS trigger LANGUAGE plpgsql AS $body$ "
         "BEGIN DELETE FROM usage_rollups; RETURN NULL; END $body$"
     )
     op.execute(
-        'CREATE TRIGGER usage_rollups_on_truncate AFTER TRUNCATE ON usage_records '
-        'FOR EACH STATEMENT EXECUTE FUNCTION usage_rollups_on_truncate()'
+        "CREATE TRIGGER usage_rollups_on_truncate AFTER TRUNCATE ON usage_records "
+        "FOR EACH STATEMENT EXECUTE FUNCTION usage_rollups_on_truncate()"
     )
-    op.execute(f"INSERT INTO usage_rollups ({COLUMNS}, folded) SELECT *, true FROM ({rollup(signed('usage_records', '1'))}) AS rolled")
+    op.execute(
+        f"INSERT INTO usage_rollups ({COLUMNS}, folded) SELECT *, true FROM ({rollup(signed('usage_records', '1'))}) AS rolled"
+    )
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name == 'postgresql':
-        for name in [*FUNCTIONS, 'usage_rollups_on_truncate']:
-            op.execute(f'DROP TRIGGER {name} ON usage_records')
-            op.execute(f'DROP FUNCTION {name}()')
-    op.drop_index('ix_usage_rollups_series', table_name='usage_rollups')
-    op.drop_table('usage_rollups')
+    if op.get_context().dialect.name == "postgresql":
+        for name in [*FUNCTIONS, "usage_rollups_on_truncate"]:
+            op.execute(f"DROP TRIGGER {name} ON usage_records")
+            op.execute(f"DROP FUNCTION {name}()")
+    op.drop_index("ix_usage_rollups_series", table_name="usage_rollups")
+    op.drop_table("usage_rollups")

@@ -24,15 +24,14 @@ from pathlib import Path
 
 from alembic import op
 
-
-revision = '0006_usage_rollups_hourly'
-down_revision = '0005_usage_rollups'
+revision = "0006_usage_rollups_hourly"
+down_revision = "0005_usage_rollups"
 branch_labels = None
 depends_on = None
 
 COLUMNS = (
-    'billing_account, span, starts_at, dimension, key, '
-    'requests, priced_requests, cost_nano_usd, pending_requests, custom_key_requests'
+    "billing_account, span, starts_at, dimension, key, "
+    "requests, priced_requests, cost_nano_usd, pending_requests, custom_key_requests"
 )
 
 
@@ -77,14 +76,14 @@ def trigger_function(name: str, rows: str) -> str:
 
 
 ROWS = {
-    'usage_rollups_on_insert': signed('new_rows', '1'),
-    'usage_rollups_on_update': signed('new_rows', '1') + ' UNION ALL ' + signed('old_rows', '-1'),
-    'usage_rollups_on_delete': signed('old_rows', '-1'),
+    "usage_rollups_on_insert": signed("new_rows", "1"),
+    "usage_rollups_on_update": signed("new_rows", "1") + " UNION ALL " + signed("old_rows", "-1"),
+    "usage_rollups_on_delete": signed("old_rows", "-1"),
 }
 
 
 def upgrade() -> None:
-    if op.get_context().dialect.name != 'postgresql':
+    if op.get_context().dialect.name != "postgresql":
         return
     _hold_writers()
     for name, rows in ROWS.items():
@@ -93,14 +92,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name != 'postgresql':
+    if op.get_context().dialect.name != "postgresql":
         return
     _hold_writers()
     previous = _revision_0005()
     for name, (_event, _referencing, rows) in previous.FUNCTIONS.items():
-        op.execute(previous.trigger_function(name, rows).replace('CREATE FUNCTION', 'CREATE OR REPLACE FUNCTION', 1))
+        op.execute(previous.trigger_function(name, rows).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
     # The daily and self-member rows are gone: the totals are summed again from the records.
-    op.execute('DELETE FROM usage_rollups')
+    op.execute("DELETE FROM usage_rollups")
     op.execute(
         f"INSERT INTO usage_rollups ({previous.COLUMNS}, folded) "
         f"SELECT *, true FROM ({previous.rollup(previous.signed('usage_records', '1'))}) AS rolled"
@@ -110,13 +109,13 @@ def downgrade() -> None:
 def _hold_writers() -> None:
     """Until this migration commits, no statement writes records or totals (the fold job included):
     a writer inside an old trigger function would append rows in the old shape after the clean-up."""
-    op.execute('LOCK TABLE usage_records, usage_rollups IN SHARE MODE')
+    op.execute("LOCK TABLE usage_records, usage_rollups IN SHARE MODE")
 
 
-def _revision_0005():  # noqa: ANN202 - a migration module
+def _revision_0005():
     """Migration 0005 as a module, for its trigger definitions (its file name is not importable)."""
-    path = Path(__file__).with_name('2026-11-26-0100_usage_rollups.py')
-    spec = importlib.util.spec_from_file_location('usage_rollups_0005', path)
+    path = Path(__file__).with_name("2026-11-26-0100_usage_rollups.py")
+    spec = importlib.util.spec_from_file_location("usage_rollups_0005", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -15,20 +15,19 @@ from __future__ import annotations
 
 from alembic import op
 
-
-revision = '0007_drop_unused_usage_indexes'
-down_revision = '0006_usage_rollups_hourly'
+revision = "0007_drop_unused_usage_indexes"
+down_revision = "0006_usage_rollups_hourly"
 branch_labels = None
 depends_on = None
 
-INDEXES = {'ix_usage_records_user_name': 'user_name', 'ix_usage_records_hold_id': 'hold_id'}
+INDEXES = {"ix_usage_records_user_name": "user_name", "ix_usage_records_hold_id": "hold_id"}
 
 
 def upgrade() -> None:
     for name in INDEXES:
-        op.drop_index(name, table_name='usage_records')
+        op.drop_index(name, table_name="usage_records")
 
 
 def downgrade() -> None:
     for name, column in INDEXES.items():
-        op.create_index(name, 'usage_records', [column], unique=False)
+        op.create_index(name, "usage_records", [column], unique=False)

@@ -48,8 +48,18 @@ async def world(db: Database) -> None:
     await insert_usage(
         db,
         [
-            {"request_id": "acme-1", "user": "alice", "billing_account": "acme", "started_at": datetime(2026, 10, 5, tzinfo=UTC)},
-            {"request_id": "globex-1", "user": "dave", "billing_account": "globex", "started_at": datetime(2026, 10, 5, tzinfo=UTC)},
+            {
+                "request_id": "acme-1",
+                "user": "alice",
+                "billing_account": "acme",
+                "started_at": datetime(2026, 10, 5, tzinfo=UTC),
+            },
+            {
+                "request_id": "globex-1",
+                "user": "dave",
+                "billing_account": "globex",
+                "started_at": datetime(2026, 10, 5, tzinfo=UTC),
+            },
         ],
     )
 
@@ -75,9 +85,23 @@ class TestTokens:
             bearer(jwt.encode({"sub": "erin"}, TEST_JWT_SECRET, algorithm="HS256")),
             bearer(make_token("erin", key=TEST_JWT_SECRET * 2, algorithm="HS512")),
             bearer(make_token("")),
-            bearer(jwt.encode({"sub": "erin", "exp": int(time.time()) + 600, "roles": "platform_admin"}, TEST_JWT_SECRET)),
+            bearer(
+                jwt.encode({"sub": "erin", "exp": int(time.time()) + 600, "roles": "platform_admin"}, TEST_JWT_SECRET)
+            ),
         ],
-        ids=["none", "empty", "basic", "garbage", "expired", "wrong-key", "no-sub", "no-exp", "hs512", "empty-sub", "roles-str"],
+        ids=[
+            "none",
+            "empty",
+            "basic",
+            "garbage",
+            "expired",
+            "wrong-key",
+            "no-sub",
+            "no-exp",
+            "hs512",
+            "empty-sub",
+            "roles-str",
+        ],
     )
     async def test_refused_with_401(self, client: httpx.AsyncClient, world: None, headers: dict) -> None:
         response = await client.get("/v1/accounts/erin/billing", headers={"Authorization": "", **headers})
@@ -85,7 +109,9 @@ class TestTokens:
         assert response.json()["error"] == "Unauthenticated"
 
     async def test_alg_none_is_refused(self, client: httpx.AsyncClient, world: None) -> None:
-        unsigned = jwt.encode({"sub": "root", "exp": int(time.time()) + 600, "roles": ["platform_admin"]}, None, algorithm="none")
+        unsigned = jwt.encode(
+            {"sub": "root", "exp": int(time.time()) + 600, "roles": ["platform_admin"]}, None, algorithm="none"
+        )
         response = await client.get("/v1/accounts/acme/billing", headers=bearer(unsigned))
         assert response.status_code == 401
 
@@ -97,13 +123,17 @@ class TestTokens:
 @pytest.fixture
 def rsa_keys() -> tuple[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return private.decode(), public.decode()
 
 
 @pytest.fixture
-async def rs256_client(database_url: str, tmp_path: Path, db: Database, rsa_keys: tuple[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+async def rs256_client(
+    database_url: str, tmp_path: Path, db: Database, rsa_keys: tuple[str, str]
+) -> AsyncIterator[httpx.AsyncClient]:
     """The app configured with only an RS256 public key."""
     settings = make_settings(database_url, tmp_path, jwt_public_key=rsa_keys[1])
     settings.jwt_secret = ""
@@ -151,7 +181,9 @@ class TestRS256:
 
 class TestReadRules:
     @pytest.mark.parametrize("route", READ_ROUTES)
-    async def test_owner_admin_and_platform_admin_read(self, client: httpx.AsyncClient, world: None, route: str) -> None:
+    async def test_owner_admin_and_platform_admin_read(
+        self, client: httpx.AsyncClient, world: None, route: str
+    ) -> None:
         assert (await client.get(route.format(name="acme"), headers=ALICE)).status_code == 200
         assert (await client.get(route.format(name="erin"), headers=ERIN)).status_code == 200
         assert (await client.get(route.format(name="acme"), headers=PLATFORM_ADMIN)).status_code == 200
@@ -174,7 +206,9 @@ class TestReadRules:
         assert missing.json() == {"error": "AccountNotFound", "detail": "no account named 'nobody'"}
 
     @pytest.mark.parametrize("route", READ_ROUTES)
-    async def test_finance_reads_billing_and_invoices_only(self, client: httpx.AsyncClient, world: None, route: str) -> None:
+    async def test_finance_reads_billing_and_invoices_only(
+        self, client: httpx.AsyncClient, world: None, route: str
+    ) -> None:
         response = await client.get(route.format(name="acme"), headers=FINANCE)
         assert response.status_code == (200 if route in FINANCE_READABLE else 403)
 
@@ -198,7 +232,15 @@ class TestReadRules:
     async def test_a_cursor_cannot_cross_accounts(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
         await insert_usage(
             db,
-            [{"request_id": f"a{i}", "user": "alice", "billing_account": "acme", "started_at": datetime(2026, 10, 6, i, tzinfo=UTC)} for i in range(3)],
+            [
+                {
+                    "request_id": f"a{i}",
+                    "user": "alice",
+                    "billing_account": "acme",
+                    "started_at": datetime(2026, 10, 6, i, tzinfo=UTC),
+                }
+                for i in range(3)
+            ],
         )
         acme_page = (await client.get("/v1/accounts/acme/requests?limit=1", headers=ALICE)).json()
         response = await client.get(f"/v1/accounts/globex/requests?cursor={acme_page['next_cursor']}", headers=DAVE)
@@ -213,17 +255,30 @@ class TestWriteRules:
             ("/v1/orgs/acme/billing/disabled-providers", {"providers": ["together"]}),
         ],
     )
-    async def test_only_the_org_admin_changes_settings(self, client: httpx.AsyncClient, db: Database, world: None, path: str, body: dict) -> None:
+    async def test_only_the_org_admin_changes_settings(
+        self, client: httpx.AsyncClient, db: Database, world: None, path: str, body: dict
+    ) -> None:
         before = await _state(db)
-        for caller, status in ((BOB, 403), (CAROL, 403), (FINANCE, 403), (PLATFORM_ADMIN, 403), (DAVE, 404), (ERIN, 404)):
+        for caller, status in (
+            (BOB, 403),
+            (CAROL, 403),
+            (FINANCE, 403),
+            (PLATFORM_ADMIN, 403),
+            (DAVE, 404),
+            (ERIN, 404),
+        ):
             response = await client.put(path, json=body, headers=caller)
             assert response.status_code == status, (caller, response.text)
         assert await _state(db) == before
         assert (await client.put(path, json=body, headers=ALICE)).status_code == 200
 
-    async def test_a_user_may_not_set_another_users_limit(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
+    async def test_a_user_may_not_set_another_users_limit(
+        self, client: httpx.AsyncClient, db: Database, world: None
+    ) -> None:
         before = await _state(db)
-        response = await client.put("/v1/accounts/alice/billing/spending-limit", json={"limit_nano_usd": 1}, headers=ERIN)
+        response = await client.put(
+            "/v1/accounts/alice/billing/spending-limit", json={"limit_nano_usd": 1}, headers=ERIN
+        )
         assert response.status_code == 404
         assert await _state(db) == before
 

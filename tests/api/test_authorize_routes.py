@@ -40,8 +40,10 @@ async def seeded(db: Database) -> None:
     await seed(db)
 
 
-async def ask(client: httpx.AsyncClient, user: str, provider: str = "together", bill_to: str | None = None, **extra):  # noqa: ANN003, ANN201
-    response = await client.post(URL, json={"user": user, "bill_to": bill_to, "provider": provider, "model": "org/m", **extra})
+async def ask(client: httpx.AsyncClient, user: str, provider: str = "together", bill_to: str | None = None, **extra):
+    response = await client.post(
+        URL, json={"user": user, "bill_to": bill_to, "provider": provider, "model": "org/m", **extra}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -72,7 +74,12 @@ class TestAllowed:
         }
         [hold] = await holds(db)
         assert (hold.id, hold.account_name, hold.user_name, hold.provider_id, hold.amount_nano_usd, hold.status) == (
-            hold_id, "alice", "alice", "together", ESTIMATE, "held"
+            hold_id,
+            "alice",
+            "alice",
+            "together",
+            ESTIMATE,
+            "held",
         )
         row = await period_row(db, "alice")
         assert (row.credits_granted_nano_usd, row.held_nano_usd) == (PRO_CREDITS, ESTIMATE)
@@ -164,7 +171,9 @@ class TestRefusals:
         assert await ask(client, "bob") == refused("credits_exhausted", "bob", credits=0)
 
     async def test_pending_estimates_count_against_credits(self, client: httpx.AsyncClient, db: Database) -> None:
-        await set_period(db, "bob", credits_used_nano_usd=FREE_CREDITS - 3 * ESTIMATE, pending_estimate_nano_usd=2 * ESTIMATE)
+        await set_period(
+            db, "bob", credits_used_nano_usd=FREE_CREDITS - 3 * ESTIMATE, pending_estimate_nano_usd=2 * ESTIMATE
+        )
         assert (await ask(client, "bob"))["credits_remaining_nano_usd"] == 0
         assert (await ask(client, "bob"))["reason"] == "credits_exhausted"
 
@@ -173,7 +182,10 @@ class TestRefusals:
         await set_limit(db, "solo-org", 250_000)
         first = await ask(client, "alice", bill_to="solo-org")
         second = await ask(client, "alice", bill_to="solo-org")
-        assert (first["spending_limit_remaining_nano_usd"], second["spending_limit_remaining_nano_usd"]) == (150_000, 50_000)
+        assert (first["spending_limit_remaining_nano_usd"], second["spending_limit_remaining_nano_usd"]) == (
+            150_000,
+            50_000,
+        )
         assert (first["credits_remaining_nano_usd"], second["credits_remaining_nano_usd"]) == (0, 0)
         assert await ask(client, "alice", bill_to="solo-org") == refused(
             "spending_limit_reached", "solo-org", credits=0, limit=50_000
@@ -250,14 +262,16 @@ class TestFastLane:
         calls: list[str] = []
         framework_handle = APIRoute.handle
 
-        async def counted(route, scope, receive, send):  # noqa: ANN001, ANN202
+        async def counted(route, scope, receive, send):
             calls.append(dict(scope["headers"]).get(b"content-type", b"").decode())
             await framework_handle(route, scope, receive, send)
 
         monkeypatch.setattr(APIRoute, "handle", counted)
         return calls
 
-    async def post(self, client: httpx.AsyncClient, body: bytes, content_type: str = "application/json", **headers: str):  # noqa: ANN201
+    async def post(
+        self, client: httpx.AsyncClient, body: bytes, content_type: str = "application/json", **headers: str
+    ):
         return await client.post(URL, content=body, headers={"Content-Type": content_type, **headers})
 
     @pytest.mark.parametrize(
@@ -269,7 +283,9 @@ class TestFastLane:
             {"user": "bob", "bill_to": "acme", "provider": "paid-only together", "model": "m", "custom_key": True},
         ],
     )
-    async def test_same_answer_both_ways(self, client: httpx.AsyncClient, framework_calls: list[str], body: dict) -> None:
+    async def test_same_answer_both_ways(
+        self, client: httpx.AsyncClient, framework_calls: list[str], body: dict
+    ) -> None:
         encoded = orjson.dumps(body)
         fast = await self.post(client, encoded)
         framework = await self.post(client, encoded, "application/json; charset=utf-8")
@@ -291,18 +307,34 @@ class TestFastLane:
         ("body", "content_type", "status", "error"),
         [
             (b'{"user": "alice", "provider": "together", "model": ', "application/json", 422, "ValidationError"),
-            (b'{"user": "alice", "provider": "together", "model": "m", "model": 7}', "application/json", 422, "ValidationError"),
-            (b'{"user": "alice", "provider": "together", "model": "m", "custom_key": NaN}', "application/json", 422, "ValidationError"),
+            (
+                b'{"user": "alice", "provider": "together", "model": "m", "model": 7}',
+                "application/json",
+                422,
+                "ValidationError",
+            ),
+            (
+                b'{"user": "alice", "provider": "together", "model": "m", "custom_key": NaN}',
+                "application/json",
+                422,
+                "ValidationError",
+            ),
             (b'["alice", "together", "m"]', "application/json", 422, "ValidationError"),
             (b'{"user": "alice", "provider": "together", "model": "m"}', "text/plain", 422, "ValidationError"),
             (b'{"user": "al\xffice", "provider": "together", "model": "m"}', "application/json", 400, "BadRequest"),
-            (b'\xff\xfe{\x00}\x00', "application/json", 422, "ValidationError"),
+            (b"\xff\xfe{\x00}\x00", "application/json", 422, "ValidationError"),
             (b"", "application/json", 422, "ValidationError"),
         ],
     )
     async def test_malformed_bodies_get_the_framework_answer(
-        self, client: httpx.AsyncClient, framework_calls: list[str], db: Database,
-        body: bytes, content_type: str, status: int, error: str,
+        self,
+        client: httpx.AsyncClient,
+        framework_calls: list[str],
+        db: Database,
+        body: bytes,
+        content_type: str,
+        status: int,
+        error: str,
     ) -> None:
         answer = await self.post(client, body, content_type)
         assert (answer.status_code, answer.json()["error"]) == (status, error)
@@ -334,7 +366,7 @@ class TestFastLane:
     async def test_a_streamed_body_goes_through_the_framework(
         self, client: httpx.AsyncClient, framework_calls: list[str]
     ) -> None:
-        async def chunks():  # noqa: ANN202
+        async def chunks():
             yield b'{"user": "alice", '
             yield b'"provider": "nowhere", "model": "m"}'
 

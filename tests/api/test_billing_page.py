@@ -68,7 +68,11 @@ class TestNumbersMatchTheApi:
         api = (await client.get("/v1/accounts/acme/billing", headers=ALICE)).json()
         elements = parse((await get_page(anonymous_client, "/billing/acme", ALICE)).text)
 
-        shown = {e.attrs["data-field"]: "".join(e.text) for e in elements if e.section == "summary" and "data-nano-usd" in e.attrs}
+        shown = {
+            e.attrs["data-field"]: "".join(e.text)
+            for e in elements
+            if e.section == "summary" and "data-nano-usd" in e.attrs
+        }
 
         assert shown["payg_nano_usd"] == format_usd(api["payg_nano_usd"]) == "$1.484567891"
         assert shown["credits_granted_nano_usd"] == shown["credits_used_nano_usd"] == "$4.000000000"
@@ -94,7 +98,9 @@ class TestNumbersMatchTheApi:
         elements = parse((await get_page(anonymous_client, "/billing/acme", ALICE)).text)
 
         expected = {
-            group["key"]: {point["start"][:10]: (point["cost_nano_usd"], point["requests"]) for point in group["points"]}
+            group["key"]: {
+                point["start"][:10]: (point["cost_nano_usd"], point["requests"]) for point in group["points"]
+            }
             for group in api["series"]
         }
         assert chart_points(elements) == expected

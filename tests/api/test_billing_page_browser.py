@@ -57,7 +57,9 @@ async def test_org_page_in_chromium_matches_the_api(
     with metering_server(server_env(database_url, tmp_path)) as base_url:
         billing = await api_json(base_url, "/v1/accounts/acme/billing", token)
         usage = await api_json(
-            base_url, "/v1/accounts/acme/usage", token,
+            base_url,
+            "/v1/accounts/acme/usage",
+            token,
             **{"from": start.date().isoformat(), "to": (end - timedelta(days=1)).date().isoformat()},
         )
         async with open_page() as page:
@@ -78,7 +80,11 @@ async def test_org_page_in_chromium_matches_the_api(
     for name, value in billing.items():
         if name.endswith("_nano_usd"):
             assert fields[name] == value, name
-    assert (fields["account"], fields["plan"], fields["period"]) == (billing["account"], billing["plan"], billing["period"])
+    assert (fields["account"], fields["plan"], fields["period"]) == (
+        billing["account"],
+        billing["plan"],
+        billing["period"],
+    )
     assert members == [(group["key"], 1, group["totals"]["cost_nano_usd"]) for group in usage["series"]]
     assert [member for member, _, _ in members] == ["alice", "bob", "carol"]
     assert screenshot.stat().st_size > 10_000

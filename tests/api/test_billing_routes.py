@@ -37,7 +37,9 @@ async def test_a_period_out_of_range_is_422(client: httpx.AsyncClient, world: No
 
 
 class TestBillingSummary:
-    async def test_credits_then_payg_after_priced_requests(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
+    async def test_credits_then_payg_after_priced_requests(
+        self, client: httpx.AsyncClient, db: Database, world: None
+    ) -> None:
         await ingest(
             client,
             [
@@ -70,8 +72,13 @@ class TestBillingSummary:
             "pending_estimate_nano_usd": 100_000,
             "held_nano_usd": 0,
             "estimate_drift": [
-                {"provider": "together", "model": "org/model", "requests": 2,
-                 "mean_error_nano_usd": 2_249_900_000, "p95_abs_error_nano_usd": 2_999_900_000},
+                {
+                    "provider": "together",
+                    "model": "org/model",
+                    "requests": 2,
+                    "mean_error_nano_usd": 2_249_900_000,
+                    "p95_abs_error_nano_usd": 2_999_900_000,
+                },
             ],
         }
 
@@ -79,9 +86,14 @@ class TestBillingSummary:
         self, client: httpx.AsyncClient, world: None
     ) -> None:
         current = (await client.get("/v1/accounts/frank/billing", headers=FRANK)).json()
-        past = (await client.get(f"/v1/accounts/frank/billing?period={previous_period(current_period())}", headers=FRANK)).json()
+        past = (
+            await client.get(f"/v1/accounts/frank/billing?period={previous_period(current_period())}", headers=FRANK)
+        ).json()
 
-        assert (current["credits_granted_nano_usd"], current["credits_remaining_nano_usd"]) == (100_000_000, 100_000_000)
+        assert (current["credits_granted_nano_usd"], current["credits_remaining_nano_usd"]) == (
+            100_000_000,
+            100_000_000,
+        )
         assert (past["credits_granted_nano_usd"], past["credits_remaining_nano_usd"]) == (0, 0)
         assert past["period"] == previous_period(current_period())
         assert past["payg_nano_usd"] == past["held_nano_usd"] == past["pending_requests"] == 0
@@ -94,8 +106,19 @@ class TestBillingSummary:
             [
                 {"request_id": "a", "user": "erin", "started_at": datetime(2026, 9, 30, 23, 59, 59, tzinfo=UTC)},
                 {"request_id": "b", "user": "erin", "started_at": datetime(2026, 10, 1, tzinfo=UTC)},
-                {"request_id": "c", "user": "erin", "started_at": datetime(2026, 10, 2, tzinfo=UTC), "custom_key": True},
-                {"request_id": "d", "user": "erin", "started_at": datetime(2026, 10, 3, tzinfo=UTC), "status": "priced", "cost": 7},
+                {
+                    "request_id": "c",
+                    "user": "erin",
+                    "started_at": datetime(2026, 10, 2, tzinfo=UTC),
+                    "custom_key": True,
+                },
+                {
+                    "request_id": "d",
+                    "user": "erin",
+                    "started_at": datetime(2026, 10, 3, tzinfo=UTC),
+                    "status": "priced",
+                    "cost": 7,
+                },
             ],
         )
         body = (await client.get("/v1/accounts/erin/billing?period=2026-10", headers=ERIN)).json()
@@ -106,14 +129,20 @@ class TestBillingSummary:
 
 
 class TestSpendingLimit:
-    async def test_org_admin_sets_and_removes_it_and_both_are_audited(self, client: httpx.AsyncClient, world: None) -> None:
-        put = await client.put("/v1/accounts/acme/billing/spending-limit", json={"limit_nano_usd": 50_000_000_000}, headers=ALICE)
+    async def test_org_admin_sets_and_removes_it_and_both_are_audited(
+        self, client: httpx.AsyncClient, world: None
+    ) -> None:
+        put = await client.put(
+            "/v1/accounts/acme/billing/spending-limit", json={"limit_nano_usd": 50_000_000_000}, headers=ALICE
+        )
         assert put.status_code == 200
         assert put.json() == {"account": "acme", "spending_limit_nano_usd": 50_000_000_000}
         billing = (await client.get("/v1/accounts/acme/billing", headers=ALICE)).json()
         assert billing["spending_limit_nano_usd"] == 50_000_000_000
 
-        cleared = await client.put("/v1/accounts/acme/billing/spending-limit", json={"limit_nano_usd": None}, headers=ALICE)
+        cleared = await client.put(
+            "/v1/accounts/acme/billing/spending-limit", json={"limit_nano_usd": None}, headers=ALICE
+        )
         assert cleared.json() == {"account": "acme", "spending_limit_nano_usd": None}
 
         audit = (await client.get("/v1/accounts/acme/audit", headers=ALICE)).json()
@@ -125,20 +154,26 @@ class TestSpendingLimit:
         assert all(e["created_at"].endswith("Z") for e in audit["items"])
 
     async def test_pro_user_sets_their_own(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
-        response = await client.put("/v1/accounts/erin/billing/spending-limit", json={"limit_nano_usd": 0}, headers=ERIN)
+        response = await client.put(
+            "/v1/accounts/erin/billing/spending-limit", json={"limit_nano_usd": 0}, headers=ERIN
+        )
         assert response.json() == {"account": "erin", "spending_limit_nano_usd": 0}
         async with db.session_scope() as session:
             assert (await session.get(Account, "erin")).spending_limit_nano_usd == 0
 
     async def test_free_user_has_no_payg_to_limit(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
-        response = await client.put("/v1/accounts/frank/billing/spending-limit", json={"limit_nano_usd": 5}, headers=FRANK)
+        response = await client.put(
+            "/v1/accounts/frank/billing/spending-limit", json={"limit_nano_usd": 5}, headers=FRANK
+        )
         assert response.status_code == 403
         async with db.session_scope() as session:
             assert (await session.get(Account, "frank")).spending_limit_nano_usd is None
 
     @pytest.mark.parametrize("value", [-1, 1.5, "100", True, 2**63])
     async def test_only_non_negative_integers(self, client: httpx.AsyncClient, world: None, value: object) -> None:
-        response = await client.put("/v1/accounts/acme/billing/spending-limit", json={"limit_nano_usd": value}, headers=ALICE)
+        response = await client.put(
+            "/v1/accounts/acme/billing/spending-limit", json={"limit_nano_usd": value}, headers=ALICE
+        )
         assert response.status_code == 422
 
     async def test_the_field_is_required(self, client: httpx.AsyncClient, world: None) -> None:
@@ -148,16 +183,22 @@ class TestSpendingLimit:
 class TestDisabledProviders:
     async def test_org_admin_replaces_the_set(self, client: httpx.AsyncClient, world: None) -> None:
         first = await client.put(
-            "/v1/orgs/acme/billing/disabled-providers", json={"providers": ["together", "fireworks-ai", "together"]}, headers=ALICE
+            "/v1/orgs/acme/billing/disabled-providers",
+            json={"providers": ["together", "fireworks-ai", "together"]},
+            headers=ALICE,
         )
         assert first.json() == {"account": "acme", "disabled_providers": ["fireworks-ai", "together"]}
-        second = await client.put("/v1/orgs/acme/billing/disabled-providers", json={"providers": ["fireworks-ai"]}, headers=ALICE)
+        second = await client.put(
+            "/v1/orgs/acme/billing/disabled-providers", json={"providers": ["fireworks-ai"]}, headers=ALICE
+        )
         assert second.json() == {"account": "acme", "disabled_providers": ["fireworks-ai"]}
         billing = (await client.get("/v1/accounts/acme/billing", headers=ALICE)).json()
         assert billing["disabled_providers"] == ["fireworks-ai"]
         audit = (await client.get("/v1/accounts/acme/audit?limit=1", headers=ALICE)).json()
         assert audit["items"][0]["after"] == {"disabled_providers": ["fireworks-ai"]}
-        older = (await client.get(f"/v1/accounts/acme/audit?limit=1&cursor={audit['next_cursor']}", headers=ALICE)).json()
+        older = (
+            await client.get(f"/v1/accounts/acme/audit?limit=1&cursor={audit['next_cursor']}", headers=ALICE)
+        ).json()
         assert older["items"][0]["after"] == {"disabled_providers": ["fireworks-ai", "together"]}
         assert older["next_cursor"] is None
 
@@ -188,8 +229,22 @@ class TestUsageSeries:
         await insert_usage(
             db,
             [
-                {"request_id": "1", "user": "alice", "billing_account": "acme", "started_at": day1 + timedelta(hours=1), "status": "priced", "cost": 1_200_000},
-                {"request_id": "2", "user": "alice", "billing_account": "acme", "started_at": day1 + timedelta(hours=23, minutes=59), "status": "priced", "cost": 800_000},
+                {
+                    "request_id": "1",
+                    "user": "alice",
+                    "billing_account": "acme",
+                    "started_at": day1 + timedelta(hours=1),
+                    "status": "priced",
+                    "cost": 1_200_000,
+                },
+                {
+                    "request_id": "2",
+                    "user": "alice",
+                    "billing_account": "acme",
+                    "started_at": day1 + timedelta(hours=23, minutes=59),
+                    "status": "priced",
+                    "cost": 800_000,
+                },
                 {"request_id": "3", "user": "bob", "billing_account": "acme", "started_at": day2, "custom_key": True},
                 {"request_id": "4", "user": "bob", "billing_account": "acme", "started_at": day2 + timedelta(hours=2)},
                 {"request_id": "5", "user": "alice", "started_at": day2},  # billed to alice, not acme
@@ -200,39 +255,84 @@ class TestUsageSeries:
         assert response.status_code == 200
         body = response.json()
         assert (body["from"], body["to"], body["interval"], body["group_by"]) == (
-            "2026-10-05T00:00:00Z", "2026-10-07T00:00:00Z", "day", "member",
+            "2026-10-05T00:00:00Z",
+            "2026-10-07T00:00:00Z",
+            "day",
+            "member",
         )
         assert body["buckets"] == ["2026-10-05T00:00:00Z", "2026-10-06T00:00:00Z"]
         assert body["series"] == [
             {
                 "key": "alice",
                 "points": [
-                    {"start": "2026-10-05T00:00:00Z", "requests": 2, "priced_requests": 2, "cost_nano_usd": 2_000_000,
-                     "pending_requests": 0, "custom_key_requests": 0},
+                    {
+                        "start": "2026-10-05T00:00:00Z",
+                        "requests": 2,
+                        "priced_requests": 2,
+                        "cost_nano_usd": 2_000_000,
+                        "pending_requests": 0,
+                        "custom_key_requests": 0,
+                    },
                 ],
-                "totals": {"requests": 2, "priced_requests": 2, "cost_nano_usd": 2_000_000, "pending_requests": 0,
-                           "custom_key_requests": 0},
+                "totals": {
+                    "requests": 2,
+                    "priced_requests": 2,
+                    "cost_nano_usd": 2_000_000,
+                    "pending_requests": 0,
+                    "custom_key_requests": 0,
+                },
             },
             {
                 "key": "bob",
                 "points": [
-                    {"start": "2026-10-06T00:00:00Z", "requests": 1, "priced_requests": 0, "cost_nano_usd": 0,
-                     "pending_requests": 1, "custom_key_requests": 1},
+                    {
+                        "start": "2026-10-06T00:00:00Z",
+                        "requests": 1,
+                        "priced_requests": 0,
+                        "cost_nano_usd": 0,
+                        "pending_requests": 1,
+                        "custom_key_requests": 1,
+                    },
                 ],
-                "totals": {"requests": 1, "priced_requests": 0, "cost_nano_usd": 0, "pending_requests": 1,
-                           "custom_key_requests": 1},
+                "totals": {
+                    "requests": 1,
+                    "priced_requests": 0,
+                    "cost_nano_usd": 0,
+                    "pending_requests": 1,
+                    "custom_key_requests": 1,
+                },
             },
         ]
-        assert body["totals"] == {"requests": 3, "priced_requests": 2, "cost_nano_usd": 2_000_000,
-                                  "pending_requests": 1, "custom_key_requests": 1}
+        assert body["totals"] == {
+            "requests": 3,
+            "priced_requests": 2,
+            "cost_nano_usd": 2_000_000,
+            "pending_requests": 1,
+            "custom_key_requests": 1,
+        }
 
-    async def test_hourly_by_provider_with_timestamps(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
+    async def test_hourly_by_provider_with_timestamps(
+        self, client: httpx.AsyncClient, db: Database, world: None
+    ) -> None:
         base = datetime(2026, 10, 5, 10, tzinfo=UTC)
         await insert_usage(
             db,
             [
-                {"request_id": "1", "user": "erin", "started_at": base + timedelta(minutes=5), "status": "priced", "cost": 3},
-                {"request_id": "2", "user": "erin", "started_at": base + timedelta(minutes=65), "provider": "fireworks-ai", "status": "priced", "cost": 4},
+                {
+                    "request_id": "1",
+                    "user": "erin",
+                    "started_at": base + timedelta(minutes=5),
+                    "status": "priced",
+                    "cost": 3,
+                },
+                {
+                    "request_id": "2",
+                    "user": "erin",
+                    "started_at": base + timedelta(minutes=65),
+                    "provider": "fireworks-ai",
+                    "status": "priced",
+                    "cost": 4,
+                },
                 {"request_id": "3", "user": "erin", "started_at": base + timedelta(minutes=125)},  # after 'to'
             ],
         )
@@ -265,7 +365,9 @@ class TestUsageSeries:
 
 
 class TestRequestLog:
-    async def test_pages_are_stable_while_requests_arrive(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
+    async def test_pages_are_stable_while_requests_arrive(
+        self, client: httpx.AsyncClient, db: Database, world: None
+    ) -> None:
         base = datetime(2026, 10, 5, tzinfo=UTC)
         # Two requests share a start time: the id breaks the tie.
         starts = [base + timedelta(minutes=m) for m in (0, 1, 2, 2, 3, 4, 5)]
@@ -280,8 +382,12 @@ class TestRequestLog:
                 {"request_id": "late", "user": "erin", "started_at": base + timedelta(seconds=30)},
             ],
         )
-        second = (await client.get(f"/v1/accounts/erin/requests?limit=3&cursor={first['next_cursor']}", headers=ERIN)).json()
-        third = (await client.get(f"/v1/accounts/erin/requests?limit=3&cursor={second['next_cursor']}", headers=ERIN)).json()
+        second = (
+            await client.get(f"/v1/accounts/erin/requests?limit=3&cursor={first['next_cursor']}", headers=ERIN)
+        ).json()
+        third = (
+            await client.get(f"/v1/accounts/erin/requests?limit=3&cursor={second['next_cursor']}", headers=ERIN)
+        ).json()
 
         assert [item["request_id"] for item in second["items"]] == ["r3", "r2", "r1"]
         assert [item["request_id"] for item in third["items"]] == ["late", "r0"]
@@ -290,14 +396,31 @@ class TestRequestLog:
     async def test_items_carry_the_spec_fields(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
         await insert_usage(
             db,
-            [{"request_id": "x", "user": "bob", "billing_account": "acme", "started_at": datetime(2026, 10, 5, 8, tzinfo=UTC),
-              "status": "priced", "cost": 1_200_000, "model": "org/a"}],
+            [
+                {
+                    "request_id": "x",
+                    "user": "bob",
+                    "billing_account": "acme",
+                    "started_at": datetime(2026, 10, 5, 8, tzinfo=UTC),
+                    "status": "priced",
+                    "cost": 1_200_000,
+                    "model": "org/a",
+                }
+            ],
         )
         body = (await client.get("/v1/accounts/acme/requests?period=2026-10", headers=ALICE)).json()
         assert body == {
             "items": [
-                {"request_id": "x", "provider": "together", "model": "org/a", "user": "bob", "status": "priced",
-                 "cost_nano_usd": 1_200_000, "custom_key": False, "started_at": "2026-10-05T08:00:00Z"}
+                {
+                    "request_id": "x",
+                    "provider": "together",
+                    "model": "org/a",
+                    "user": "bob",
+                    "status": "priced",
+                    "cost_nano_usd": 1_200_000,
+                    "custom_key": False,
+                    "started_at": "2026-10-05T08:00:00Z",
+                }
             ],
             "next_cursor": None,
         }

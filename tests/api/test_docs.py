@@ -32,11 +32,21 @@ def _references(html: str) -> list[str]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-@pytest.mark.parametrize(("page", "expected"), [
-    ("/docs", {"/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css", "/docs/assets/favicon.png",
-               "/openapi.json"}),
-    ("/redoc", {"/docs/assets/redoc.standalone.js", "/docs/assets/favicon.png", "/openapi.json"}),
-])
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        (
+            "/docs",
+            {
+                "/docs/assets/swagger-ui-bundle.js",
+                "/docs/assets/swagger-ui.css",
+                "/docs/assets/favicon.png",
+                "/openapi.json",
+            },
+        ),
+        ("/redoc", {"/docs/assets/redoc.standalone.js", "/docs/assets/favicon.png", "/openapi.json"}),
+    ],
+)
 async def test_pages_reference_only_local_assets_that_are_served(
     docs_client: httpx.AsyncClient, page: str, expected: set[str]
 ) -> None:
@@ -49,7 +59,7 @@ async def test_pages_reference_only_local_assets_that_are_served(
     for reference in set(references):
         asset = await docs_client.get(reference)
         assert asset.status_code == 200, reference
-        suffix = reference[reference.rfind("."):]
+        suffix = reference[reference.rfind(".") :]
         assert CONTENT_TYPES[suffix] in asset.headers["content-type"], (reference, asset.headers["content-type"])
         assert len(asset.content) > 100, reference
 

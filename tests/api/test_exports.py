@@ -36,16 +36,36 @@ async def ledger_world(db: Database) -> None:
         db,
         grant_posting("acme", PERIOD, 4_000_000_000),
         cost_posting("cost:1", PERIOD, account="acme", provider="together", credits=1_500_000_000, memo=INJECTION),
-        cost_posting("cost:2", PERIOD, account="acme", provider="fireworks-ai", credits=2_500_000_000, payg=500_000_000),
+        cost_posting(
+            "cost:2", PERIOD, account="acme", provider="fireworks-ai", credits=2_500_000_000, payg=500_000_000
+        ),
         cost_posting("cost:3", PERIOD, account="erin", provider="together", payg=7),
         cost_posting("cost:4", "2026-11", account="acme", provider="together", payg=1_000_000),
     )
     await insert_usage(
         db,
         [
-            {"request_id": "u1", "user": "bob", "billing_account": "acme", "started_at": datetime(2026, 10, 9, tzinfo=UTC), "status": "unpriced"},
-            {"request_id": "u2", "user": "bob", "billing_account": "acme", "started_at": datetime(2026, 10, 9, tzinfo=UTC), "status": "pending"},
-            {"request_id": "u3", "user": "bob", "billing_account": "acme", "started_at": datetime(2026, 11, 1, tzinfo=UTC), "status": "unpriced"},
+            {
+                "request_id": "u1",
+                "user": "bob",
+                "billing_account": "acme",
+                "started_at": datetime(2026, 10, 9, tzinfo=UTC),
+                "status": "unpriced",
+            },
+            {
+                "request_id": "u2",
+                "user": "bob",
+                "billing_account": "acme",
+                "started_at": datetime(2026, 10, 9, tzinfo=UTC),
+                "status": "pending",
+            },
+            {
+                "request_id": "u3",
+                "user": "bob",
+                "billing_account": "acme",
+                "started_at": datetime(2026, 11, 1, tzinfo=UTC),
+                "status": "unpriced",
+            },
         ],
     )
 
@@ -66,7 +86,9 @@ async def _ledger_sum(db: Database, period: str, kind: str | None = None) -> tup
 
 
 async def _get(client: httpx.AsyncClient, report: str, fmt: str) -> httpx.Response:
-    response = await client.get(f"/v1/finance/exports/{report}", params={"period": PERIOD, "format": fmt}, headers=FINANCE)
+    response = await client.get(
+        f"/v1/finance/exports/{report}", params={"period": PERIOD, "format": fmt}, headers=FINANCE
+    )
     assert response.status_code == 200, response.text
     return response
 
@@ -92,20 +114,24 @@ class TestLedgerReport:
         payable = [r for r in rows if r["ledger_account"] == f"payable:together:{PERIOD}"]
         assert sorted(int(r["amount_nano_usd"]) for r in payable) == [-1_500_000_000, -7]
 
-    async def test_jsonl_and_parquet_carry_the_same_rows(self, client: httpx.AsyncClient, db: Database, ledger_world: None) -> None:
+    async def test_jsonl_and_parquet_carry_the_same_rows(
+        self, client: httpx.AsyncClient, db: Database, ledger_world: None
+    ) -> None:
         lines = _jsonl(await _get(client, "ledger", "jsonl"))
         table = pq.read_table(io.BytesIO((await _get(client, "ledger", "parquet")).content))
 
         assert table.to_pylist() == [
             {**line, "created_at": datetime.fromisoformat(line["created_at"])} for line in lines
         ]
-        assert [line["memo"] for line in lines if line["idempotency_key"] == "cost:1"][0] == INJECTION
+        assert next(line["memo"] for line in lines if line["idempotency_key"] == "cost:1") == INJECTION
         assert sum(table.column("amount_nano_usd").to_pylist()) == 0
         assert len(lines) == (await _ledger_sum(db, PERIOD))[0]
 
 
 class TestSummaryReports:
-    async def test_provider_payables_equal_the_payable_entries(self, client: httpx.AsyncClient, db: Database, ledger_world: None) -> None:
+    async def test_provider_payables_equal_the_payable_entries(
+        self, client: httpx.AsyncClient, db: Database, ledger_world: None
+    ) -> None:
         rows = _jsonl(await _get(client, "provider-payables", "jsonl"))
         assert rows == [
             {"provider_id": "fireworks-ai", "period": PERIOD, "payable_nano_usd": 3_000_000_000, "entries": 1},
@@ -124,12 +150,20 @@ class TestSummaryReports:
     async def test_credits(self, client: httpx.AsyncClient, db: Database, ledger_world: None) -> None:
         table = pq.read_table(io.BytesIO((await _get(client, "credits", "parquet")).content))
         assert table.to_pylist() == [
-            {"account_name": "acme", "period": PERIOD, "granted_nano_usd": 4_000_000_000,
-             "used_nano_usd": 4_000_000_000, "other_nano_usd": 0, "balance_nano_usd": 0},
+            {
+                "account_name": "acme",
+                "period": PERIOD,
+                "granted_nano_usd": 4_000_000_000,
+                "used_nano_usd": 4_000_000_000,
+                "other_nano_usd": 0,
+                "balance_nano_usd": 0,
+            },
         ]
         assert (await _ledger_sum(db, PERIOD, "credits"))[1] == 0
 
-    async def test_unpriced_lists_the_periods_never_charged_requests(self, client: httpx.AsyncClient, ledger_world: None) -> None:
+    async def test_unpriced_lists_the_periods_never_charged_requests(
+        self, client: httpx.AsyncClient, ledger_world: None
+    ) -> None:
         rows = _jsonl(await _get(client, "unpriced", "jsonl"))
         assert [(r["request_id"], r["status"], r["billing_account"], r["started_at"]) for r in rows] == [
             ("u1", "unpriced", "acme", "2026-10-09T00:00:00Z")
@@ -186,9 +220,23 @@ class TestOverRealProcesses:
         self, settings: Settings, db: Database, ledger_world: None, tmp_path: Path
     ) -> None:
         out = tmp_path / "payables.csv"
-        command = [sys.executable, "-m", "cli.main", "export", "provider-payables", "--period", PERIOD,
-                   "--format", "csv", "--out", str(out), "--no-progress"]
-        result = subprocess.run(command, env={**os.environ, **_server_env(settings, tmp_path)}, capture_output=True, timeout=60)
+        command = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "export",
+            "provider-payables",
+            "--period",
+            PERIOD,
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+        result = subprocess.run(
+            command, env={**os.environ, **_server_env(settings, tmp_path)}, capture_output=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr.decode()
         assert out.read_bytes().decode() == (
             "provider_id,period,payable_nano_usd,entries\r\n"
@@ -199,7 +247,19 @@ class TestOverRealProcesses:
         assert not (tmp_path / "payables.csv.partial").exists()
 
     async def test_the_command_refuses_an_unknown_report(self, settings: Settings, tmp_path: Path) -> None:
-        command = [sys.executable, "-m", "cli.main", "export", "balances", "--period", PERIOD, "--out", str(tmp_path / "x")]
-        result = subprocess.run(command, env={**os.environ, **_server_env(settings, tmp_path)}, capture_output=True, timeout=60)
+        command = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "export",
+            "balances",
+            "--period",
+            PERIOD,
+            "--out",
+            str(tmp_path / "x"),
+        ]
+        result = subprocess.run(
+            command, env={**os.environ, **_server_env(settings, tmp_path)}, capture_output=True, timeout=60
+        )
         assert result.returncode == 2
         assert not (tmp_path / "x").exists()

@@ -18,7 +18,7 @@ async def test_metrics_are_prometheus_text(anonymous_client: httpx.AsyncClient) 
     assert "metering_usage_records_total" in response.text
 
 
-async def test_body_over_the_limit_is_413(client: httpx.AsyncClient, settings) -> None:  # noqa: ANN001
+async def test_body_over_the_limit_is_413(client: httpx.AsyncClient, settings) -> None:
     body = b'{"kind": "user", "plan": "pro", "pad": "' + b"x" * settings.max_body_bytes + b'"}'
     response = await client.put("/internal/v1/accounts/big", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 413

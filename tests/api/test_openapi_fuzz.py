@@ -58,10 +58,22 @@ async def _seed(database_url: str) -> None:
         await insert_usage(
             db,
             [
-                {"request_id": "p1", "user": "alice", "billing_account": "acme", "started_at": started_at,
-                 "status": "priced", "cost": 120_000, "estimate": 100_000},
-                {"request_id": "p2", "user": "bob", "billing_account": "acme", "started_at": started_at,
-                 "estimate": 100_000},
+                {
+                    "request_id": "p1",
+                    "user": "alice",
+                    "billing_account": "acme",
+                    "started_at": started_at,
+                    "status": "priced",
+                    "cost": 120_000,
+                    "estimate": 100_000,
+                },
+                {
+                    "request_id": "p2",
+                    "user": "bob",
+                    "billing_account": "acme",
+                    "started_at": started_at,
+                    "estimate": 100_000,
+                },
             ],
         )
     finally:

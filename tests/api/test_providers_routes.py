@@ -17,7 +17,9 @@ REGISTRATION = {
     "cost_token": "s3cret-token-value",
     "credit_eligible": True,
     "default_estimate_nano_usd": 100000,
-    "models": {"org/name": {"input_nano_usd_per_million_tokens": 200000000, "output_nano_usd_per_million_tokens": 2000000000}},
+    "models": {
+        "org/name": {"input_nano_usd_per_million_tokens": 200000000, "output_nano_usd_per_million_tokens": 2000000000}
+    },
 }
 
 
@@ -68,17 +70,25 @@ class TestPutProvider:
         for body in (
             REGISTRATION | {"default_estimate_nano_usd": too_large},
             compute | {"hardware_prices_nano_usd_per_second": {"cpu": too_large}},
-            REGISTRATION | {"models": {"org/m": {"input_nano_usd_per_million_tokens": too_large,
-                                                 "output_nano_usd_per_million_tokens": 0}}},
+            REGISTRATION
+            | {
+                "models": {
+                    "org/m": {"input_nano_usd_per_million_tokens": too_large, "output_nano_usd_per_million_tokens": 0}
+                }
+            },
         ):
             response = await client.put("/internal/v1/providers/p1", json=body)
             assert (response.status_code, response.json()["error"]) == (422, "ValidationError"), body
         largest = compute | {"hardware_prices_nano_usd_per_second": {"cpu": too_large - 1}}
         assert (await client.put("/internal/v1/providers/p1", json=largest)).status_code == 200
 
-    async def test_an_estimate_above_the_cost_ceiling_is_refused(self, client: httpx.AsyncClient, settings: Settings) -> None:
+    async def test_an_estimate_above_the_cost_ceiling_is_refused(
+        self, client: httpx.AsyncClient, settings: Settings
+    ) -> None:
         ceiling = settings.cost_ceiling_nano_usd
-        response = await client.put("/internal/v1/providers/p1", json=REGISTRATION | {"default_estimate_nano_usd": ceiling + 1})
+        response = await client.put(
+            "/internal/v1/providers/p1", json=REGISTRATION | {"default_estimate_nano_usd": ceiling + 1}
+        )
         assert response.status_code == 422
         assert "exceeds the per-request cost ceiling" in response.json()["detail"]
         at_ceiling = REGISTRATION | {"default_estimate_nano_usd": ceiling}
@@ -86,7 +96,9 @@ class TestPutProvider:
 
 
 class TestPublicProviders:
-    async def test_list_and_get_never_show_the_token(self, client: httpx.AsyncClient, anonymous_client: httpx.AsyncClient) -> None:
+    async def test_list_and_get_never_show_the_token(
+        self, client: httpx.AsyncClient, anonymous_client: httpx.AsyncClient
+    ) -> None:
         await client.put("/internal/v1/providers/together", json=REGISTRATION)
         listed = await anonymous_client.get("/v1/providers")
         assert listed.status_code == 200

@@ -56,7 +56,9 @@ class TestUsageRange:
         )
         assert seconds < PROMPT_SECONDS
 
-    async def test_the_last_day_of_9999_is_refused_not_an_overflow(self, client: httpx.AsyncClient, world: None) -> None:
+    async def test_the_last_day_of_9999_is_refused_not_an_overflow(
+        self, client: httpx.AsyncClient, world: None
+    ) -> None:
         response, seconds = await get_promptly(client, USAGE, params={"to": "9999-12-31"}, headers=ERIN)
 
         assert refusal(response) == (
@@ -124,20 +126,29 @@ class TestUsageRange:
 
         assert refusal(response) == (422, "InvalidTimeRange", detail)
 
-    async def test_the_cap_is_the_setting(self, client: httpx.AsyncClient, world: None, settings) -> None:  # noqa: ANN001
+    async def test_the_cap_is_the_setting(self, client: httpx.AsyncClient, world: None, settings) -> None:
         settings.usage_max_series_points = 24
-        within = await client.get(USAGE, params={"from": "2026-10-05", "to": "2026-10-05", "interval": "hour"}, headers=ERIN)
-        over = await client.get(USAGE, params={"from": "2026-10-05", "to": "2026-10-06", "interval": "hour"}, headers=ERIN)
+        within = await client.get(
+            USAGE, params={"from": "2026-10-05", "to": "2026-10-05", "interval": "hour"}, headers=ERIN
+        )
+        over = await client.get(
+            USAGE, params={"from": "2026-10-05", "to": "2026-10-06", "interval": "hour"}, headers=ERIN
+        )
 
         assert (within.status_code, len(within.json()["buckets"])) == (200, 24)
         assert refusal(over) == (
-            422, "InvalidTimeRange", "the range 2026-10-05..2026-10-06 at interval=hour has 48 points; at most 24"
+            422,
+            "InvalidTimeRange",
+            "the range 2026-10-05..2026-10-06 at interval=hour has 48 points; at most 24",
         )
 
     @pytest.mark.parametrize(
         ("params", "detail"),
         [
-            ({"from": "2026-10-05", "to": "2026-10-01"}, "from must not be after to, got from=2026-10-05 and to=2026-10-01"),
+            (
+                {"from": "2026-10-05", "to": "2026-10-01"},
+                "from must not be after to, got from=2026-10-05 and to=2026-10-01",
+            ),
             (
                 {"from": "2026-10-05T10:00:00.000002Z", "to": "2026-10-05T10:00:00.000001Z"},
                 "from must not be after to, got from=2026-10-05T10:00:00.000002Z and to=2026-10-05T10:00:00.000001Z",
@@ -145,7 +156,9 @@ class TestUsageRange:
             ({"from": "9998-12-31"}, "from must not be after to, got from=9998-12-31 and to="),
         ],
     )
-    async def test_from_after_to_is_422(self, client: httpx.AsyncClient, world: None, params: dict, detail: str) -> None:
+    async def test_from_after_to_is_422(
+        self, client: httpx.AsyncClient, world: None, params: dict, detail: str
+    ) -> None:
         response, _ = await get_promptly(client, USAGE, params=params, headers=ERIN)
 
         status, error, message = refusal(response)
@@ -205,7 +218,9 @@ class TestPeriod:
         }
 
     @pytest.mark.parametrize("period", ["1970-01", "9998-12"])
-    async def test_the_first_and_last_periods_are_answered(self, client: httpx.AsyncClient, world: None, period: str) -> None:
+    async def test_the_first_and_last_periods_are_answered(
+        self, client: httpx.AsyncClient, world: None, period: str
+    ) -> None:
         billing = await client.get("/v1/accounts/erin/billing", params={"period": period}, headers=ERIN)
         requests = await client.get("/v1/accounts/erin/requests", params={"period": period}, headers=ERIN)
         export = await client.get("/v1/finance/exports/ledger", params={"period": period}, headers=FINANCE)
@@ -258,7 +273,10 @@ class TestCursor:
     async def test_an_issued_cursor_still_pages(self, client: httpx.AsyncClient, db: Database, world: None) -> None:
         await insert_usage(
             db,
-            [{"request_id": f"r{i}", "user": "erin", "started_at": datetime(2026, 10, 5, i, tzinfo=UTC)} for i in range(3)],
+            [
+                {"request_id": f"r{i}", "user": "erin", "started_at": datetime(2026, 10, 5, i, tzinfo=UTC)}
+                for i in range(3)
+            ],
         )
         first = (await client.get("/v1/accounts/erin/requests", params={"limit": 2}, headers=ERIN)).json()
         second = await client.get(

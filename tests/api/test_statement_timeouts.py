@@ -57,7 +57,7 @@ async def locked(database_url: str, *tables: str) -> AsyncIterator[asyncpg.Conne
         await connection.close()
 
 
-async def timed(request) -> tuple[httpx.Response, float]:  # noqa: ANN001 - an awaitable of a response
+async def timed(request) -> tuple[httpx.Response, float]:
     started = time.monotonic()
     async with asyncio.timeout(30):
         response = await request

@@ -22,8 +22,15 @@ async def authorized_hold(client: httpx.AsyncClient) -> str:
 
 
 def record(request_id: str, user: str, hold_id: str, provider: str = "together") -> dict:
-    return {"request_id": request_id, "provider": provider, "user": user, "bill_to": None, "model": "org/m",
-            "started_at": utcnow().isoformat(), "hold_id": hold_id}
+    return {
+        "request_id": request_id,
+        "provider": provider,
+        "user": user,
+        "bill_to": None,
+        "model": "org/m",
+        "started_at": utcnow().isoformat(),
+        "hold_id": hold_id,
+    }
 
 
 async def test_another_users_record_leaves_the_hold_alone(client: httpx.AsyncClient, db: Database) -> None:
@@ -38,7 +45,11 @@ async def test_another_users_record_leaves_the_hold_alone(client: httpx.AsyncCli
     async with db.session_scope() as session:
         assert (await session.get(Hold, hold_id)).status == "held"
         stored = (await session.scalars(select(UsageRecord).where(UsageRecord.request_id == "from-bob"))).one()
-        assert (stored.billing_account, stored.hold_flag_reason, stored.estimate_nano_usd) == ("bob", FOREIGN_HOLD, ESTIMATE)
+        assert (stored.billing_account, stored.hold_flag_reason, stored.estimate_nano_usd) == (
+            "bob",
+            FOREIGN_HOLD,
+            ESTIMATE,
+        )
 
     # Its owner's record still releases it.
     await client.post("/internal/v1/usage", json={"records": [record("from-alice", "alice", hold_id)]})

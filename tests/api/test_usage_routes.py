@@ -79,12 +79,19 @@ async def acme(db: Database, provider: str) -> str:
 
 
 class TestAccepted:
-    async def test_stores_a_new_record_with_every_field(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
+    async def test_stores_a_new_record_with_every_field(
+        self, client: httpx.AsyncClient, db: Database, provider: str
+    ) -> None:
         before = datetime.now(UTC)
         body = await post(client, record(duration_ms=2500, hardware="gpu-a10g", hold_id=None))
         assert body == {"accepted": 1, "duplicates": 0, "rejected": []}
         row = await stored(db)
-        assert (row.provider_id, row.request_id, row.user_name, row.billing_account) == ("together", "req-1", "alice", "alice")
+        assert (row.provider_id, row.request_id, row.user_name, row.billing_account) == (
+            "together",
+            "req-1",
+            "alice",
+            "alice",
+        )
         assert (row.bill_to, row.bill_to_flagged, row.bill_to_flag_reason) == (None, False, None)
         assert (row.model, row.task, row.custom_key, row.status) == ("org/name", "conversational", False, "pending")
         assert row.started_at == datetime(2026, 11, 20, 8, 15, 30, 250_000, tzinfo=UTC)
@@ -96,25 +103,36 @@ class TestAccepted:
         assert before <= row.received_at <= datetime.now(UTC)
         assert row.cost_nano_usd is None
 
-    async def test_period_is_the_utc_month_of_started_at(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
+    async def test_period_is_the_utc_month_of_started_at(
+        self, client: httpx.AsyncClient, db: Database, provider: str
+    ) -> None:
         this_month = current_period()
         last_day = (period_bounds(this_month)[0] - timedelta(days=1)).date().isoformat()
         await post(client, record(started_at=f"{last_day}T23:30:00-02:00"))
         row = await stored(db)
-        assert (row.period, row.started_at) == (this_month, period_bounds(this_month)[0] + timedelta(hours=1, minutes=30))
+        assert (row.period, row.started_at) == (
+            this_month,
+            period_bounds(this_month)[0] + timedelta(hours=1, minutes=30),
+        )
 
-    async def test_custom_key_is_stored_with_its_own_status(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
+    async def test_custom_key_is_stored_with_its_own_status(
+        self, client: httpx.AsyncClient, db: Database, provider: str
+    ) -> None:
         assert (await post(client, record(custom_key=True)))["accepted"] == 1
         row = await stored(db)
         assert (row.status, row.custom_key, row.estimate_nano_usd, row.cost_nano_usd) == ("custom_key", True, 0, None)
 
-    async def test_unknown_user_is_created_on_the_free_plan(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
+    async def test_unknown_user_is_created_on_the_free_plan(
+        self, client: httpx.AsyncClient, db: Database, provider: str
+    ) -> None:
         await post(client, record(user="newcomer"))
         async with db.session_scope() as session:
             account = await session.get(Account, "newcomer")
             assert (account.kind, account.plan, account.seats, account.status) == ("user", "free", 1, "active")
 
-    async def test_a_pending_record_adds_its_estimate_once(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
+    async def test_a_pending_record_adds_its_estimate_once(
+        self, client: httpx.AsyncClient, db: Database, provider: str
+    ) -> None:
         """The accepted row reaches accounting in the same transaction; a duplicate does not."""
         await post(client, record())
         await post(client, record())
@@ -126,7 +144,9 @@ class TestAccepted:
 
 
 class TestIdempotency:
-    async def test_same_record_again_is_a_duplicate(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
+    async def test_same_record_again_is_a_duplicate(
+        self, client: httpx.AsyncClient, db: Database, provider: str
+    ) -> None:
         assert await post(client, record()) == {"accepted": 1, "duplicates": 0, "rejected": []}
         assert await post(client, record()) == {"accepted": 0, "duplicates": 1, "rejected": []}
         assert await count_rows(db) == 1
@@ -153,7 +173,10 @@ class TestIdempotency:
         }
         after = await stored(db)
         assert (after.id, after.output_tokens, after.model, after.content_hash) == (
-            original.id, 300, "org/name", original.content_hash
+            original.id,
+            300,
+            "org/name",
+            original.content_hash,
         )
 
     async def test_same_key_twice_in_one_batch(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
@@ -173,7 +196,9 @@ class TestIdempotency:
         body = await post(client, record(), record(provider="fireworks-ai"))
         assert body == {"accepted": 2, "duplicates": 0, "rejected": []}
 
-    async def test_fifty_concurrent_posts_store_one_row(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
+    async def test_fifty_concurrent_posts_store_one_row(
+        self, client: httpx.AsyncClient, db: Database, provider: str
+    ) -> None:
         responses = await asyncio.gather(*(client.post(URL, json={"records": [record()]}) for _ in range(50)))
         assert [r.status_code for r in responses] == [200] * 50
         bodies = [r.json() for r in responses]
@@ -190,7 +215,9 @@ class TestIdempotency:
         assert [r.json() for r in responses] == [{"accepted": 40, "duplicates": 0, "rejected": []}] * 6
         async with db.session_scope() as session:
             pending = dict(
-                (await session.execute(select(AccountPeriod.account_name, AccountPeriod.pending_estimate_nano_usd))).all()
+                (
+                    await session.execute(select(AccountPeriod.account_name, AccountPeriod.pending_estimate_nano_usd))
+                ).all()
             )
         assert pending == {f"user-{i}": 6 * 100_000 for i in range(40)}
         assert await count_rows(db) == 240
@@ -201,7 +228,11 @@ class TestBillTo:
         await post(client, record(bill_to="acme"))
         row = await stored(db)
         assert (row.user_name, row.bill_to, row.billing_account, row.bill_to_flagged, row.bill_to_flag_reason) == (
-            "alice", "acme", "acme", False, None
+            "alice",
+            "acme",
+            "acme",
+            False,
+            None,
         )
 
     @pytest.mark.parametrize(
@@ -216,10 +247,18 @@ class TestBillTo:
     async def test_invalid_bill_to_is_stored_against_the_user_and_flagged(
         self, client: httpx.AsyncClient, db: Database, acme: str, user: str, bill_to: str, reason: str
     ) -> None:
-        assert await post(client, record(user=user, bill_to=bill_to)) == {"accepted": 1, "duplicates": 0, "rejected": []}
+        assert await post(client, record(user=user, bill_to=bill_to)) == {
+            "accepted": 1,
+            "duplicates": 0,
+            "rejected": [],
+        }
         row = await stored(db)
         assert (row.user_name, row.bill_to, row.billing_account, row.bill_to_flagged, row.bill_to_flag_reason) == (
-            user, bill_to, user, True, reason
+            user,
+            bill_to,
+            user,
+            True,
+            reason,
         )
 
     async def test_an_enterprise_org_that_became_ineligible_is_flagged(
@@ -256,7 +295,11 @@ class TestRejections:
             ({"input_tokens": -5}, "req-1", "input_tokens: must be >= 0, got -5"),
             ({"output_tokens": 2**63}, "req-1", "output_tokens: must be at most"),
             ({"custom_key": "false"}, "req-1", "custom_key: must be a boolean, got a string"),
-            ({"started_at": "2026-11-20T10:15:30"}, "req-1", "started_at: must be an RFC 3339 timestamp with a time zone"),
+            (
+                {"started_at": "2026-11-20T10:15:30"},
+                "req-1",
+                "started_at: must be an RFC 3339 timestamp with a time zone",
+            ),
             ({"started_at": "2026-11-20"}, "req-1", "started_at: must be an RFC 3339 timestamp with a time zone"),
             ({"started_at": "2026-02-30T10:00:00Z"}, "req-1", "started_at: '2026-02-30T10:00:00Z' is not a valid time"),
             ({"started_at": 1763633730}, "req-1", "started_at: must be an RFC 3339 string, got an integer"),
@@ -268,7 +311,13 @@ class TestRejections:
         ],
     )
     async def test_a_bad_record_is_named_and_never_blocks_the_others(
-        self, client: httpx.AsyncClient, db: Database, provider: str, overrides: dict, request_id: str | None, error: str
+        self,
+        client: httpx.AsyncClient,
+        db: Database,
+        provider: str,
+        overrides: dict,
+        request_id: str | None,
+        error: str,
     ) -> None:
         body = await post(client, record("good-1"), record(**overrides), record("good-2"))
         assert (body["accepted"], body["duplicates"]) == (2, 0)
@@ -291,14 +340,18 @@ class TestRejections:
             {"index": 0, "request_id": "req-1", "error": "user: 'acme' is an organization, not a user"}
         ]
 
-    async def test_an_escaped_lone_surrogate_rejects_only_its_record(self, client: httpx.AsyncClient, db: Database, provider: str) -> None:
+    async def test_an_escaped_lone_surrogate_rejects_only_its_record(
+        self, client: httpx.AsyncClient, db: Database, provider: str
+    ) -> None:
         raw = orjson.dumps({"records": [record("good"), record("BAD")]}).replace(b"BAD", b"\\ud800")
         response = await client.post(URL, content=raw, headers={"content-type": "application/json"})
         # A lone surrogate cannot be written back as JSON, so the rejection names no request_id.
         assert response.json() == {
             "accepted": 1,
             "duplicates": 0,
-            "rejected": [{"index": 1, "request_id": None, "error": "request_id: contains control or non-printable characters"}],
+            "rejected": [
+                {"index": 1, "request_id": None, "error": "request_id: contains control or non-printable characters"}
+            ],
         }
         assert await count_rows(db) == 1
 
@@ -336,14 +389,14 @@ class TestWholeBody:
         }
         assert await count_rows(db) == 0
 
-    async def test_a_body_over_the_size_limit_is_413(self, client: httpx.AsyncClient, settings) -> None:  # noqa: ANN001
+    async def test_a_body_over_the_size_limit_is_413(self, client: httpx.AsyncClient, settings) -> None:
         padding = "x" * (settings.max_body_bytes + 1)
         response = await client.post(URL, json={"records": [record(model=padding)]})
         assert response.status_code == 413
         assert response.json()["error"] == "PayloadTooLarge"
 
-    async def test_a_streamed_body_over_the_size_limit_is_413(self, client: httpx.AsyncClient, settings) -> None:  # noqa: ANN001
-        async def chunks():  # noqa: ANN202
+    async def test_a_streamed_body_over_the_size_limit_is_413(self, client: httpx.AsyncClient, settings) -> None:
+        async def chunks():
             for _ in range(settings.max_body_bytes // 65536 + 2):
                 yield b" " * 65536
 
@@ -356,7 +409,13 @@ class TestOpenApi:
         operation = (await client.get("/openapi.json")).json()["paths"][URL]["post"]
         body = operation["requestBody"]["content"]["application/json"]["schema"]
         assert (body["required"], body["properties"]["records"]["maxItems"]) == (["records"], 5000)
-        assert set(body["properties"]["records"]["items"]["required"]) == {"request_id", "provider", "user", "model", "started_at"}
+        assert set(body["properties"]["records"]["items"]["required"]) == {
+            "request_id",
+            "provider",
+            "user",
+            "model",
+            "started_at",
+        }
 
 
 class TestMetrics:
@@ -368,7 +427,9 @@ class TestMetrics:
         await post(client, record("m1"), record("m2"))
         await post(client, record("m1"), record("m3", provider="nope"))
         assert {outcome: sample(outcome) - before[outcome] for outcome in before} == {
-            "accepted": 2.0, "duplicate": 1.0, "rejected": 1.0,
+            "accepted": 2.0,
+            "duplicate": 1.0,
+            "rejected": 1.0,
         }
 
 
@@ -384,8 +445,12 @@ class TestRealServer:
         }
         headers = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
         with metering_server(env) as base_url, httpx.Client(base_url=base_url, headers=headers) as http:
-            registration = {"url": "https://api.example.com", "pricing": "cost_endpoint",
-                            "cost_endpoint": "https://api.example.com/costs", "cost_token": "t"}
+            registration = {
+                "url": "https://api.example.com",
+                "pricing": "cost_endpoint",
+                "cost_endpoint": "https://api.example.com/costs",
+                "cost_token": "t",
+            }
             assert http.put("/internal/v1/providers/together", json=registration).status_code == 200
             batch = {"records": [record(f"req-{i}") for i in range(100)]}
             assert http.post(URL, json=batch).json() == {"accepted": 100, "duplicates": 0, "rejected": []}

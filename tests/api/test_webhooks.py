@@ -41,15 +41,25 @@ async def invoice_id(db: Database) -> int:
     await seed(db)
     await charge(db, account="alice", started_at=datetime(2026, 9, 3, tzinfo=UTC), costs={"a1": 120_000_000})
     async with db.session_scope() as session:
-        await invoicing_service.close_period(session, period="2026-09", force=True, now=datetime(2026, 11, 1, tzinfo=UTC))
+        await invoicing_service.close_period(
+            session, period="2026-09", force=True, now=datetime(2026, 11, 1, tzinfo=UTC)
+        )
         await session.execute(update(Account).where(Account.name == "alice").values(stripe_customer_id="cus_alice"))
         return await session.scalar(select(Invoice.id))
 
 
-def event(event_id: str, kind: str, *, created: int, invoice_id: int | None = None, stripe_invoice: str = "in_1") -> bytes:
-    obj = {"id": stripe_invoice, "object": "invoice", "customer": "cus_alice",
-           "metadata": {"invoice_id": str(invoice_id)} if invoice_id else {}}
-    return json.dumps({"id": event_id, "object": "event", "type": kind, "created": created, "data": {"object": obj}}).encode()
+def event(
+    event_id: str, kind: str, *, created: int, invoice_id: int | None = None, stripe_invoice: str = "in_1"
+) -> bytes:
+    obj = {
+        "id": stripe_invoice,
+        "object": "invoice",
+        "customer": "cus_alice",
+        "metadata": {"invoice_id": str(invoice_id)} if invoice_id else {},
+    }
+    return json.dumps(
+        {"id": event_id, "object": "event", "type": kind, "created": created, "data": {"object": obj}}
+    ).encode()
 
 
 def signed(payload: bytes, *, secret: str = SECRET, at: int | None = None) -> dict[str, str]:
@@ -59,7 +69,9 @@ def signed(payload: bytes, *, secret: str = SECRET, at: int | None = None) -> di
 
 
 async def post(client: httpx.AsyncClient, payload: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-    return await client.post("/webhooks/stripe", content=payload, headers=signed(payload) if headers is None else headers)
+    return await client.post(
+        "/webhooks/stripe", content=payload, headers=signed(payload) if headers is None else headers
+    )
 
 
 async def state(db: Database) -> tuple[str, str, int]:
@@ -111,7 +123,9 @@ class TestStripeWebhook:
         assert response.json()["error"] == "InvalidWebhookSignature"
         assert await state(db) == ("active", "pending", 0)
 
-    async def test_duplicate_event_is_applied_once(self, hook_client: httpx.AsyncClient, db: Database, invoice_id: int) -> None:
+    async def test_duplicate_event_is_applied_once(
+        self, hook_client: httpx.AsyncClient, db: Database, invoice_id: int
+    ) -> None:
         failed = event("evt_1", "invoice.payment_failed", created=1000, invoice_id=invoice_id)
         await post(hook_client, failed)
         await post(hook_client, event("evt_2", "invoice.paid", created=2000, invoice_id=invoice_id))
@@ -126,7 +140,9 @@ class TestStripeWebhook:
     ) -> None:
         await post(hook_client, event("evt_paid", "invoice.paid", created=2000, invoice_id=invoice_id))
 
-        late = await post(hook_client, event("evt_failed", "invoice.payment_failed", created=1000, invoice_id=invoice_id))
+        late = await post(
+            hook_client, event("evt_failed", "invoice.payment_failed", created=1000, invoice_id=invoice_id)
+        )
 
         assert late.json()["outcome"] == "stale"
         assert await state(db) == ("active", "paid", 2)
@@ -134,7 +150,9 @@ class TestStripeWebhook:
     async def test_event_found_by_stripe_customer_without_local_invoice(
         self, hook_client: httpx.AsyncClient, db: Database, invoice_id: int
     ) -> None:
-        response = await post(hook_client, event("evt_1", "invoice.payment_failed", created=1000, stripe_invoice="in_other"))
+        response = await post(
+            hook_client, event("evt_1", "invoice.payment_failed", created=1000, stripe_invoice="in_other")
+        )
         assert response.json()["outcome"] == "applied"
         assert await state(db) == ("delinquent", "pending", 1)
 
@@ -145,12 +163,16 @@ class TestStripeWebhook:
         assert (response.status_code, response.json()["outcome"]) == (200, "ignored")
         assert await state(db) == ("active", "pending", 1)
 
-    async def test_signed_body_that_is_not_an_event_is_422(self, hook_client: httpx.AsyncClient, db: Database, invoice_id: int) -> None:
+    async def test_signed_body_that_is_not_an_event_is_422(
+        self, hook_client: httpx.AsyncClient, db: Database, invoice_id: int
+    ) -> None:
         response = await post(hook_client, b'{"object": "event"}')
         assert (response.status_code, response.json()["error"]) == (422, "InvalidWebhookPayload")
         assert await state(db) == ("active", "pending", 0)
 
-    async def test_without_a_secret_nothing_is_trusted(self, client: httpx.AsyncClient, db: Database, invoice_id: int) -> None:
+    async def test_without_a_secret_nothing_is_trusted(
+        self, client: httpx.AsyncClient, db: Database, invoice_id: int
+    ) -> None:
         payload = event("evt_1", "invoice.payment_failed", created=1000, invoice_id=invoice_id)
         response = await client.post("/webhooks/stripe", content=payload, headers=signed(payload))
         assert (response.status_code, response.json()["error"]) == (503, "WebhookNotConfigured")
@@ -159,23 +181,33 @@ class TestStripeWebhook:
 
 class TestSignedByLocalstripe:
     async def test_event_signed_and_delivered_by_localstripe_is_accepted(
-        self, settings: Settings, db: Database, localstripe_url: str, tmp_path: Path, backend: str
+        self,
+        settings: Settings,
+        db: Database,
+        localstripe_url: str,  # noqa: F811 - the fixture imported above
+        tmp_path: Path,
+        backend: str,
     ) -> None:
         """Signature interop with a real signer: localstripe posts ``customer.created`` to a real server."""
         if backend != "sqlite":
             pytest.skip("one backend is enough to check the signature scheme end to end")
         localstripe.reset(localstripe_url)
         env = {
-            "METERING_DATABASE_URL": settings.database_url, "METERING_DATA_DIR": str(tmp_path),
-            "METERING_SERVICE_TOKENS": settings.service_tokens, "METERING_SECRET_KEY": settings.secret_key,
-            "METERING_JWT_SECRET": settings.jwt_secret, "STRIPE_WEBHOOK_SECRET": SECRET,
+            "METERING_DATABASE_URL": settings.database_url,
+            "METERING_DATA_DIR": str(tmp_path),
+            "METERING_SERVICE_TOKENS": settings.service_tokens,
+            "METERING_SECRET_KEY": settings.secret_key,
+            "METERING_JWT_SECRET": settings.jwt_secret,
+            "STRIPE_WEBHOOK_SECRET": SECRET,
         }
         with metering_server(env) as base_url:
             httpx.post(
                 f"{localstripe_url}/_config/webhooks/metering",
                 data={"url": f"{base_url}/webhooks/stripe", "secret": SECRET, "events[]": "customer.created"},
             ).raise_for_status()
-            httpx.post(f"{localstripe_url}/v1/customers", data={"name": "alice"}, auth=(localstripe.API_KEY, "")).raise_for_status()
+            httpx.post(
+                f"{localstripe_url}/v1/customers", data={"name": "alice"}, auth=(localstripe.API_KEY, "")
+            ).raise_for_status()
             deadline = time.monotonic() + 15
             stored = None
             while stored is None and time.monotonic() < deadline:

@@ -20,7 +20,9 @@ from metering.config import Settings
 from metering.errors import InvalidInput, MeteringError, ServiceUnavailable
 from metering.periods import current_period
 
-METERING = shutil.which("metering", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+METERING = shutil.which(
+    "metering", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
 # Nothing listens on port 1: the connection is refused at once.
 UNREACHABLE_DATABASE = "postgresql+asyncpg://nobody@127.0.0.1:1/x"
 PERIOD_LINE = "Error: Invalid value for '--period': must be YYYY-MM with month 01-12 (year 1000-9998), got '2026-13'"
@@ -30,9 +32,7 @@ def metering(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProc
     assert METERING is not None, "the metering command is not installed"
     environment = {name: value for name, value in os.environ.items() if not name.startswith("METERING_")}
     environment.update(METERING_DATA_DIR=str(tmp_path / "data"), **env)
-    return subprocess.run(
-        [METERING, *args], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([METERING, *args], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
 
 
 def one_line(result: subprocess.CompletedProcess[str], exit_code: int) -> str:
@@ -75,7 +75,10 @@ class TestUsageErrors:
 
     def test_a_directory_as_the_export_file(self, tmp_path: Path) -> None:
         line = one_line(metering(tmp_path, "export", "ledger", "--out", str(tmp_path)), USAGE)
-        assert line == f"Error: Invalid value for '--out': file '{tmp_path}' is a directory. (see 'metering export --help')"
+        assert (
+            line
+            == f"Error: Invalid value for '--out': file '{tmp_path}' is a directory. (see 'metering export --help')"
+        )
 
     def test_an_unknown_job_to_schedule(self, tmp_path: Path) -> None:
         line = one_line(metering(tmp_path, "jobs", "--only", "nope"), USAGE)
@@ -112,7 +115,10 @@ class TestPorts:
                 ("serve", "--port", "99999"),
                 "'--port': must be a TCP port from 1 to 65535, got 99999 (see 'metering serve --help')",
             ),
-            (("serve", "--port", "0"), "'--port': must be a TCP port from 1 to 65535, got 0 (see 'metering serve --help')"),
+            (
+                ("serve", "--port", "0"),
+                "'--port': must be a TCP port from 1 to 65535, got 0 (see 'metering serve --help')",
+            ),
             (
                 ("simulate-provider", "--port", "70000"),
                 "'--port': must be a TCP port from 1 to 65535, got 70000 (see 'metering simulate-provider --help')",
@@ -182,7 +188,13 @@ class TestRuntimeErrors:
     def test_an_export_file_in_a_missing_folder(self, tmp_path: Path) -> None:
         # The file is opened before the database is asked anything: the path is the error, not the database.
         result = metering(
-            tmp_path, "export", "ledger", "--period", "2026-10", "--out", "/proc/nope/x.csv",
+            tmp_path,
+            "export",
+            "ledger",
+            "--period",
+            "2026-10",
+            "--out",
+            "/proc/nope/x.csv",
             METERING_DATABASE_URL=UNREACHABLE_DATABASE,
         )
         assert one_line(result, RUNTIME) == "Error: cannot write /proc/nope/x.csv: No such file or directory"
@@ -192,7 +204,13 @@ class TestRuntimeErrors:
         folder = tmp_path / "read-only"
         folder.mkdir(mode=0o555)
         result = metering(
-            tmp_path, "export", "ledger", "--period", "2026-10", "--out", str(folder / "x.csv"),
+            tmp_path,
+            "export",
+            "ledger",
+            "--period",
+            "2026-10",
+            "--out",
+            str(folder / "x.csv"),
             METERING_DATABASE_URL=UNREACHABLE_DATABASE,
         )
         assert one_line(result, RUNTIME) == f"Error: cannot write {folder / 'x.csv'}: Permission denied"

@@ -19,7 +19,11 @@ async def test_loaded_objects_leave_the_collector_and_the_report_is_written(
 ) -> None:
     """Full collections during a long export no longer walk the libraries' objects (a tenth of its time)."""
     await seed_world(db)
-    await post(db, grant_posting("acme", PERIOD, 1_000), cost_posting("r1", PERIOD, account="acme", provider="together", credits=300))
+    await post(
+        db,
+        grant_posting("acme", PERIOD, 1_000),
+        cost_posting("r1", PERIOD, account="acme", provider="together", credits=300),
+    )
     out = tmp_path / "ledger.csv"
     gc.unfreeze()
     try:

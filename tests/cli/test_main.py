@@ -17,7 +17,9 @@ HEAVY = ("sqlalchemy", "pyarrow", "alembic", "uvicorn", "apscheduler", "fastapi"
 
 def _run(code: str) -> str:
     """The last line ``code`` wrote to stderr, run in a fresh interpreter (help goes to stdout)."""
-    result = subprocess.run([sys.executable, "-c", f"import sys\n{code}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys\n{code}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return result.stderr.strip().splitlines()[-1]
 
@@ -37,8 +39,10 @@ class TestStartUp:
         assert _loaded_after(code) == []
 
     def test_a_command_loads_only_its_own_module(self) -> None:
-        code = "from cli.main import app\ntry:\n    app(['db', '--help'])\nexcept SystemExit:\n    pass\n" \
-               "print(sorted(m for m in sys.modules if m.startswith('cli.')), file=sys.stderr)"
+        code = (
+            "from cli.main import app\ntry:\n    app(['db', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('cli.')), file=sys.stderr)"
+        )
         assert _run(code) == "['cli.db', 'cli.errors', 'cli.main']"  # cli.errors words the failures of every command
 
 
@@ -46,7 +50,11 @@ class TestCommands:
     def test_the_help_lists_every_command_in_order(self) -> None:
         result = CliRunner().invoke(app, ["--help"])
         assert result.exit_code == 0, result.output
-        listed = [line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and line.split()[1] in COMMANDS]
+        listed = [
+            line.split()[1]
+            for line in result.output.splitlines()
+            if line.startswith("│ ") and line.split()[1] in COMMANDS
+        ]
         assert listed == ["serve", "export", "verify", "token", "simulate-provider", "demo", "db", "jobs"]
         assert "Metering: billing and usage metering for an inference router." in result.output
 

@@ -26,8 +26,15 @@ from metering.migrate import upgrade
 from metering.periods import current_period
 from metering.sample_data import seed_sample_data
 
-METERING_ENV = ("METERING_DATA_DIR", "METERING_DATABASE_URL", "METERING_ENVIRONMENT", "METERING_JWT_SECRET",
-                "METERING_JWT_PUBLIC_KEY", "METERING_SERVICE_TOKENS", "METERING_SECRET_KEY")
+METERING_ENV = (
+    "METERING_DATA_DIR",
+    "METERING_DATABASE_URL",
+    "METERING_ENVIRONMENT",
+    "METERING_JWT_SECRET",
+    "METERING_JWT_PUBLIC_KEY",
+    "METERING_SERVICE_TOKENS",
+    "METERING_SECRET_KEY",
+)
 
 
 @pytest.fixture
@@ -79,8 +86,9 @@ class TestTheAppAcceptsIt:
         params = {"period": current_period(), "format": "csv"}
         plain = await served.get("/v1/finance/exports/ledger", params=params, headers=_bearer(metering_token("alice")))
         assert plain.status_code == 403
-        finance = await served.get("/v1/finance/exports/ledger", params=params,
-                                   headers=_bearer(metering_token("carol", "--role", "finance")))
+        finance = await served.get(
+            "/v1/finance/exports/ledger", params=params, headers=_bearer(metering_token("carol", "--role", "finance"))
+        )
         assert finance.status_code == 200, finance.text
         assert finance.headers["content-type"].startswith("text/csv")
 
@@ -104,8 +112,9 @@ class TestClaims:
         assert abs(claims["iat"] - time.time()) < 60
 
     def test_minutes_and_roles_repeated_or_in_one_value(self, embedded: Path) -> None:
-        repeated = self._claims(embedded, metering_token("bob", "--role", "finance", "--role", "platform_admin",
-                                                         "--minutes", "5"))
+        repeated = self._claims(
+            embedded, metering_token("bob", "--role", "finance", "--role", "platform_admin", "--minutes", "5")
+        )
         one_value = self._claims(embedded, metering_token("bob", "--role", "platform_admin,finance"))
         assert repeated["roles"] == one_value["roles"] == ["finance", "platform_admin"]
         assert repeated["exp"] - repeated["iat"] == 5 * 60
@@ -137,12 +146,15 @@ class TestRefusals:
         monkeypatch.setenv("METERING_JWT_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----\n…\n-----END PUBLIC KEY-----")
         assert "signed by the platform's private key" in self._refused("alice")
 
-    @pytest.mark.parametrize(("args", "message"), [
-        (("alice", "--role", "admin"), "unknown role 'admin'"),
-        (("alice", "--minutes", "0"), "--minutes"),
-        (("alice", "--minutes", "100000"), "--minutes"),
-        (("not a name",), "not a user name"),
-    ])
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (("alice", "--role", "admin"), "unknown role 'admin'"),
+            (("alice", "--minutes", "0"), "--minutes"),
+            (("alice", "--minutes", "100000"), "--minutes"),
+            (("not a name",), "not a user name"),
+        ],
+    )
     def test_bad_values_are_usage_errors(self, embedded: Path, args: tuple[str, ...], message: str) -> None:
         assert message in self._refused(*args)
 
@@ -157,8 +169,14 @@ def test_serve_says_how_to_get_a_token_and_accepts_it(tmp_path: Path) -> None:
     """End to end, as a newcomer types it: ``metering serve``, then ``metering token alice`` in another shell."""
     env = {key: value for key, value in os.environ.items() if key not in METERING_ENV} | {"COLUMNS": "400"}
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(server.stderr), daemon=True).start()  # type: ignore[arg-type]
     try:
@@ -177,8 +195,15 @@ def test_serve_says_how_to_get_a_token_and_accepts_it(tmp_path: Path) -> None:
             except httpx.TransportError:
                 assert server.poll() is None and time.monotonic() < deadline, "".join(lines)
                 time.sleep(0.1)
-        token = subprocess.run([sys.executable, "-m", "cli.main", "token", "alice"], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        token = subprocess.run(
+            [sys.executable, "-m", "cli.main", "token", "alice"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
         billing = httpx.get(f"{url}/v1/accounts/alice/billing", headers=_bearer(token), timeout=10)
         assert billing.status_code == 200 and billing.json()["account"] == "alice", billing.text
         assert httpx.get(f"{url}/v1/accounts/alice/billing", timeout=10).status_code == 401

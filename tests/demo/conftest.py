@@ -50,16 +50,27 @@ def run_demo_once(directory: Path, *options: str, columns: int = 160) -> DemoRun
         data_dir = Path(options[options.index("--data-dir") + 1])
     command = [sys.executable, "-m", "cli.main", "demo", "--no-serve", "--json-summary", str(summary_path), *options]
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=DEMO_TIME_LIMIT_SECONDS * 2,
-                            cwd=directory, env=newcomer_env(COLUMNS=str(columns)))
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIME_LIMIT_SECONDS * 2,
+        cwd=directory,
+        env=newcomer_env(COLUMNS=str(columns)),
+    )
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
     if result.returncode != 0 or not summary_path.exists():
         pytest.fail(f"metering demo failed with exit code {result.returncode}:\n{output[-4000:]}")
     settings = demo_settings(data_dir)  # reads the secrets the demo generated; wipes nothing
     return DemoRun(
-        data_dir=data_dir, database_url=settings.database_url, summary=orjson.loads(summary_path.read_bytes()),
-        jwt_secret=settings.jwt_secret, seconds=seconds, returncode=result.returncode, output=output,
+        data_dir=data_dir,
+        database_url=settings.database_url,
+        summary=orjson.loads(summary_path.read_bytes()),
+        jwt_secret=settings.jwt_secret,
+        seconds=seconds,
+        returncode=result.returncode,
+        output=output,
     )
 
 

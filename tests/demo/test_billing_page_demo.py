@@ -30,8 +30,12 @@ async def test_the_demo_orgs_page_shows_the_apis_numbers(demo_run: DemoRun) -> N
             usage = (
                 await http.get(
                     f"/v1/accounts/{ORG}/usage",
-                    params={"from": start.date().isoformat(), "to": (end - timedelta(days=1)).date().isoformat(),
-                            "interval": "day", "group_by": "member"},
+                    params={
+                        "from": start.date().isoformat(),
+                        "to": (end - timedelta(days=1)).date().isoformat(),
+                        "interval": "day",
+                        "group_by": "member",
+                    },
                 )
             ).json()
         async with open_page() as page:

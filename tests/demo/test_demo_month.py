@@ -62,14 +62,21 @@ class TestRun:
 
 class TestTotalsAgree:
     def test_metering_verify_exits_zero_on_the_demo_database(self, demo_run: DemoRun) -> None:
-        env = {**os.environ, "METERING_DATABASE_URL": demo_run.database_url, "METERING_DATA_DIR": str(demo_run.data_dir),
-               "COLUMNS": "200"}
-        result = subprocess.run([sys.executable, "-m", "cli.main", "verify"], capture_output=True, text=True,
-                                env=env, timeout=120)
+        env = {
+            **os.environ,
+            "METERING_DATABASE_URL": demo_run.database_url,
+            "METERING_DATA_DIR": str(demo_run.data_dir),
+            "COLUMNS": "200",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", "verify"], capture_output=True, text=True, env=env, timeout=120
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "ledger OK" in result.stdout
 
-    async def test_account_totals_equal_the_ledger_sums_verify_checks(self, demo_run: DemoRun, database: Database) -> None:
+    async def test_account_totals_equal_the_ledger_sums_verify_checks(
+        self, demo_run: DemoRun, database: Database
+    ) -> None:
         async with database.session_scope() as session:
             sums = await verify_repository.ledger_sums_by_account_period(session)
         for name, printed in demo_run.summary["accounts"].items():
@@ -79,8 +86,9 @@ class TestTotalsAgree:
     async def test_account_totals_equal_the_api(self, demo_run: DemoRun, api: httpx.AsyncClient) -> None:
         for account in ACCOUNTS:
             headers = _as(demo_run, account.admin)
-            response = await api.get(f"/v1/accounts/{account.name}/billing", params={"period": demo_run.period},
-                                     headers=headers)
+            response = await api.get(
+                f"/v1/accounts/{account.name}/billing", params={"period": demo_run.period}, headers=headers
+            )
             assert response.status_code == 200, response.text
             printed = demo_run.summary["accounts"][account.name]
             assert {field: response.json()[field] for field in MONEY_FIELDS} == {f: printed[f] for f in MONEY_FIELDS}
@@ -106,7 +114,10 @@ class TestScenarios:
         assert frida["refusals"].get("credits_exhausted", 0) > 0
         assert frida["payg_nano_usd"] == 0 and frida["invoice_cents"] is None
         # What was in flight when credits ran out is written off, never invoiced.
-        assert frida["credits_used_nano_usd"] + frida["written_off_nano_usd"] >= frida["credits_granted_nano_usd"] * 95 // 100
+        assert (
+            frida["credits_used_nano_usd"] + frida["written_off_nano_usd"]
+            >= frida["credits_granted_nano_usd"] * 95 // 100
+        )
 
     def test_pay_as_you_go_accounts_are_invoiced(self, demo_run: DemoRun) -> None:
         for name in ("paula", "acme"):
@@ -117,10 +128,13 @@ class TestScenarios:
 
     async def test_org_requests_came_from_its_members_with_bill_to(self, demo_run: DemoRun, database: Database) -> None:
         async with database.session_scope() as session:
-            rows = (await session.execute(
-                select(UsageRecord.user_name, UsageRecord.bill_to, func.count())
-                .where(UsageRecord.billing_account == "acme").group_by(UsageRecord.user_name, UsageRecord.bill_to)
-            )).all()
+            rows = (
+                await session.execute(
+                    select(UsageRecord.user_name, UsageRecord.bill_to, func.count())
+                    .where(UsageRecord.billing_account == "acme")
+                    .group_by(UsageRecord.user_name, UsageRecord.bill_to)
+                )
+            ).all()
         assert {(user, bill_to) for user, bill_to, _ in rows} == {("alice", "acme"), ("bob", "acme"), ("carol", "acme")}
         # A non-member who named the org was refused, never billed to it; credits are per seat.
         acme = demo_run.summary["accounts"]["acme"]
@@ -136,19 +150,30 @@ class TestScenarios:
 
     async def test_the_disabled_provider_got_nothing_from_that_org(self, demo_run: DemoRun, database: Database) -> None:
         async with database.session_scope() as session:
-            by_provider = dict((await session.execute(
-                select(UsageRecord.provider_id, func.count())
-                .where(UsageRecord.billing_account == "initech").group_by(UsageRecord.provider_id)
-            )).all())
+            by_provider = dict(
+                (
+                    await session.execute(
+                        select(UsageRecord.provider_id, func.count())
+                        .where(UsageRecord.billing_account == "initech")
+                        .group_by(UsageRecord.provider_id)
+                    )
+                ).all()
+            )
         assert by_provider.get("fireworks-ai", 0) == 0
         assert by_provider.get("together", 0) > 0  # "fireworks-ai together" went to together
         assert demo_run.summary["accounts"]["initech"]["refusals"].get("provider_disabled", 0) > 0
 
-    async def test_custom_key_usage_is_recorded_and_nothing_is_charged(self, demo_run: DemoRun, database: Database) -> None:
+    async def test_custom_key_usage_is_recorded_and_nothing_is_charged(
+        self, demo_run: DemoRun, database: Database
+    ) -> None:
         async with database.session_scope() as session:
-            records = (await session.execute(
-                select(UsageRecord.status, UsageRecord.custom_key, UsageRecord.id).where(UsageRecord.user_name.in_(CUSTOM_KEYS))
-            )).all()
+            records = (
+                await session.execute(
+                    select(UsageRecord.status, UsageRecord.custom_key, UsageRecord.id).where(
+                        UsageRecord.user_name.in_(CUSTOM_KEYS)
+                    )
+                )
+            ).all()
             ids = [record.id for record in records]
             postings = await session.scalar(select(func.count()).where(LedgerTransaction.usage_record_id.in_(ids)))
             holds = await session.scalar(select(func.count()).select_from(Hold).where(Hold.user_name.in_(CUSTOM_KEYS)))

@@ -27,13 +27,13 @@ TABLE_LINE = re.compile(r"^[┏┃┡│├└]")
 def rerun(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """A second run: the default seed named explicitly, another data folder, a 60-column terminal."""
     directory = tmp_path_factory.mktemp("demo-rerun")
-    return run_demo_once(directory, "--data-dir", str(directory / "elsewhere"), "--seed", str(DEFAULT_SEED),
-                         columns=60)
+    return run_demo_once(directory, "--data-dir", str(directory / "elsewhere"), "--seed", str(DEFAULT_SEED), columns=60)
 
 
 def _metering(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _ledger_accounts(cwd: Path, env: dict[str, str], period: str) -> set[str]:
@@ -50,7 +50,8 @@ class TestSameSeedSameBill:
         for name, account in demo_run.summary["accounts"].items():
             again = rerun.summary["accounts"][name]
             assert {key: again[key] for key in account if key.endswith(("_nano_usd", "_cents"))} == {
-                key: value for key, value in account.items() if key.endswith(("_nano_usd", "_cents"))}, name
+                key: value for key, value in account.items() if key.endswith(("_nano_usd", "_cents"))
+            }, name
         assert {key: rerun.summary[key] for key in BILL} == {key: demo_run.summary[key] for key in BILL}
 
     def test_the_bill_is_not_nothing(self, demo_run: DemoRun) -> None:
@@ -100,7 +101,9 @@ class TestOneDataFolder:
         assert {account.name for account in ACCOUNTS} <= _ledger_accounts(tmp_path, env, rerun.period)
         assert _ledger_accounts(tmp_path, newcomer_env(), rerun.period) == set()  # without it: another database
 
-    def test_a_database_url_in_the_environment_is_named_too(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_a_database_url_in_the_environment_is_named_too(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         settings = demo_settings(tmp_path / "demo")
         monkeypatch.delenv("METERING_DATA_DIR", raising=False)
         monkeypatch.setenv("METERING_DATABASE_URL", "postgresql+asyncpg://metering@db.invalid/metering")

@@ -34,7 +34,9 @@ class World:
     providers: dict[str, SimulatedProvider]
     http: httpx.AsyncClient
 
-    async def chat(self, token: str, provider: str, *, bill_to: str | None = None, model: str = CHAT_MODEL) -> httpx.Response:
+    async def chat(
+        self, token: str, provider: str, *, bill_to: str | None = None, model: str = CHAT_MODEL
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} | ({"X-HF-Bill-To": bill_to} if bill_to else {})
         body = {"model": model, "provider": provider, "messages": [{"role": "user", "content": "hi"}]}
         return await self.http.post(f"{self.router_url}/v1/chat/completions", json=body, headers=headers)
@@ -60,16 +62,23 @@ async def world(settings: Settings, db: Database, tmp_path: Path) -> AsyncIterat
         platform = Platform(http, metering_url=metering.url, service_token=SERVICE_TOKEN, jwt_secret=TEST_JWT_SECRET)
         for provider_id, provider in providers.items():
             await platform.put_provider(provider_id, provider.registration())
-        for name, kind, plan in (("alice", "user", "pro"), ("mallory", "user", "free"), ("kai", "user", "pro"),
-                                 ("acme", "org", "team")):
+        for name, kind, plan in (
+            ("alice", "user", "pro"),
+            ("mallory", "user", "free"),
+            ("kai", "user", "pro"),
+            ("acme", "org", "team"),
+        ):
             await platform.put_account(name, kind=kind, plan=plan)
         await platform.put_member("acme", "alice", "admin")
         await platform.set_disabled_providers("acme", ["fireworks-ai"], as_user="alice")
         config = RouterConfig(
-            metering_url=metering.url, service_token=SERVICE_TOKEN,
+            metering_url=metering.url,
+            service_token=SERVICE_TOKEN,
             provider_urls={pid: provider.url for pid, provider in providers.items()},
-            provider_keys={pid: "platform-key" for pid in providers}, users=USERS,
-            spool_path=tmp_path / "router" / "spool.db", custom_keys={"kai": {"together": "kai-key"}},
+            provider_keys={pid: "platform-key" for pid in providers},
+            users=USERS,
+            spool_path=tmp_path / "router" / "spool.db",
+            custom_keys={"kai": {"together": "kai-key"}},
         )
         router_app = create_router_app(config)
         router = LoopbackServer("router", router_app)
@@ -93,7 +102,11 @@ class TestPreferenceListAndBillTo:
         await world.delivered()
         [record] = await _records(db)
         assert (record.provider_id, record.user_name, record.bill_to, record.billing_account) == (
-            "together", "alice", "acme", "acme")
+            "together",
+            "alice",
+            "acme",
+            "acme",
+        )
         assert record.request_id == response.json()["id"]
         async with db.session_scope() as session:
             hold = await session.get(Hold, record.hold_id)
@@ -102,7 +115,10 @@ class TestPreferenceListAndBillTo:
     async def test_without_bill_to_the_user_pays_and_the_first_choice_is_used(self, world: World, db: Database) -> None:
         response = await world.chat("tok-alice", "fireworks-ai together")
         assert response.status_code == 200
-        assert (response.headers["X-Inference-Provider"], response.headers["X-Billing-Account"]) == ("fireworks-ai", "alice")
+        assert (response.headers["X-Inference-Provider"], response.headers["X-Billing-Account"]) == (
+            "fireworks-ai",
+            "alice",
+        )
         await world.delivered()
         [record] = await _records(db)
         assert (record.provider_id, record.bill_to, record.billing_account) == ("fireworks-ai", None, "alice")
@@ -132,7 +148,12 @@ class TestRecords:
         assert response.status_code == 200
         await world.delivered()
         [record] = await _records(db)
-        assert (record.custom_key, record.status, record.hold_id, record.cost_nano_usd) == (True, "custom_key", None, None)
+        assert (record.custom_key, record.status, record.hold_id, record.cost_nano_usd) == (
+            True,
+            "custom_key",
+            None,
+            None,
+        )
 
     async def test_compute_time_headers_price_the_request(self, world: World, db: Database) -> None:
         response = await world.chat("tok-alice", HF_INFERENCE)

@@ -27,8 +27,9 @@ def _read_lines(process: subprocess.Popen, lines: list[str]) -> None:
 
 def test_serves_until_interrupted(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "cli.main", "demo", "--data-dir", str(tmp_path / "data")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "COLUMNS": "400"})
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "400"}
+    )
     lines: list[str] = []
     threading.Thread(target=_read_lines, args=(process, lines), daemon=True).start()
     try:
@@ -44,15 +45,21 @@ def test_serves_until_interrupted(tmp_path: Path) -> None:
 
         assert httpx.get(f"{docs}/docs", timeout=10).status_code == 200
         answer = httpx.post(
-            f"{router}/v1/chat/completions", timeout=10,
+            f"{router}/v1/chat/completions",
+            timeout=10,
             headers={"Authorization": "Bearer hf_demo_ivan", "X-HF-Bill-To": "initech"},
-            json={"model": "meta-llama/Llama-3.3-70B-Instruct", "provider": "fireworks-ai together",
-                  "messages": [{"role": "user", "content": "hi"}]},
+            json={
+                "model": "meta-llama/Llama-3.3-70B-Instruct",
+                "provider": "fireworks-ai together",
+                "messages": [{"role": "user", "content": "hi"}],
+            },
         )
         assert answer.status_code == 200, answer.text
         assert (answer.headers["X-Inference-Provider"], answer.headers["X-Billing-Account"]) == ("together", "initech")
         token = page.rsplit("token=", 1)[1]
-        billing = httpx.get(f"{docs}/v1/accounts/acme/billing", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        billing = httpx.get(
+            f"{docs}/v1/accounts/acme/billing", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
         assert billing.status_code == 200 and billing.json()["account"] == "acme"
 
         process.send_signal(signal.SIGINT)

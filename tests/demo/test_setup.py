@@ -69,8 +69,13 @@ def test_settings_are_the_embedded_default_whatever_the_environment(
 
 @pytest.mark.parametrize(
     ("nano", "shown"),
-    [(0, "$0.000000"), (499, "$0.000000"), (500, "$0.000001"), (1_234_567_890, "$1.234568"),
-     (2_000_000_000_000, "$2,000.000000")],
+    [
+        (0, "$0.000000"),
+        (499, "$0.000000"),
+        (500, "$0.000001"),
+        (1_234_567_890, "$1.234568"),
+        (2_000_000_000_000, "$2,000.000000"),
+    ],
 )
 def test_table_amounts_round_half_up_to_the_micro_dollar(nano: int, shown: str) -> None:
     assert display_usd(nano) == shown

@@ -10,7 +10,9 @@ from metering.models import Account
 
 async def create_account(session: AsyncSession, name: str, *, plan: str = "free", seats: int = 1) -> Account:
     kind = "org" if plan in ("team", "enterprise") else "user"
-    account, _ = await account_service.upsert_account(session, name=name, sync=AccountSync(kind=kind, plan=plan, seats=seats))
+    account, _ = await account_service.upsert_account(
+        session, name=name, sync=AccountSync(kind=kind, plan=plan, seats=seats)
+    )
     return account
 
 

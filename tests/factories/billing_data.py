@@ -55,7 +55,14 @@ async def seed_world(db: Database) -> None:
         await create_provider(session, "fireworks-ai", url="http://127.0.0.1:10")
         await create_account(session, "acme", plan="team", seats=2)
         await create_account(session, "globex", plan="team", seats=1)
-        for user, plan in (("alice", "pro"), ("bob", "free"), ("carol", "free"), ("dave", "pro"), ("erin", "pro"), ("frank", "free")):
+        for user, plan in (
+            ("alice", "pro"),
+            ("bob", "free"),
+            ("carol", "free"),
+            ("dave", "pro"),
+            ("erin", "pro"),
+            ("frank", "free"),
+        ):
             await create_account(session, user, plan=plan)
         await add_member(session, org="acme", user="alice", role="admin")
         await add_member(session, org="acme", user="bob", role="write")
@@ -137,7 +144,9 @@ async def post(db: Database, *postings: Posting) -> None:
         await ledger_service.post_many(session, list(postings))
 
 
-def cost_posting(key: str, period: str, *, account: str, provider: str, credits: int = 0, payg: int = 0, memo: str | None = None) -> Posting:
+def cost_posting(
+    key: str, period: str, *, account: str, provider: str, credits: int = 0, payg: int = 0, memo: str | None = None
+) -> Posting:
     """A request's cost as the ledger books it: credits and/or receivable debited, the provider's payable credited."""
     entries = [(codes.payable(provider, period), -(credits + payg))]
     if credits:
@@ -145,14 +154,22 @@ def cost_posting(key: str, period: str, *, account: str, provider: str, credits:
     if payg:
         entries.append((codes.receivable(account, period), payg))
     return Posting(
-        kind=codes.REQUEST_COST, idempotency_key=key, period=period, entries=tuple(entries),
-        account_name=account, provider_id=provider, memo=memo,
+        kind=codes.REQUEST_COST,
+        idempotency_key=key,
+        period=period,
+        entries=tuple(entries),
+        account_name=account,
+        provider_id=provider,
+        memo=memo,
     )
 
 
 def grant_posting(account: str, period: str, amount: int) -> Posting:
     return Posting(
-        kind=codes.GRANT, idempotency_key=f"grant:{account}:{period}", period=period, account_name=account,
+        kind=codes.GRANT,
+        idempotency_key=f"grant:{account}:{period}",
+        period=period,
+        account_name=account,
         entries=((codes.credits_expense(period), amount), (codes.credits(account, period), -amount)),
     )
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import func, select
 
+from metering.collection.service import CollectionPolicy, collection_service
 from metering.db import Database
 from metering.ledger.verify import verify
 from metering.models import Account, LedgerAccount, LedgerEntry, LedgerTransaction, ProviderCollectionState, UsageRecord
-from metering.collection.service import CollectionPolicy, collection_service
 from simulator.server import SimulatorHandle, simulator_in_thread
 from tests.factories.accounts import create_account
 from tests.factories.providers import create_provider
@@ -55,7 +55,13 @@ class Backlog:
 
 
 async def make_backlog(
-    db: Database, simulator: SimulatorHandle, *, count: int, provider_id: str = "together", prefix: str = "req", account: str = "alice"
+    db: Database,
+    simulator: SimulatorHandle,
+    *,
+    count: int,
+    provider_id: str = "together",
+    prefix: str = "req",
+    account: str = "alice",
 ) -> Backlog:
     """An account on pay-as-you-go, a provider asking ``simulator``, and ``count`` pending requests
     whose costs (100,000 + i nano-USD) the simulator knows."""
@@ -87,17 +93,21 @@ async def assert_priced_exactly_once(db: Database, expected: dict[int, int]) -> 
     and the ledger's own invariants hold."""
     async with db.session_scope() as session:
         rows = dict(
-            (await session.execute(
-                select(UsageRecord.id, UsageRecord.cost_nano_usd).where(UsageRecord.status == "priced")
-            )).all()
+            (
+                await session.execute(
+                    select(UsageRecord.id, UsageRecord.cost_nano_usd).where(UsageRecord.status == "priced")
+                )
+            ).all()
         )
         assert rows == expected
         postings = dict(
-            (await session.execute(
-                select(LedgerTransaction.usage_record_id, func.count())
-                .where(LedgerTransaction.usage_record_id.is_not(None))
-                .group_by(LedgerTransaction.usage_record_id)
-            )).all()
+            (
+                await session.execute(
+                    select(LedgerTransaction.usage_record_id, func.count())
+                    .where(LedgerTransaction.usage_record_id.is_not(None))
+                    .group_by(LedgerTransaction.usage_record_id)
+                )
+            ).all()
         )
         assert postings == {row_id: 1 for row_id in expected}
         payable = await session.scalar(

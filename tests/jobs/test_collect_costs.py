@@ -109,7 +109,9 @@ class TestMissingIds:
         calls = simulator.stats()["cost_calls"]
         async with db.session_scope() as session:
             await session.execute(
-                update(UsageRecord).where(UsageRecord.id == backlog.ids["req-00001"]).values(next_attempt_at=utcnow() + timedelta(hours=1))
+                update(UsageRecord)
+                .where(UsageRecord.id == backlog.ids["req-00001"])
+                .values(next_attempt_at=utcnow() + timedelta(hours=1))
             )
         await run_once(db)
         assert simulator.stats()["cost_calls"] == calls
@@ -143,7 +145,9 @@ class TestMissingIds:
         old = utcnow() - timedelta(seconds=settings.pending_max_age_seconds + 60)
         async with db.session_scope() as session:
             await session.execute(
-                update(UsageRecord).where(UsageRecord.request_id.in_(["req-00000", "req-00001"])).values(received_at=old)
+                update(UsageRecord)
+                .where(UsageRecord.request_id.in_(["req-00000", "req-00001"]))
+                .values(received_at=old)
             )
         simulator.set_faults(missing_ids=["req-00000", "req-00002"])
         before = _sample("metering_requests_unpriced_total", provider="together")

@@ -22,7 +22,9 @@ from tests.jobs.conftest import assert_priced_exactly_once, collection_state, ma
 
 
 def _errors(kind: str, provider: str = "together") -> float:
-    return metrics.registry.get_sample_value("metering_provider_errors_total", {"provider": provider, "kind": kind}) or 0.0
+    return (
+        metrics.registry.get_sample_value("metering_provider_errors_total", {"provider": provider, "kind": kind}) or 0.0
+    )
 
 
 async def _leases(db: Database) -> int:
@@ -33,7 +35,9 @@ async def _leases(db: Database) -> int:
 async def _end_backoff(db: Database, provider_id: str = "together") -> None:
     async with db.session_scope() as session:
         await session.execute(
-            update(ProviderCollectionState).where(ProviderCollectionState.provider_id == provider_id).values(backoff_until=utcnow())
+            update(ProviderCollectionState)
+            .where(ProviderCollectionState.provider_id == provider_id)
+            .values(backoff_until=utcnow())
         )
 
 
@@ -88,7 +92,9 @@ class TestWholeBatchFailures:
         await assert_priced_exactly_once(db, backlog.cost_by_row())
 
     @pytest.mark.parametrize("retry_after_format", ["seconds", "http-date"])
-    async def test_429_honours_retry_after(self, db: Database, simulator: SimulatorHandle, retry_after_format: str) -> None:
+    async def test_429_honours_retry_after(
+        self, db: Database, simulator: SimulatorHandle, retry_after_format: str
+    ) -> None:
         backlog = await make_backlog(db, simulator, count=3)
         simulator.set_faults(rate_limit_burst=1, retry_after_seconds=120, retry_after_format=retry_after_format)
 
@@ -127,9 +133,7 @@ class TestCircuitBreaker:
         assert "batches=2 priced=4" in await run_once(db)
         await assert_priced_exactly_once(db, backlog.cost_by_row())
 
-    async def test_a_failed_probe_opens_the_circuit_again(
-        self, db: Database, simulator: SimulatorHandle
-    ) -> None:
+    async def test_a_failed_probe_opens_the_circuit_again(self, db: Database, simulator: SimulatorHandle) -> None:
         await make_backlog(db, simulator, count=2)
         simulator.set_faults(error_burst=4)
         for _ in range(3):
@@ -142,14 +146,15 @@ class TestCircuitBreaker:
         assert state.consecutive_failures == 4 and state.circuit_open_until > utcnow()
         assert await statuses(db) == {"pending": 2}
 
-
     async def test_a_long_outage_keeps_the_back_off_at_its_cap(self, db: Database, simulator: SimulatorHandle) -> None:
         await make_backlog(db, simulator, count=1)
         simulator.set_faults(error_burst=1)
         await run_once(db)
         async with db.session_scope() as session:
             await session.execute(
-                update(ProviderCollectionState).values(consecutive_failures=5_000, backoff_until=None, circuit_open_until=None)
+                update(ProviderCollectionState).values(
+                    consecutive_failures=5_000, backoff_until=None, circuit_open_until=None
+                )
             )
         simulator.set_faults(error_burst=1)
 
@@ -206,9 +211,13 @@ class TestIsolation:
 
         async with db.session_scope() as session:
             finished = dict(
-                (await session.execute(
-                    select(UsageRecord.provider_id, func.max(UsageRecord.priced_at)).group_by(UsageRecord.provider_id)
-                )).all()
+                (
+                    await session.execute(
+                        select(UsageRecord.provider_id, func.max(UsageRecord.priced_at)).group_by(
+                            UsageRecord.provider_id
+                        )
+                    )
+                ).all()
             )
         assert finished["a-slow"] - started >= timedelta(seconds=3.0)
         assert finished["a-slow"] - finished["b-fast"] >= timedelta(seconds=1.5)
@@ -232,10 +241,13 @@ class TestIsolation:
             await small.dispose()
 
         async with db.session_scope() as session:
-            rows = (await session.execute(
-                select(UsageRecord.provider_id, func.max(UsageRecord.priced_at), func.count(UsageRecord.lease_owner))
-                .group_by(UsageRecord.provider_id)
-            )).all()
+            rows = (
+                await session.execute(
+                    select(
+                        UsageRecord.provider_id, func.max(UsageRecord.priced_at), func.count(UsageRecord.lease_owner)
+                    ).group_by(UsageRecord.provider_id)
+                )
+            ).all()
         finished = {provider: last for provider, last, _ in rows}
         written_leases = {provider: leased for provider, _, leased in rows}
         # One provider held the one slot; the other wrote its lease instead of waiting for a connection.
@@ -268,7 +280,9 @@ class TestIsolation:
         await make_backlog(db, simulator, count=3, provider_id="rekeyed", prefix="r")
         async with db.session_scope() as session:
             await session.execute(
-                update(Provider).where(Provider.id == "rekeyed").values(cost_token_encrypted=Fernet(Fernet.generate_key()).encrypt(b"t"))
+                update(Provider)
+                .where(Provider.id == "rekeyed")
+                .values(cost_token_encrypted=Fernet(Fernet.generate_key()).encrypt(b"t"))
             )
 
         summary = await run_once(db)

@@ -86,7 +86,11 @@ class TestKilledWorker:
     ) -> None:
         backlog = await make_backlog(db, simulator, count=10)
         env = _worker_env(
-            settings, tmp_path, METERING_TEST_PAUSE_AT="after_answer", METERING_TEST_PAUSE_SECONDS="3", METERING_COST_LEASE_SECONDS="1"
+            settings,
+            tmp_path,
+            METERING_TEST_PAUSE_AT="after_answer",
+            METERING_TEST_PAUSE_SECONDS="3",
+            METERING_COST_LEASE_SECONDS="1",
         )
         simulator.set_faults(revise_on_second_ask=True, revise_delta_nano_usd=7_000)
         worker = _start_worker(env)

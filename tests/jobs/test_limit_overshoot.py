@@ -49,12 +49,21 @@ async def burst(client: httpx.AsyncClient) -> list[dict]:
     return [answer.json() for answer in answers]
 
 
-async def record_and_price(client: httpx.AsyncClient, db: Database, simulator: SimulatorHandle, hold_ids: list[str]) -> None:
+async def record_and_price(
+    client: httpx.AsyncClient, db: Database, simulator: SimulatorHandle, hold_ids: list[str]
+) -> None:
     """A usage record per hold, each costing exactly its estimate, then one collect-costs pass."""
     started = utcnow().isoformat()
     records = [
-        {"request_id": f"req-{i}", "provider": "paid-only", "user": "alice", "bill_to": "acme", "model": "org/m",
-         "started_at": started, "hold_id": hold_id}
+        {
+            "request_id": f"req-{i}",
+            "provider": "paid-only",
+            "user": "alice",
+            "bill_to": "acme",
+            "model": "org/m",
+            "started_at": started,
+            "hold_id": hold_id,
+        }
         for i, hold_id in enumerate(hold_ids)
     ]
     answer = await client.post("/internal/v1/usage", json={"records": records})
@@ -65,9 +74,13 @@ async def record_and_price(client: httpx.AsyncClient, db: Database, simulator: S
 
 async def period(db: Database) -> AccountPeriod:
     async with db.session_scope() as session:
-        return (await session.scalars(
-            select(AccountPeriod).where(AccountPeriod.account_name == "acme", AccountPeriod.period == current_period())
-        )).one()
+        return (
+            await session.scalars(
+                select(AccountPeriod).where(
+                    AccountPeriod.account_name == "acme", AccountPeriod.period == current_period()
+                )
+            )
+        ).one()
 
 
 async def test_a_burst_to_a_provider_credits_cannot_pay_stops_at_the_limit(
@@ -106,8 +119,15 @@ async def test_verify_breaches_a_limit_passed_by_more_than_estimate_error(
     async with db.session_scope() as session:
         smuggled = [
             await holds_service.place_hold(
-                session, account="acme", period=current_period(), user="alice", provider_id="paid-only",
-                model="org/m", amount_nano_usd=ESTIMATE, credit_eligible=False, now=utcnow(),
+                session,
+                account="acme",
+                period=current_period(),
+                user="alice",
+                provider_id="paid-only",
+                model="org/m",
+                amount_nano_usd=ESTIMATE,
+                credit_eligible=False,
+                now=utcnow(),
             )
             for _ in range(5)
         ]

@@ -24,14 +24,19 @@ ROOT = Path(__file__).resolve().parents[2]
 class TestRegistry:
     def test_every_job_of_the_command_line_is_registered(self) -> None:
         assert set(JOBS) == {
-            "collect-costs", "grant-credits", "expire-holds", "close-period", "sync-stripe", "fold-usage-rollups"
+            "collect-costs",
+            "grant-credits",
+            "expire-holds",
+            "close-period",
+            "sync-stripe",
+            "fold-usage-rollups",
         }
 
     def test_every_job_module_has_an_async_run_once_taking_the_database(self) -> None:
         for name, spec in JOBS.items():
             function = importlib.import_module(spec.module).run_once
             assert inspect.iscoroutinefunction(function), name
-            assert list(inspect.signature(function).parameters)[0] == "database", name
+            assert next(iter(inspect.signature(function).parameters)) == "database", name
 
     def test_collect_costs_runs_every_minute_one_instance_at_a_time(self, tmp_path: Path) -> None:
         database = Database(f"sqlite+aiosqlite:///{tmp_path}/x.db")
@@ -75,7 +80,10 @@ class TestMetricsEndpoint:
 class TestCommandLine:
     def test_an_unknown_job_is_refused(self) -> None:
         result = subprocess.run(
-            [sys.executable, "-m", "cli.main", "jobs", "run-once", "no-such-job"], cwd=ROOT, capture_output=True, text=True
+            [sys.executable, "-m", "cli.main", "jobs", "run-once", "no-such-job"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 2
         assert "unknown job 'no-such-job'" in result.stderr

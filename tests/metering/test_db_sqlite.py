@@ -8,8 +8,17 @@ from metering.db import Database
 
 
 async def pragma_values(db: Database) -> dict[str, object]:
-    names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "cache_size", "mmap_size",
-             "temp_store", "wal_autocheckpoint", "journal_size_limit")
+    names = (
+        "journal_mode",
+        "synchronous",
+        "foreign_keys",
+        "busy_timeout",
+        "cache_size",
+        "mmap_size",
+        "temp_store",
+        "wal_autocheckpoint",
+        "journal_size_limit",
+    )
     async with db.session_scope() as session:
         connection = await session.connection()
         return {name: (await connection.exec_driver_sql(f"PRAGMA {name}")).scalar() for name in names}

@@ -12,7 +12,9 @@ class TestDivHalfUp:
         ("numerator", "denominator", "expected"),
         [(0, 7, 0), (14, 7, 2), (3, 2, 2), (5, 4, 1), (7, 4, 2), (-3, 2, -1), (-5, 4, -1), (-7, 4, -2)],
     )
-    def test_rounds_to_nearest_and_ties_towards_plus_infinity(self, numerator: int, denominator: int, expected: int) -> None:
+    def test_rounds_to_nearest_and_ties_towards_plus_infinity(
+        self, numerator: int, denominator: int, expected: int
+    ) -> None:
         assert div_half_up(numerator, denominator) == expected
 
     def test_prices_use_it(self) -> None:

@@ -10,7 +10,7 @@ from metering.models import Base
 
 
 async def test_migrations_match_models(db: Database) -> None:
-    def diff(connection) -> list:  # noqa: ANN001
+    def diff(connection) -> list:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return compare_metadata(context, Base.metadata)
 

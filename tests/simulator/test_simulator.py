@@ -98,7 +98,7 @@ class TestFaults:
         sim.preload(costs={"d1": 100, "d2": 200})
         sim.set_faults(missing_ids=["d2"], duplicate_fraction=1.0, unknown_ids=1, revise_on_second_ask=True)
         entries = _costs(sim, ["d1", "d2"]).json()["requests"]
-        assert [e["requestId"] for e in entries][0] == "d1" and "d2" not in [e["requestId"] for e in entries]
+        assert next(e["requestId"] for e in entries) == "d1" and "d2" not in [e["requestId"] for e in entries]
         assert entries[0]["costNanoUsd"] == 100 and entries[-1] == {"requestId": "d1", "costNanoUsd": 101}
         assert len(entries) == 3  # d1, one unknown ID, then d1 again
         sim.set_faults(revise_on_second_ask=True, revise_delta_nano_usd=7_000)
@@ -112,8 +112,21 @@ class TestFaults:
 class TestCommandLine:
     def test_simulate_provider_serves_with_faults_from_flags(self, tmp_path: Path) -> None:
         port = free_port()
-        command = [sys.executable, "-m", "cli.main", "simulate-provider", "--port", str(port), "--seed", "3", "--error-burst", "1"]
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "METERING_DATA_DIR": str(tmp_path)}, stderr=subprocess.PIPE)
+        command = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "simulate-provider",
+            "--port",
+            str(port),
+            "--seed",
+            "3",
+            "--error-burst",
+            "1",
+        ]
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, "METERING_DATA_DIR": str(tmp_path)}, stderr=subprocess.PIPE
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             wait_until_up(f"{base}/_sim/faults", process=process)
@@ -121,7 +134,9 @@ class TestCommandLine:
             request_id = httpx.post(f"{base}/v1/chat/completions", json={}).headers["Inference-Id"]
             ask = {"json": {"requestIds": [request_id]}, "headers": AUTH}
             assert httpx.post(f"{base}/billing/costs", **ask).status_code == 503
-            assert httpx.post(f"{base}/billing/costs", **ask).json()["requests"][0]["costNanoUsd"] == deterministic_cost(3, request_id)
+            assert httpx.post(f"{base}/billing/costs", **ask).json()["requests"][0][
+                "costNanoUsd"
+            ] == deterministic_cost(3, request_id)
         finally:
             process.terminate()
             process.wait(timeout=10)

@@ -22,7 +22,7 @@ def postgres_reachable() -> bool:
     async def probe() -> bool:
         try:
             connection = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             return False
         await connection.close()
         return True

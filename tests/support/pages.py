@@ -20,7 +20,9 @@ from tests.factories.billing_data import as_user, ingest, price, seed_world, usa
 
 ORG_ADMIN = as_user("alice")
 ORG_LIMIT_NANO_USD = 3_000_000_000
-VOID_TAGS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"})
+VOID_TAGS = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+)
 
 
 @dataclass

@@ -37,7 +37,17 @@ def wait_until_up(url: str, *, timeout: float = 20.0, process: subprocess.Popen 
 def metering_server(env: dict[str, str], *, port: int | None = None, workers: int = 1) -> Iterator[str]:
     """``metering serve`` in a subprocess with ``env`` added; yields its base URL and stops it after."""
     port = port or free_port()
-    command = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", str(workers), "--no-sample-data"]
+    command = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-sample-data",
+    ]
     process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base_url = f"http://127.0.0.1:{port}"
     try:

@@ -72,11 +72,7 @@ class ClaimRepository:
             )
             rows = (await session.execute(locked)).all()
             return [ClaimedRow(row.id, row.request_id, row.received_at, row.attempts) for row in rows]
-        due = (
-            select(_usage.c.id)
-            .where(*self._due(provider_id, due_before=due_before, now=now))
-            .limit(limit)
-        )
+        due = select(_usage.c.id).where(*self._due(provider_id, due_before=due_before, now=now)).limit(limit)
         if dialect_name(session) == "postgresql":
             due = due.with_for_update(skip_locked=True)
         statement = (

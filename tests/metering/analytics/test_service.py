@@ -48,7 +48,8 @@ class TestResolveRange:
 
     def test_only_to_given_starts_at_its_month(self) -> None:
         assert analytics_service.resolve_range(start=None, end="2026-10-31", interval="day") == (
-            datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+            datetime(2026, 10, 1, tzinfo=UTC),
+            datetime(2026, 11, 1, tzinfo=UTC),
         )
 
     def test_bucket_limits(self) -> None:
@@ -73,25 +74,45 @@ class TestResolveRange:
     @pytest.mark.parametrize(
         ("start", "end", "message"),
         [
-            ("0001-01-01T00:00:00Z", "0001-01-01T05:00:00Z", "from must be between 1970-01-01 and 9998-12-31, got 0001-01-01T00:00:00Z"),
+            (
+                "0001-01-01T00:00:00Z",
+                "0001-01-01T05:00:00Z",
+                "from must be between 1970-01-01 and 9998-12-31, got 0001-01-01T00:00:00Z",
+            ),
             ("1969-12-31", "1970-01-01", "from must be between 1970-01-01 and 9998-12-31, got 1969-12-31"),
-            ("1970-01-01T00:30:00+01:00", None, "from must be between 1970-01-01 and 9998-12-31, got 1970-01-01T00:30:00+01:00"),
+            (
+                "1970-01-01T00:30:00+01:00",
+                None,
+                "from must be between 1970-01-01 and 9998-12-31, got 1970-01-01T00:30:00+01:00",
+            ),
             ("9998-12-01", "9999-12-31", "to must be between 1970-01-01 and 9998-12-31, got 9999-12-31"),
-            ("9998-12-01", "9998-12-31T23:00:00-05:00", "to must be between 1970-01-01 and 9998-12-31, got 9998-12-31T23:00:00-05:00"),
-            (None, "9999-12-31T23:59:59.999999Z", "to must be between 1970-01-01 and 9998-12-31, got 9999-12-31T23:59:59.999999Z"),
+            (
+                "9998-12-01",
+                "9998-12-31T23:00:00-05:00",
+                "to must be between 1970-01-01 and 9998-12-31, got 9998-12-31T23:00:00-05:00",
+            ),
+            (
+                None,
+                "9999-12-31T23:59:59.999999Z",
+                "to must be between 1970-01-01 and 9998-12-31, got 9999-12-31T23:59:59.999999Z",
+            ),
         ],
     )
-    def test_dates_outside_1970_to_9998_are_refused_in_words(self, start: str | None, end: str | None, message: str) -> None:
+    def test_dates_outside_1970_to_9998_are_refused_in_words(
+        self, start: str | None, end: str | None, message: str
+    ) -> None:
         with pytest.raises(InvalidTimeRange) as raised:
             analytics_service.resolve_range(start=start, end=end, interval="hour")
         assert raised.value.detail == message
 
     def test_the_first_and_last_days_are_allowed(self) -> None:
         assert analytics_service.resolve_range(start="1970-01-01", end="1970-01-01", interval="day") == (
-            datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 2, tzinfo=UTC)
+            datetime(1970, 1, 1, tzinfo=UTC),
+            datetime(1970, 1, 2, tzinfo=UTC),
         )
         assert analytics_service.resolve_range(start="9998-12-31", end="9998-12-31", interval="hour") == (
-            datetime(9998, 12, 31, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+            datetime(9998, 12, 31, tzinfo=UTC),
+            datetime(9999, 1, 1, tzinfo=UTC),
         )
 
 
@@ -131,11 +152,11 @@ class TestUsageSeries:
                 continue
             offset = (row["started_at"] - datetime(2026, 1, 1, tzinfo=UTC)) // step
             key = (datetime(2026, 1, 1, tzinfo=UTC) + offset * step, row["provider"])
-            expected[key + ("requests",)] += not row["custom_key"]
-            expected[key + ("custom",)] += row["custom_key"]
-            expected[key + ("priced",)] += row["status"] == "priced"
-            expected[key + ("pending",)] += row["status"] == "pending"
-            expected[key + ("cost",)] += row["cost"] or 0
+            expected[(*key, "requests")] += not row["custom_key"]
+            expected[(*key, "custom")] += row["custom_key"]
+            expected[(*key, "priced")] += row["status"] == "priced"
+            expected[(*key, "pending")] += row["status"] == "pending"
+            expected[(*key, "cost")] += row["cost"] or 0
         got: Counter = Counter()
         for b in series.buckets:
             got[(b.start, b.key, "requests")] += b.requests
@@ -155,5 +176,7 @@ class TestBillingSummary:
             assert [plan_grant_nano_usd(a) for a in (acme, frank, erin)] == [4_000_000_000, 100_000_000, 2_000_000_000]
             summary = await analytics_service.get_billing_summary(session, account=acme, period="2099-01")
         assert (summary.credits_granted_nano_usd, summary.credits_remaining_nano_usd, summary.payg_nano_usd) == (
-            4_000_000_000, 4_000_000_000, 0,
+            4_000_000_000,
+            4_000_000_000,
+            0,
         )

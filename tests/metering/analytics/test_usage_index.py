@@ -21,8 +21,14 @@ async def test_the_series_is_an_index_only_scan_with_the_same_counts(db: Databas
     await insert_usage(
         db,
         [
-            {"request_id": f"r{i}", "user": ("alice", "bob")[i % 2], "billing_account": "acme",
-             "started_at": start + timedelta(hours=i), "status": "priced", "cost": 1_000 + i}
+            {
+                "request_id": f"r{i}",
+                "user": ("alice", "bob")[i % 2],
+                "billing_account": "acme",
+                "started_at": start + timedelta(hours=i),
+                "status": "priced",
+                "cost": 1_000 + i,
+            }
             for i in range(48)
         ],
     )

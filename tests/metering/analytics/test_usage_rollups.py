@@ -70,7 +70,9 @@ async def both_ways(db: Database) -> list[tuple[str, str, list, list]]:
                         rolled = await analytics_repository._buckets_rollup(session, **arguments)
                         direct = await analytics_repository._buckets_postgres(session, **arguments)
                         label = f"{account} {start:%d %H}h"
-                        answers.append((label, group_by, interval, [tuple(r) for r in rolled], [tuple(r) for r in direct]))
+                        answers.append(
+                            (label, group_by, interval, [tuple(r) for r in rolled], [tuple(r) for r in direct])
+                        )
     return answers
 
 
@@ -143,7 +145,9 @@ async def test_folding_leaves_one_row_per_key_and_the_same_series(db: Database) 
 
     async with db.session_scope() as session:
         keys = await session.scalar(
-            text("SELECT count(*) FROM (SELECT DISTINCT billing_account, span, starts_at, dimension, key FROM usage_rollups) AS k")
+            text(
+                "SELECT count(*) FROM (SELECT DISTINCT billing_account, span, starts_at, dimension, key FROM usage_rollups) AS k"
+            )
         )
         not_folded = await session.scalar(select(func.count()).where(UsageRollup.folded.is_(False)))
     assert await rollup_rows(db) == keys < unfolded
@@ -175,7 +179,9 @@ async def test_differences_committed_during_a_fold_wait_for_the_next_one(db: Dat
         result = await fold_usage_rollups(folding)
         assert result is not None and result.keys == 3  # member, provider and model of one hour
         # Committed while the fold's transaction is open: not in its snapshot, not lost.
-        await insert_usage(db, [{"request_id": "second", "user": "bob", "billing_account": "acme", "started_at": START}])
+        await insert_usage(
+            db, [{"request_id": "second", "user": "bob", "billing_account": "acme", "started_at": START}]
+        )
         async with db.session_scope() as other:
             assert await fold_usage_rollups(other) is None  # the lock: one fold at a time
     await assert_totals_match_records(db, with_usage=("acme",))

@@ -39,7 +39,9 @@ async def set_limit(db: Database, account: str, limit: int | None) -> None:
 
 async def disable(db: Database, account: str, providers: list[str]) -> None:
     async with db.session_scope() as session:
-        await limits_service.set_disabled_providers(session, account_name=account, providers=providers, actor="test-admin")
+        await limits_service.set_disabled_providers(
+            session, account_name=account, providers=providers, actor="test-admin"
+        )
 
 
 async def set_status(db: Database, account: str, status: str) -> None:

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from sqlalchemy import make_url, text
 
-from metering.authorize.catalog import provider_catalog
 from metering.authorize import pg_connections
+from metering.authorize.catalog import provider_catalog
 from metering.authorize.pg_connections import APPLICATION_NAME, decision_connections
 from metering.authorize.pg_decision import pg_decision_repository
 from metering.authorize.service import AuthorizeRequest, authorize_service, statement_arguments
@@ -44,7 +44,7 @@ async def decision_backends(db: Database) -> set[int]:
         return {pid for (pid,) in rows}
 
 
-async def eventually(check, seconds: float = 5.0) -> bool:  # noqa: ANN001
+async def eventually(check, seconds: float = 5.0) -> bool:
     """Backends exit a moment after their connection closes: poll ``check`` until it holds."""
     for _ in range(int(seconds / 0.05)):
         if await check():
@@ -62,7 +62,10 @@ async def terminate(database_url: str, pids: list[int]) -> None:
 
 
 async def decide_at_once(db: Database, count: int) -> list[bool]:
-    return [d.allowed for d in await asyncio.gather(*(authorize_service.authorize(db, request=REQUEST) for _ in range(count)))]
+    return [
+        d.allowed
+        for d in await asyncio.gather(*(authorize_service.authorize(db, request=REQUEST) for _ in range(count)))
+    ]
 
 
 async def test_connections_closed_while_pooled_are_replaced(pg_db: Database, database_url: str) -> None:
@@ -90,7 +93,7 @@ async def test_a_connection_lost_mid_use_is_not_pooled_again(
     checkout = connections.acquire
     terminated: list[int] = []
 
-    async def acquire_then_terminate():  # noqa: ANN202
+    async def acquire_then_terminate():
         connection = await checkout()
         terminated.append(connection.get_server_pid())
         await terminate(database_url, terminated[-1:])

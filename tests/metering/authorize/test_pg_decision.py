@@ -33,8 +33,17 @@ USERS = ["alice", "alice", "bob", "bob", "acme", "ghost"]  # pro, free, an org, 
 BILL_TO = [None, None, None, "acme", "acme", "solo-org", "solo-org", "alice", "nowhere"]
 PROVIDERS = ["together", "fireworks-ai", "paid-only", "nowhere"]
 EVERY_OUTCOME = {
-    "allowed", "custom_key", "slow", "unknown_account", "not_a_member", "bill_to_not_eligible", "provider_disabled",
-    "unknown_provider", "credits_exhausted", "spending_limit_reached", "account_delinquent",
+    "allowed",
+    "custom_key",
+    "slow",
+    "unknown_account",
+    "not_a_member",
+    "bill_to_not_eligible",
+    "provider_disabled",
+    "unknown_provider",
+    "credits_exhausted",
+    "spending_limit_reached",
+    "account_delinquent",
 }
 
 
@@ -66,10 +75,18 @@ async def apply_state(connection: AsyncConnection, rng: random.Random, payer: st
                 " pending_payg_only_nano_usd, held_payg_only_nano_usd)"
                 " VALUES (:a, :p, :seats, :g, :u, :payg, 0, :pending, :held, :pending_payg_only, :held_payg_only)"
             ),
-            {"a": payer, "p": period, "seats": row.seats, "g": granted, "u": rng.choice([0, amount(rng), granted]),
-             "payg": amount(rng), "pending": pending, "held": held,
-             "pending_payg_only": rng.choice([0, pending, rng.randint(0, pending)]),
-             "held_payg_only": rng.choice([0, held, rng.randint(0, held)])},
+            {
+                "a": payer,
+                "p": period,
+                "seats": row.seats,
+                "g": granted,
+                "u": rng.choice([0, amount(rng), granted]),
+                "payg": amount(rng),
+                "pending": pending,
+                "held": held,
+                "pending_payg_only": rng.choice([0, pending, rng.randint(0, pending)]),
+                "held_payg_only": rng.choice([0, held, rng.randint(0, held)]),
+            },
         )
     if rng.random() < 0.5:
         await connection.execute(
@@ -81,11 +98,15 @@ async def apply_state(connection: AsyncConnection, rng: random.Random, payer: st
 async def written(connection: AsyncConnection, period: str) -> tuple:
     """The holds and held totals a decision left (ids aside)."""
     held = await connection.execute(
-        text("SELECT account_name, held_nano_usd, held_payg_only_nano_usd FROM account_periods WHERE period = :p ORDER BY 1"),
+        text(
+            "SELECT account_name, held_nano_usd, held_payg_only_nano_usd FROM account_periods WHERE period = :p ORDER BY 1"
+        ),
         {"p": period},
     )
     holds = await connection.execute(
-        text("SELECT account_name, user_name, provider_id, model, period, amount_nano_usd, status FROM holds ORDER BY 1, 6")
+        text(
+            "SELECT account_name, user_name, provider_id, model, period, amount_nano_usd, status FROM holds ORDER BY 1, 6"
+        )
     )
     return list(held), list(holds)
 
@@ -107,7 +128,10 @@ async def test_one_statement_equals_step_by_step(db: Database, backend: str) -> 
         user, bill_to = rng.choice(USERS), rng.choice(BILL_TO)
         model = f"org/model-{index}"  # a fresh estimate key: no cached estimate from an earlier scenario
         request = AuthorizeRequest(
-            user=user, bill_to=bill_to, model=model, custom_key=rng.random() < 0.15,
+            user=user,
+            bill_to=bill_to,
+            model=model,
+            custom_key=rng.random() < 0.15,
             provider=" ".join(rng.sample(PROVIDERS, rng.randint(1, 3))),
         )
         provider_catalog.clear()
@@ -138,7 +162,10 @@ async def test_one_statement_equals_step_by_step(db: Database, backend: str) -> 
     ("plans", "outcome"),
     [
         ({}, "credits_exhausted"),  # no plan table: alice's plan neither pays as it goes nor grants credits
-        ({"o'brien": PlanTerms(credits_nano_usd=0), "pro": PlanTerms(credits_nano_usd=0, pay_as_you_go=True)}, "allowed"),
+        (
+            {"o'brien": PlanTerms(credits_nano_usd=0), "pro": PlanTerms(credits_nano_usd=0, pay_as_you_go=True)},
+            "allowed",
+        ),
     ],
 )
 async def test_the_plan_table_is_written_into_the_statement(
@@ -181,12 +208,23 @@ class TestStatementIsTheRule:
         limit=st.none() | st.integers(0, 6_000_000),
     )
     @settings(
-        max_examples=150, deadline=None, derandomize=True,
+        max_examples=150,
+        deadline=None,
+        derandomize=True,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     async def test_on_random_totals(
-        self, db: Database, backend: str, user: str, provider: str, extra_credits: int, used: int, payg: int,
-        pending: tuple[int, int], held: tuple[int, int], limit: int | None,
+        self,
+        db: Database,
+        backend: str,
+        user: str,
+        provider: str,
+        extra_credits: int,
+        used: int,
+        payg: int,
+        pending: tuple[int, int],
+        held: tuple[int, int],
+        limit: int | None,
     ) -> None:
         if backend != "postgres":
             pytest.skip("the one-statement decision is PostgreSQL's")
@@ -213,21 +251,34 @@ class TestStatementIsTheRule:
                     " held_nano_usd, pending_payg_only_nano_usd, held_payg_only_nano_usd)"
                     " VALUES (:a, :p, 1, :g, :u, :payg, 0, :pending, :held, :pending_payg_only, :held_payg_only)"
                 ),
-                {"a": user, "p": period, "g": granted, "u": used, "payg": payg,
-                 "pending": pending_eligible + pending_payg_only, "held": held_eligible + held_payg_only,
-                 "pending_payg_only": pending_payg_only, "held_payg_only": held_payg_only},
+                {
+                    "a": user,
+                    "p": period,
+                    "g": granted,
+                    "u": used,
+                    "payg": payg,
+                    "pending": pending_eligible + pending_payg_only,
+                    "held": held_eligible + held_payg_only,
+                    "pending_payg_only": pending_payg_only,
+                    "held_payg_only": held_payg_only,
+                },
             )
             driver = (await connection.get_raw_connection()).driver_connection
             answer = await pg_decision_repository.decide_on(driver, **statement_arguments(request, now))
             after = await connection.execute(
-                text("SELECT held_nano_usd, held_payg_only_nano_usd FROM account_periods WHERE account_name = :a AND period = :p"),
+                text(
+                    "SELECT held_nano_usd, held_payg_only_nano_usd FROM account_periods WHERE account_name = :a AND period = :p"
+                ),
                 {"a": user, "p": period},
             )
             held_after = tuple(after.one())
             await connection.rollback()
 
         figures = Figures(
-            granted, used, payg, pending_eligible + pending_payg_only + held_eligible + held_payg_only,
+            granted,
+            used,
+            payg,
+            pending_eligible + pending_payg_only + held_eligible + held_payg_only,
             pending_payg_only + held_payg_only,
         )
         eligible = provider == "together"
@@ -236,10 +287,16 @@ class TestStatementIsTheRule:
         if not pays_as_you_go and not eligible:
             expected = "credits_exhausted"  # a free account is offered only credit-eligible providers
         else:
-            expected = money_refusal(
-                figures, pays_as_you_go=pays_as_you_go, limit=limit if pays_as_you_go else None,
-                credit_eligible=eligible, estimate=estimate,
-            ) or "allowed"
+            expected = (
+                money_refusal(
+                    figures,
+                    pays_as_you_go=pays_as_you_go,
+                    limit=limit if pays_as_you_go else None,
+                    credit_eligible=eligible,
+                    estimate=estimate,
+                )
+                or "allowed"
+            )
         assert answer.outcome == expected
         decision = decision_of(answer)
         after_figures = figures.with_hold(estimate, credit_eligible=eligible) if expected == "allowed" else figures
@@ -248,7 +305,9 @@ class TestStatementIsTheRule:
             after_figures.limit_remaining(limit) if pays_as_you_go else None
         )
         if expected == "allowed":
-            assert held_after == (held_eligible + held_payg_only + estimate, held_payg_only + (0 if eligible else estimate))
+            assert held_after == (
+                held_eligible + held_payg_only + estimate,
+                held_payg_only + (0 if eligible else estimate),
+            )
         else:
             assert held_after == (held_eligible + held_payg_only, held_payg_only)
-

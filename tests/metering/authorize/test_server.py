@@ -29,12 +29,17 @@ async def test_64_routers_at_once_get_exactly_10_holds(database_url: str, tmp_pa
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as client:
             provider = {
-                "url": "http://127.0.0.1:9", "pricing": "cost_endpoint", "cost_endpoint": "http://127.0.0.1:9/costs",
-                "cost_token": "token", "default_estimate_nano_usd": ESTIMATE,
+                "url": "http://127.0.0.1:9",
+                "pricing": "cost_endpoint",
+                "cost_endpoint": "http://127.0.0.1:9/costs",
+                "cost_token": "token",
+                "default_estimate_nano_usd": ESTIMATE,
             }
             assert (await client.put("/internal/v1/providers/together", json=provider)).status_code == 200
             # No seats, so no credits: every estimate is pay-as-you-go against the limit.
-            assert (await client.put("/internal/v1/accounts/acme", json={"kind": "org", "plan": "team", "seats": 0})).status_code == 200
+            assert (
+                await client.put("/internal/v1/accounts/acme", json={"kind": "org", "plan": "team", "seats": 0})
+            ).status_code == 200
             assert (await client.put("/internal/v1/orgs/acme/members/alice", json={"role": "write"})).status_code == 200
             database = Database(database_url)
             try:

@@ -25,17 +25,32 @@ class TestMoneyRule:
         f = Figures(granted=1_000, used=400, payg=0, in_flight=500)
         assert f.credits_remaining == 100
         assert money_refusal(f, pays_as_you_go=False, limit=None, credit_eligible=True, estimate=100) is None
-        assert money_refusal(f, pays_as_you_go=False, limit=None, credit_eligible=True, estimate=101) == "credits_exhausted"
+        assert (
+            money_refusal(f, pays_as_you_go=False, limit=None, credit_eligible=True, estimate=101)
+            == "credits_exhausted"
+        )
         assert money_refusal(f, pays_as_you_go=True, limit=30, credit_eligible=True, estimate=130) is None
-        assert money_refusal(f, pays_as_you_go=True, limit=30, credit_eligible=True, estimate=131) == "spending_limit_reached"
-        assert money_refusal(f, pays_as_you_go=True, limit=30, credit_eligible=False, estimate=31) == "spending_limit_reached"
+        assert (
+            money_refusal(f, pays_as_you_go=True, limit=30, credit_eligible=True, estimate=131)
+            == "spending_limit_reached"
+        )
+        assert (
+            money_refusal(f, pays_as_you_go=True, limit=30, credit_eligible=False, estimate=31)
+            == "spending_limit_reached"
+        )
         assert money_refusal(f, pays_as_you_go=True, limit=None, credit_eligible=False, estimate=10**12) is None
 
     def test_zero_estimate_is_refused_once_exhausted(self) -> None:
         spent = Figures(granted=100, used=100, payg=0, in_flight=0)
-        assert money_refusal(spent, pays_as_you_go=False, limit=None, credit_eligible=True, estimate=0) == "credits_exhausted"
+        assert (
+            money_refusal(spent, pays_as_you_go=False, limit=None, credit_eligible=True, estimate=0)
+            == "credits_exhausted"
+        )
         capped = Figures(granted=0, used=0, payg=50, in_flight=0)
-        assert money_refusal(capped, pays_as_you_go=True, limit=50, credit_eligible=True, estimate=0) == "spending_limit_reached"
+        assert (
+            money_refusal(capped, pays_as_you_go=True, limit=50, credit_eligible=True, estimate=0)
+            == "spending_limit_reached"
+        )
         assert money_refusal(capped, pays_as_you_go=True, limit=51, credit_eligible=True, estimate=0) is None
 
     @given(figures, amounts, st.booleans())
@@ -46,7 +61,9 @@ class TestMoneyRule:
             assert after_hold(f, estimate).payg_committed == f.payg
 
     @given(figures, amounts, st.booleans(), amounts)
-    def test_allowed_keeps_committed_payg_within_limit(self, f: Figures, estimate: int, eligible: bool, limit: int) -> None:
+    def test_allowed_keeps_committed_payg_within_limit(
+        self, f: Figures, estimate: int, eligible: bool, limit: int
+    ) -> None:
         if f.payg_committed > limit:
             return  # already over (late costs); only refusals or credit-covered requests can follow
         if money_refusal(f, pays_as_you_go=True, limit=limit, credit_eligible=eligible, estimate=estimate) is None:
@@ -61,7 +78,9 @@ class TestMoneyRule:
             assert money_refusal(f, estimate=small + extra, **kwargs) is not None
 
     @given(st.lists(st.integers(min_value=1, max_value=10**9), min_size=1, max_size=40), amounts, amounts)
-    def test_sequence_of_holds_stays_within_credits_plus_limit(self, estimates: list[int], granted: int, limit: int) -> None:
+    def test_sequence_of_holds_stays_within_credits_plus_limit(
+        self, estimates: list[int], granted: int, limit: int
+    ) -> None:
         f = Figures(granted=granted, used=0, payg=0, in_flight=0)
         for estimate in estimates:
             if money_refusal(f, pays_as_you_go=True, limit=limit, credit_eligible=True, estimate=estimate) is None:
@@ -90,7 +109,9 @@ class TestDecision:
         provider_catalog.clear()
         await seed(db)
         async with db.session_scope() as session:
-            await estimates_service.observe_costs(session, [("fireworks-ai", "org/m", 40_000), ("fireworks-ai", "org/m", 60_000)])
+            await estimates_service.observe_costs(
+                session, [("fireworks-ai", "org/m", 40_000), ("fireworks-ai", "org/m", 60_000)]
+            )
         decision = await authorize_service.authorize(
             db, request=AuthorizeRequest(user="alice", bill_to=None, provider="fireworks-ai together", model="org/m")
         )
@@ -109,5 +130,7 @@ class TestDecision:
         assert (first.allowed, first.spending_limit_remaining_nano_usd) == (True, 200_000)
         assert (first.credits_remaining_nano_usd, second.credits_remaining_nano_usd) == (PRO_CREDITS, PRO_CREDITS)
         assert (second.allowed, second.reason, second.spending_limit_remaining_nano_usd) == (
-            False, "spending_limit_reached", 200_000,
+            False,
+            "spending_limit_reached",
+            200_000,
         )

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metering.balances.repository import PeriodTotals
+from metering.charging.split import split_costs
 from metering.ledger import codes
 from metering.usage.accounting_repository import SettledRow
-from metering.charging.split import split_costs
 
 PERIOD = "2026-11"
 ACCOUNTS = ("acme", "alice", "bob")
@@ -37,7 +37,9 @@ credits_left = st.fixed_dictionaries({account: st.integers(0, 60_000) for accoun
 
 
 def batch(drawn: list[tuple[str, str, int]]) -> tuple[list[SettledRow], dict[int, int]]:
-    rows = [SettledRow(i, account, provider, "org/model", PERIOD, 0) for i, (account, provider, _) in enumerate(drawn, 1)]
+    rows = [
+        SettledRow(i, account, provider, "org/model", PERIOD, 0) for i, (account, provider, _) in enumerate(drawn, 1)
+    ]
     return rows, {i: cost for i, (_, _, cost) in enumerate(drawn, 1)}
 
 

@@ -13,9 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from metering.config import Settings
 from metering.collection.cost_client import CostClient, parse_retry_after
 from metering.collection.errors import ProviderUnavailable
+from metering.config import Settings
 from simulator.server import SimulatorHandle, simulator_in_thread
 from tests.conftest import make_settings
 
@@ -39,7 +39,9 @@ async def client(tmp_path: Path) -> AsyncIterator[CostClient]:
         yield client
 
 
-async def _fetch(client: CostClient, simulator: SimulatorHandle, token: str = "provider-token", ids: list[str] = IDS) -> bytes:
+async def _fetch(
+    client: CostClient, simulator: SimulatorHandle, token: str = "provider-token", ids: list[str] = IDS
+) -> bytes:
     return await client.fetch(provider="sim", endpoint=simulator.cost_endpoint, token=token, request_ids=ids)
 
 
@@ -52,7 +54,9 @@ async def _failure(client: CostClient, simulator: SimulatorHandle, **kwargs: obj
 class TestProtocol:
     async def test_answers_the_costs_of_the_ids_asked(self, client: CostClient, simulator: SimulatorHandle) -> None:
         body = orjson.loads(await _fetch(client, simulator))
-        assert body == {"requests": [{"requestId": rid, "costNanoUsd": cost} for rid, cost in zip(IDS, (111, 222, 333))]}
+        assert body == {
+            "requests": [{"requestId": rid, "costNanoUsd": cost} for rid, cost in zip(IDS, (111, 222, 333))]
+        }
 
     async def test_sends_the_bearer_token_and_json(self, client: CostClient, simulator: SimulatorHandle) -> None:
         failure = await _failure(client, simulator, token="wrong-token")
@@ -86,25 +90,34 @@ class TestFaults:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]  # bound, never listening: connections are refused
             with pytest.raises(ProviderUnavailable) as caught:
-                await client.fetch(provider="sim", endpoint=f"http://127.0.0.1:{port}/billing/costs", token="t", request_ids=IDS)
+                await client.fetch(
+                    provider="sim", endpoint=f"http://127.0.0.1:{port}/billing/costs", token="t", request_ids=IDS
+                )
         assert caught.value.kind == "connect"
 
     async def test_html_with_200(self, client: CostClient, simulator: SimulatorHandle) -> None:
         simulator.set_faults(html_200=1)
         failure = await _failure(client, simulator)
-        assert (failure.kind, failure.detail) == ("bad_response", "cost answer has content type 'text/html; charset=utf-8', not JSON")
+        assert (failure.kind, failure.detail) == (
+            "bad_response",
+            "cost answer has content type 'text/html; charset=utf-8', not JSON",
+        )
 
     async def test_wrong_content_type(self, client: CostClient, simulator: SimulatorHandle) -> None:
         simulator.set_faults(wrong_content_type=1)
         assert (await _failure(client, simulator)).kind == "bad_response"
 
-    async def test_truncated_json_is_returned_for_validation_to_refuse(self, client: CostClient, simulator: SimulatorHandle) -> None:
+    async def test_truncated_json_is_returned_for_validation_to_refuse(
+        self, client: CostClient, simulator: SimulatorHandle
+    ) -> None:
         simulator.set_faults(truncated_json=1)
         body = await _fetch(client, simulator)
         with pytest.raises(orjson.JSONDecodeError):
             orjson.loads(body)
 
-    async def test_an_answer_over_the_size_limit_is_cut_off(self, client: CostClient, simulator: SimulatorHandle) -> None:
+    async def test_an_answer_over_the_size_limit_is_cut_off(
+        self, client: CostClient, simulator: SimulatorHandle
+    ) -> None:
         many = [f"id-{i}" for i in range(200)]
         simulator.preload(costs={rid: 1 for rid in many})
         failure = await _failure(client, simulator, ids=many)
@@ -130,7 +143,9 @@ class TestFaults:
 
 
 class TestRetryAfter:
-    @pytest.mark.parametrize(("value", "seconds"), [("5", 5.0), ("0", 1.0), ("999999", 3600.0), (None, None), ("soon", None)])
+    @pytest.mark.parametrize(
+        ("value", "seconds"), [("5", 5.0), ("0", 1.0), ("999999", 3600.0), (None, None), ("soon", None)]
+    )
     def test_seconds_are_clamped(self, value: str | None, seconds: float | None) -> None:
         assert parse_retry_after(value) == seconds
 

@@ -15,8 +15,10 @@ from metering.collection.validation import judge_cost, read_answer
 CEILING = 100_000_000_000
 
 
-def _read(body: bytes | str, asked: set[str] = frozenset({"a", "b", "c"})):  # noqa: ANN202
-    return read_answer(body.encode() if isinstance(body, str) else body, asked=set(asked), ceiling=CEILING, provider="p")
+def _read(body: bytes | str, asked: set[str] = frozenset({"a", "b", "c"})):
+    return read_answer(
+        body.encode() if isinstance(body, str) else body, asked=set(asked), ceiling=CEILING, provider="p"
+    )
 
 
 class TestShape:
@@ -44,7 +46,9 @@ class TestShape:
 
 class TestEntries:
     def test_integer_costs_are_taken_exactly(self) -> None:
-        answer = _read('{"requests": [{"requestId": "a", "costNanoUsd": 0}, {"requestId": "b", "costNanoUsd": 100000000000}]}')
+        answer = _read(
+            '{"requests": [{"requestId": "a", "costNanoUsd": 0}, {"requestId": "b", "costNanoUsd": 100000000000}]}'
+        )
         assert answer.costs == {"a": 0, "b": 100_000_000_000}
         assert answer.missing(["a", "b", "c"]) == ["c"]
 
@@ -68,7 +72,9 @@ class TestEntries:
         ],
     )
     def test_a_bad_cost_quarantines_that_entry_only(self, literal: str, kind: str) -> None:
-        body = '{"requests": [{"requestId": "a", "costNanoUsd": %s}, {"requestId": "b", "costNanoUsd": 7}]}' % literal
+        body = (
+            f'{{"requests": [{{"requestId": "a", "costNanoUsd": {literal}}}, {{"requestId": "b", "costNanoUsd": 7}}]}}'
+        )
         answer = _read(body)
         assert answer.costs == {"b": 7}
         assert answer.quarantined["a"][0] == kind

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from metering.accounts.service import AccountSync, account_service
+from metering.balances.repository import PendingDelta
+from metering.credits.service import credits_service
 from metering.db import Database
 from metering.ledger import codes
 from metering.models import Account, Period
-from metering.balances.repository import PendingDelta
-from metering.credits.service import credits_service
 from tests.factories.accounts import create_account
 from tests.metering.ledger.helpers import balance, transactions
 
@@ -37,7 +37,9 @@ class TestLockPeriod:
     async def test_seat_increase_tops_up_the_difference(self, session) -> None:
         acme = await create_account(session, "acme", plan="team", seats=2)
         await credits_service.lock_period(session, account=acme, period=PERIOD)
-        acme, _ = await account_service.upsert_account(session, name="acme", sync=AccountSync(kind="org", plan="team", seats=5))
+        acme, _ = await account_service.upsert_account(
+            session, name="acme", sync=AccountSync(kind="org", plan="team", seats=5)
+        )
         row = await credits_service.lock_period(session, account=acme, period=PERIOD)
         assert (row.credits_granted_nano_usd, row.granted_seats) == (5 * SEAT, 5)
         keys = [t.idempotency_key for t in await transactions(session, kind=codes.GRANT)]
@@ -47,7 +49,9 @@ class TestLockPeriod:
     async def test_seat_decrease_claws_nothing_back(self, session) -> None:
         acme = await create_account(session, "acme", plan="team", seats=4)
         await credits_service.lock_period(session, account=acme, period=PERIOD)
-        acme, _ = await account_service.upsert_account(session, name="acme", sync=AccountSync(kind="org", plan="team", seats=1))
+        acme, _ = await account_service.upsert_account(
+            session, name="acme", sync=AccountSync(kind="org", plan="team", seats=1)
+        )
         row = await credits_service.lock_period(session, account=acme, period=PERIOD)
         assert (row.credits_granted_nano_usd, row.granted_seats) == (4 * SEAT, 4)
         assert len(await transactions(session, kind=codes.GRANT)) == 1
@@ -93,8 +97,12 @@ class TestAddPendingEstimates:
     async def test_adds_to_a_granted_row_without_granting_again(self, session) -> None:
         alice = await create_account(session, "alice", plan="pro")
         await credits_service.lock_period(session, account=alice, period=PERIOD)
-        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): PendingDelta(700)}, accounts={"alice": alice})
-        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): PendingDelta(50)}, accounts={"alice": alice})
+        await credits_service.add_pending_estimates(
+            session, deltas={("alice", PERIOD): PendingDelta(700)}, accounts={"alice": alice}
+        )
+        await credits_service.add_pending_estimates(
+            session, deltas={("alice", PERIOD): PendingDelta(50)}, accounts={"alice": alice}
+        )
         row = await credits_service.lock_period(session, account=alice, period=PERIOD)
         assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd) == (750, SEAT)
         assert len(await transactions(session, kind=codes.GRANT)) == 1
@@ -106,17 +114,23 @@ class TestAddPendingEstimates:
         )
         rows = await credits_service.lock_periods(session, accounts=list(accounts.values()), period=PERIOD)
         assert {name: (r.pending_estimate_nano_usd, r.credits_granted_nano_usd) for name, r in rows.items()} == {
-            "alice": (0, SEAT), "bob": (300, SEAT),
+            "alice": (0, SEAT),
+            "bob": (300, SEAT),
         }
         assert [t.idempotency_key for t in await transactions(session, kind=codes.GRANT)] == [
-            "grant:alice:2026-11", "grant:bob:2026-11",
+            "grant:alice:2026-11",
+            "grant:bob:2026-11",
         ]
 
     async def test_a_seat_increase_is_topped_up_before_the_estimate_is_added(self, session) -> None:
         acme = await create_account(session, "acme", plan="team", seats=2)
         await credits_service.lock_period(session, account=acme, period=PERIOD)
-        acme, _ = await account_service.upsert_account(session, name="acme", sync=AccountSync(kind="org", plan="team", seats=3))
-        await credits_service.add_pending_estimates(session, deltas={("acme", PERIOD): PendingDelta(900)}, accounts={"acme": acme})
+        acme, _ = await account_service.upsert_account(
+            session, name="acme", sync=AccountSync(kind="org", plan="team", seats=3)
+        )
+        await credits_service.add_pending_estimates(
+            session, deltas={("acme", PERIOD): PendingDelta(900)}, accounts={"acme": acme}
+        )
         row = await credits_service.lock_period(session, account=acme, period=PERIOD)
         assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd, row.granted_seats) == (900, 3 * SEAT, 3)
         assert await balance(session, codes.credits("acme", PERIOD)) == -3 * SEAT
@@ -125,7 +139,9 @@ class TestAddPendingEstimates:
         alice = await create_account(session, "alice", plan="pro")
         session.add(Period(period=PERIOD, status="closed"))
         await session.flush()
-        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): PendingDelta(400)}, accounts={"alice": alice})
+        await credits_service.add_pending_estimates(
+            session, deltas={("alice", PERIOD): PendingDelta(400)}, accounts={"alice": alice}
+        )
         row = await credits_service.lock_period(session, account=alice, period=PERIOD)
         assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd) == (400, 0)
         assert await transactions(session) == []
@@ -136,8 +152,12 @@ class TestAddPendingEstimates:
         delta = PendingDelta()
         delta.add(300, payg_only=True)
         delta.add(200, payg_only=False)
-        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): delta}, accounts={"alice": alice})
-        await credits_service.add_pending_estimates(session, deltas={("bob", PERIOD): delta}, accounts={"bob": await create_account(session, "bob", plan="pro")})
+        await credits_service.add_pending_estimates(
+            session, deltas={("alice", PERIOD): delta}, accounts={"alice": alice}
+        )
+        await credits_service.add_pending_estimates(
+            session, deltas={("bob", PERIOD): delta}, accounts={"bob": await create_account(session, "bob", plan="pro")}
+        )
         for name in ("alice", "bob"):
             row = await credits_service.lock_period(session, account=await session.get(Account, name), period=PERIOD)
             assert (row.pending_estimate_nano_usd, row.pending_payg_only_nano_usd) == (500, 300)
@@ -145,6 +165,8 @@ class TestAddPendingEstimates:
     async def test_an_orm_copy_held_by_the_session_reloads_the_new_total(self, session) -> None:
         alice = await create_account(session, "alice", plan="pro")
         held = await credits_service.lock_period(session, account=alice, period=PERIOD)
-        await credits_service.add_pending_estimates(session, deltas={("alice", PERIOD): PendingDelta(123)}, accounts={"alice": alice})
+        await credits_service.add_pending_estimates(
+            session, deltas={("alice", PERIOD): PendingDelta(123)}, accounts={"alice": alice}
+        )
         # Read as the ORM would on next access: a stale copy would still say 0.
         assert await session.run_sync(lambda _: held.pending_estimate_nano_usd) == 123

@@ -30,8 +30,25 @@ from tests.factories.billing_data import cost_posting, grant_posting, insert_usa
 PERIOD = "2026-10"
 # Every cell a spreadsheet or a CSV parser treats specially, and text COPY quotes differently.
 NASTY = [
-    "", "=1+2", "+x", "-5", "@a", "\tx", "\rx", "a,b", 'q"uote', '"', "line\nbreak", "cr\rin", "crlf\r\nin",
-    "ünïcødé", " lead", "'already", "\\.", "=", "plain",
+    "",
+    "=1+2",
+    "+x",
+    "-5",
+    "@a",
+    "\tx",
+    "\rx",
+    "a,b",
+    'q"uote',
+    '"',
+    "line\nbreak",
+    "cr\rin",
+    "crlf\r\nin",
+    "ünïcødé",
+    " lead",
+    "'already",
+    "\\.",
+    "=",
+    "plain",
 ]
 
 
@@ -54,15 +71,21 @@ async def nasty_world(db: Database) -> None:
     await post(db, *postings)
     async with db.session_scope() as session:
         await session.execute(
-            update(LedgerTransaction).where(LedgerTransaction.idempotency_key == "no-memo").values(
-                created_at=datetime(2026, 10, 5, 12, 0, tzinfo=UTC)
-            )
+            update(LedgerTransaction)
+            .where(LedgerTransaction.idempotency_key == "no-memo")
+            .values(created_at=datetime(2026, 10, 5, 12, 0, tzinfo=UTC))
         )
     await insert_usage(
         db,
         [
-            {"request_id": text or "empty", "user": "bob", "billing_account": "acme", "model": text,
-             "started_at": datetime(2026, 10, 9, 1, 2, 3, index * 1000, tzinfo=UTC), "status": "unpriced"}
+            {
+                "request_id": text or "empty",
+                "user": "bob",
+                "billing_account": "acme",
+                "model": text,
+                "started_at": datetime(2026, 10, 9, 1, 2, 3, index * 1000, tzinfo=UTC),
+                "status": "unpriced",
+            }
             for index, text in enumerate(NASTY)
         ],
     )
@@ -75,7 +98,9 @@ async def _row_path(db: Database, report: str, fmt: str) -> bytes:
 
 async def _service(db: Database, report: str, fmt: str, seen: list[int] | None = None) -> bytes:
     on_rows = None if seen is None else seen.append
-    return b"".join([c async for c in export_service.stream_report(db, report=report, period=PERIOD, fmt=fmt, on_rows=on_rows)])
+    return b"".join(
+        [c async for c in export_service.stream_report(db, report=report, period=PERIOD, fmt=fmt, on_rows=on_rows)]
+    )
 
 
 async def _copy_in_pieces(db: Database, report: str, *, shape: str, header: bool, piece: int) -> AsyncIterator[bytes]:

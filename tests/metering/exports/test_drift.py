@@ -17,7 +17,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import delete
 
 from metering.analytics.drift import ModelDrift, drift_service
@@ -134,7 +136,9 @@ async def world_once(db: Database) -> None:
 class TestAgainstReference:
     @hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(usages=st.lists(_USAGE, max_size=40))
-    async def test_sql_aggregation_equals_the_reference(self, db: Database, world_once: None, usages: list[tuple]) -> None:
+    async def test_sql_aggregation_equals_the_reference(
+        self, db: Database, world_once: None, usages: list[tuple]
+    ) -> None:
         rows = [
             _row(f"r{i}", "acme", estimate=estimate, cost=price if priced else None, provider=provider, model=model)
             for i, (provider, model, estimate, price, priced) in enumerate(usages)
@@ -161,12 +165,26 @@ class TestDriftExport:
         assert response.status_code == 200, response.text
         assert response.headers["content-disposition"] == f'attachment; filename="drift-{PERIOD}.jsonl"'
         assert _jsonl(response) == [
-            {"provider_id": "fireworks-ai", "model": "org/b", "period": PERIOD, "requests": 1,
-             "mean_estimate_nano_usd": 200, "mean_price_nano_usd": 100, "mean_error_nano_usd": -100,
-             "p95_abs_error_nano_usd": 100},
-            {"provider_id": "together", "model": "org/a", "period": PERIOD, "requests": 4,
-             "mean_estimate_nano_usd": 325, "mean_price_nano_usd": 87, "mean_error_nano_usd": -238,
-             "p95_abs_error_nano_usd": 990},
+            {
+                "provider_id": "fireworks-ai",
+                "model": "org/b",
+                "period": PERIOD,
+                "requests": 1,
+                "mean_estimate_nano_usd": 200,
+                "mean_price_nano_usd": 100,
+                "mean_error_nano_usd": -100,
+                "p95_abs_error_nano_usd": 100,
+            },
+            {
+                "provider_id": "together",
+                "model": "org/a",
+                "period": PERIOD,
+                "requests": 4,
+                "mean_estimate_nano_usd": 325,
+                "mean_price_nano_usd": 87,
+                "mean_error_nano_usd": -238,
+                "p95_abs_error_nano_usd": 990,
+            },
         ]
 
     async def test_csv_and_an_empty_period(self, client: httpx.AsyncClient, drift_world: None) -> None:
@@ -186,12 +204,22 @@ class TestDriftExport:
         response = await client.get(f"/v1/finance/exports/drift?period={PERIOD}", headers=headers)
         assert (response.status_code, response.json()["error"]) == (403, "NotPermitted")
 
-    async def test_the_command_writes_the_report(
-        self, settings: Settings, drift_world: None, tmp_path: Path
-    ) -> None:
+    async def test_the_command_writes_the_report(self, settings: Settings, drift_world: None, tmp_path: Path) -> None:
         out = tmp_path / "drift.csv"
-        command = [sys.executable, "-m", "cli.main", "export", "drift", "--period", PERIOD,
-                   "--format", "csv", "--out", str(out), "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "export",
+            "drift",
+            "--period",
+            PERIOD,
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
         environment = {**os.environ, **_server_env(settings, tmp_path)}
         result = subprocess.run(command, env=environment, capture_output=True, timeout=60)
 
@@ -209,10 +237,20 @@ class TestBillingSummaryField:
 
         assert response.status_code == 200, response.text
         assert response.json()["estimate_drift"] == [
-            {"provider": "fireworks-ai", "model": "org/b", "requests": 1, "mean_error_nano_usd": -100,
-             "p95_abs_error_nano_usd": 100},
-            {"provider": "together", "model": "org/a", "requests": 3, "mean_error_nano_usd": 13,
-             "p95_abs_error_nano_usd": 50},
+            {
+                "provider": "fireworks-ai",
+                "model": "org/b",
+                "requests": 1,
+                "mean_error_nano_usd": -100,
+                "p95_abs_error_nano_usd": 100,
+            },
+            {
+                "provider": "together",
+                "model": "org/a",
+                "requests": 3,
+                "mean_error_nano_usd": 13,
+                "p95_abs_error_nano_usd": 50,
+            },
         ]
 
     async def test_a_user_sees_their_own_and_existing_fields_stay(
@@ -222,8 +260,13 @@ class TestBillingSummaryField:
         bob = (await client.get(f"/v1/accounts/bob/billing?period={PERIOD}", headers=as_user("bob"))).json()
 
         assert erin["estimate_drift"] == [
-            {"provider": "together", "model": "org/a", "requests": 1, "mean_error_nano_usd": -990,
-             "p95_abs_error_nano_usd": 990},
+            {
+                "provider": "together",
+                "model": "org/a",
+                "requests": 1,
+                "mean_error_nano_usd": -990,
+                "p95_abs_error_nano_usd": 990,
+            },
         ]
         assert bob["estimate_drift"] == []
         assert {"account", "credits_granted_nano_usd", "pending_estimate_nano_usd", "held_nano_usd"} <= set(bob)

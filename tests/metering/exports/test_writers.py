@@ -25,7 +25,7 @@ async def _batches(rows: list[tuple], size: int) -> AsyncIterator[list[tuple]]:
         yield rows[start : start + size]
 
 
-def _collect(writer, rows: list[tuple], size: int = 3, **kwargs) -> bytes:  # noqa: ANN001
+def _collect(writer, rows: list[tuple], size: int = 3, **kwargs) -> bytes:
     async def run() -> bytes:
         return b"".join([chunk async for chunk in writer(COLUMNS, _batches(rows, size), **kwargs)])
 
@@ -52,7 +52,12 @@ class TestCsv:
 
     def test_each_formula_prefix(self) -> None:
         assert [csv_cell(p + "1") for p in ("=", "+", "-", "@", "\t", "\r")] == [
-            "'=1", "'+1", "'-1", "'@1", "'\t1", "'\r1",
+            "'=1",
+            "'+1",
+            "'-1",
+            "'@1",
+            "'\t1",
+            "'\r1",
         ]
         assert (csv_cell(-5), csv_cell("a=b"), csv_cell(True)) == (-5, "a=b", "true")
 

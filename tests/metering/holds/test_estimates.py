@@ -47,7 +47,10 @@ class TestEstimateService:
         keys = {("together", "a"), ("together", "b"), ("fireworks-ai", "a"), ("nowhere", "a")}
         async with db.session_scope() as session:
             assert await estimates_service.estimate_for_many(session, keys) == {
-                ("together", "a"): 100_000, ("together", "b"): 100_000, ("fireworks-ai", "a"): 7, ("nowhere", "a"): 0,
+                ("together", "a"): 100_000,
+                ("together", "b"): 100_000,
+                ("fireworks-ai", "a"): 7,
+                ("nowhere", "a"): 0,
             }
             assert await estimates_service.estimate_for(session, "together", "a") == 100_000
         async with db.session_scope() as session:
@@ -56,7 +59,10 @@ class TestEstimateService:
             )
         async with db.session_scope() as session:
             assert await estimates_service.estimate_for_many(session, keys) == {
-                ("together", "a"): 400, ("together", "b"): 100_000, ("fireworks-ai", "a"): 9, ("nowhere", "a"): 0,
+                ("together", "a"): 400,
+                ("together", "b"): 100_000,
+                ("fireworks-ai", "a"): 9,
+                ("nowhere", "a"): 0,
             }
             assert await estimates_service.estimate_for(session, "together", "a") == 400
             assert await estimates_service.estimate_for(session, "nowhere", "a") == 0
@@ -67,7 +73,9 @@ class TestEstimateService:
         values = [1_000 * i for i in range(1, 41)]
         for start in range(0, 40, 7):
             async with db.session_scope() as session:
-                await estimates_service.observe_costs(session, [("together", "m", v) for v in values[start : start + 7]])
+                await estimates_service.observe_costs(
+                    session, [("together", "m", v) for v in values[start : start + 7]]
+                )
         async with db.session_scope() as session:
             assert await estimates_service.estimate_for_many(session, {("together", "m")}) == {
                 ("together", "m"): fold_costs(0, 0, values)[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-
 from sqlalchemy import insert, select
 
 from jobs import expire_holds
@@ -32,12 +31,26 @@ async def usage_record(db: Database, hold_id: str, request_id: str) -> int:
     async with db.session_scope() as session:
         result = await session.execute(
             insert(UsageRecord).returning(UsageRecord.id),
-            [{
-                "provider_id": "together", "request_id": request_id, "user_name": "alice", "bill_to": None,
-                "billing_account": "alice", "bill_to_flagged": False, "model": "org/m", "custom_key": False,
-                "started_at": now, "period": current_period(), "hold_id": hold_id, "content_hash": "x" * 32,
-                "status": "pending", "estimate_nano_usd": 0, "received_at": now, "attempts": 0,
-            }],
+            [
+                {
+                    "provider_id": "together",
+                    "request_id": request_id,
+                    "user_name": "alice",
+                    "bill_to": None,
+                    "billing_account": "alice",
+                    "bill_to_flagged": False,
+                    "model": "org/m",
+                    "custom_key": False,
+                    "started_at": now,
+                    "period": current_period(),
+                    "hold_id": hold_id,
+                    "content_hash": "x" * 32,
+                    "status": "pending",
+                    "estimate_nano_usd": 0,
+                    "received_at": now,
+                    "attempts": 0,
+                }
+            ],
         )
         return result.scalar_one()
 
@@ -77,7 +90,11 @@ class TestAttachHolds:
         record_one = await usage_record(db, first, "r1")
         record_two = await usage_record(db, second, "r2")
         attached = await attach(
-            db, {**claims((first, record_one), ("no-such-hold", record_one)), **claims((second, record_two), provider="fireworks-ai")}
+            db,
+            {
+                **claims((first, record_one), ("no-such-hold", record_one)),
+                **claims((second, record_two), provider="fireworks-ai"),
+            },
         )
         assert attached == {first: ESTIMATE, second: 250_000}
         assert (await period_row(db, "alice")).held_nano_usd == 0

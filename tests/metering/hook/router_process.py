@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from metering.hook import Spool, UsageSender, build_record
 
@@ -22,7 +22,7 @@ def routed_record(n: int) -> dict:
         user="alice",
         model="org/name",
         task="conversational",
-        started_at=datetime(2026, 11, 22, 5, 0, tzinfo=timezone.utc),
+        started_at=datetime(2026, 11, 22, 5, 0, tzinfo=UTC),
         duration_ms=n,
         input_tokens=10,
         output_tokens=20,

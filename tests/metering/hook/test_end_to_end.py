@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from metering.db import Database
@@ -55,8 +54,16 @@ def metering(database_url: str, data_dir: Path, port: int) -> Iterator[str]:
 
 
 def start_router(spool_path: Path, base_url: str, count: int, pause: float = 0.0) -> subprocess.Popen:
-    command = [sys.executable, "-m", "tests.metering.hook.router_process", str(spool_path), base_url, SERVICE_TOKEN,
-               str(count), str(pause)]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.metering.hook.router_process",
+        str(spool_path),
+        base_url,
+        SERVICE_TOKEN,
+        str(count),
+        str(pause),
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -20,9 +21,9 @@ class ProviderHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    seen: list[dict[str, str]] = []
+    seen: ClassVar[list[dict[str, str]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         ProviderHandler.seen.append(dict(self.headers.items()))
         status, headers = {
@@ -71,17 +72,22 @@ META = {"provider_id": "together", "user": "alice", "model": "org/name", "hold_i
 
 
 class TestOnResponse:
-    async def test_spools_the_record_of_a_routed_request(self, hook: MeteringHook, spool: Spool, provider_url: str) -> None:
-        before = datetime.now(timezone.utc)
+    async def test_spools_the_record_of_a_routed_request(
+        self, hook: MeteringHook, spool: Spool, provider_url: str
+    ) -> None:
+        before = datetime.now(UTC)
         async with client_for(hook) as client:
             response = await client.post(
-                f"{provider_url}/ok", json={"inputs": "hi"}, headers={"X-HF-Bill-To": "acme"}, extensions={"metering": META}
+                f"{provider_url}/ok",
+                json={"inputs": "hi"},
+                headers={"X-HF-Bill-To": "acme"},
+                extensions={"metering": META},
             )
         assert response.status_code == 200
         [spooled] = spool.peek(10)
         record = spooled.record
         started = datetime.fromisoformat(record.pop("started_at"))
-        assert before <= started <= datetime.now(timezone.utc)
+        assert before <= started <= datetime.now(UTC)
         assert 0 <= record.pop("duration_ms") < 5_000
         assert record == {
             "request_id": "prov-123",
@@ -97,21 +103,38 @@ class TestOnResponse:
         # The metering facts stay in the router: the provider never sees them.
         assert not any("alice" in value for value in ProviderHandler.seen[-1].values())
 
-    async def test_provider_specific_header_and_given_values(self, hook: MeteringHook, spool: Spool, provider_url: str) -> None:
-        meta = {"provider_id": "custom-co", "user": "bob", "model": "m", "custom_key": True, "duration_ms": 10_000,
-                "hardware": "cpu-basic", "started_at": datetime(2026, 11, 1, tzinfo=timezone.utc)}
+    async def test_provider_specific_header_and_given_values(
+        self, hook: MeteringHook, spool: Spool, provider_url: str
+    ) -> None:
+        meta = {
+            "provider_id": "custom-co",
+            "user": "bob",
+            "model": "m",
+            "custom_key": True,
+            "duration_ms": 10_000,
+            "hardware": "cpu-basic",
+            "started_at": datetime(2026, 11, 1, tzinfo=UTC),
+        }
         async with client_for(hook) as client:
             await client.post(f"{provider_url}/custom", extensions={"metering": meta})
         record = spool.peek(1)[0].record
         assert (record["request_id"], record["custom_key"], record["duration_ms"]) == ("xr-9", True, 10_000)
-        assert (record["hardware"], record["started_at"], record["bill_to"]) == ("cpu-basic", "2026-11-01T00:00:00Z", None)
+        assert (record["hardware"], record["started_at"], record["bill_to"]) == (
+            "cpu-basic",
+            "2026-11-01T00:00:00Z",
+            None,
+        )
 
-    async def test_requests_without_the_extension_are_not_metered(self, hook: MeteringHook, spool: Spool, provider_url: str) -> None:
+    async def test_requests_without_the_extension_are_not_metered(
+        self, hook: MeteringHook, spool: Spool, provider_url: str
+    ) -> None:
         async with client_for(hook) as client:
             await client.post(f"{provider_url}/ok")
         assert (spool.pending_count(), hook.stats.unmetered) == (0, 1)
 
-    async def test_success_without_request_id_is_dead_lettered(self, hook: MeteringHook, spool: Spool, provider_url: str) -> None:
+    async def test_success_without_request_id_is_dead_lettered(
+        self, hook: MeteringHook, spool: Spool, provider_url: str
+    ) -> None:
         async with client_for(hook) as client:
             response = await client.post(f"{provider_url}/no-id", extensions={"metering": META})
         assert response.status_code == 200
@@ -121,13 +144,17 @@ class TestOnResponse:
         assert (dead.record["user"], dead.record["request_id"]) == ("alice", None)
         assert hook.stats.missing_request_id == 1
 
-    async def test_error_without_request_id_is_only_counted(self, hook: MeteringHook, spool: Spool, provider_url: str) -> None:
+    async def test_error_without_request_id_is_only_counted(
+        self, hook: MeteringHook, spool: Spool, provider_url: str
+    ) -> None:
         async with client_for(hook) as client:
             response = await client.post(f"{provider_url}/error", extensions={"metering": META})
         assert response.status_code == 503
         assert (spool.pending_count(), spool.dead_letter_count(), hook.stats.unserved) == (0, 0, 1)
 
-    async def test_a_broken_spool_never_breaks_the_response(self, hook: MeteringHook, spool: Spool, provider_url: str) -> None:
+    async def test_a_broken_spool_never_breaks_the_response(
+        self, hook: MeteringHook, spool: Spool, provider_url: str
+    ) -> None:
         spool.close()
         async with client_for(hook) as client:
             response = await client.post(f"{provider_url}/ok", extensions={"metering": META})
@@ -139,9 +166,9 @@ class TestOnResponse:
         hook = MeteringHook(spool, sender=sender)
         async with client_for(hook) as client:
             await client.post(f"{provider_url}/ok", extensions={"metering": META})
-            assert not sender._wake.is_set()  # noqa: SLF001
+            assert not sender._wake.is_set()
             await client.post(f"{provider_url}/ok", extensions={"metering": META})
-            assert sender._wake.is_set()  # noqa: SLF001
+            assert sender._wake.is_set()
 
 
 def test_sync_client_uses_record_response(spool: Spool, provider_url: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from metering.hook import MissingRequestId, build_record
 from metering.hook.records import header_value
 
-STARTED = datetime(2026, 11, 30, 23, 59, 59, 500000, tzinfo=timezone.utc)
+STARTED = datetime(2026, 11, 30, 23, 59, 59, 500000, tzinfo=UTC)
 
 
 def record(**overrides: object) -> dict:
@@ -42,8 +42,13 @@ class TestBuildRecord:
 
     def test_every_optional_field(self) -> None:
         built = record(
-            duration_ms=10_000, task="text-to-image", custom_key=True, hardware="gpu-a10g",
-            input_tokens=12, output_tokens=0, hold_id="h-1",
+            duration_ms=10_000,
+            task="text-to-image",
+            custom_key=True,
+            hardware="gpu-a10g",
+            input_tokens=12,
+            output_tokens=0,
+            hold_id="h-1",
         )
         assert built["duration_ms"] == 10_000
         assert built["task"] == "text-to-image"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from http import HTTPStatus
 from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
 
 import orjson
@@ -59,7 +59,9 @@ class TestFlush:
         assert stub.requests == 0
         await sender.stop()
 
-    async def test_resent_batch_counts_as_duplicates_once_stored(self, spool: Spool, stub: UsageStub, base_url: str) -> None:
+    async def test_resent_batch_counts_as_duplicates_once_stored(
+        self, spool: Spool, stub: UsageStub, base_url: str
+    ) -> None:
         spool.append_many(rec(n) for n in range(10))
         sender = sender_for(spool, base_url)
         await sender.flush(5)
@@ -124,7 +126,9 @@ class TestTransientFailures:
 
 
 class TestRefusedBatches:
-    async def test_rejected_records_are_dead_lettered_with_the_reason(self, spool: Spool, stub: UsageStub, base_url: str) -> None:
+    async def test_rejected_records_are_dead_lettered_with_the_reason(
+        self, spool: Spool, stub: UsageStub, base_url: str
+    ) -> None:
         stub.reject = lambda r: "unknown provider 'nope'" if r["provider"] == "nope" else None
         spool.append_many([rec(0), rec(1, provider="nope"), rec(2)])
         sender = sender_for(spool, base_url)
@@ -145,7 +149,9 @@ class TestRefusedBatches:
         assert spool.dead_letter_count() == 0
         await sender.stop()
 
-    async def test_422_isolates_and_dead_letters_the_malformed_record(self, spool: Spool, stub: UsageStub, base_url: str) -> None:
+    async def test_422_isolates_and_dead_letters_the_malformed_record(
+        self, spool: Spool, stub: UsageStub, base_url: str
+    ) -> None:
         stub.poison = lambda r: "user" not in r
         spool.append_many(rec(n) for n in range(64))
         spool.append({"request_id": "bad", "provider": "together"})

@@ -21,7 +21,7 @@ def rec(n: int) -> dict:
 
 
 @pytest.fixture
-def spool(tmp_path: Path):  # noqa: ANN201
+def spool(tmp_path: Path):
     with Spool(tmp_path / "spool.db") as value:
         yield value
 

@@ -77,7 +77,7 @@ def usage_stub_server(stub: UsageStub, port: int = 0) -> Iterator[str]:
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
 
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             answer = stub.answer(self.headers.get("Authorization"), body)
             self.send_response(answer.status)

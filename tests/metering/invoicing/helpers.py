@@ -26,7 +26,9 @@ async def seed(db: Database) -> None:
         await create_account(session, "acme", plan="team", seats=2)
 
 
-async def charge(db: Database, *, account: str, started_at: datetime, costs: dict[str, int], provider: str = "together") -> None:
+async def charge(
+    db: Database, *, account: str, started_at: datetime, costs: dict[str, int], provider: str = "together"
+) -> None:
     """Record requests of ``account`` started at ``started_at`` and price them at ``costs``."""
     async with db.session_scope() as session:
         ids = await create_pending_usage(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from metering.config import set_settings
 from metering.db import Database
@@ -53,7 +56,8 @@ class TestApportionCents:
 @given(
     st.lists(
         st.dictionaries(st.sampled_from(["together", "fireworks-ai"]), amounts, max_size=2),
-        min_size=1, max_size=len(PERIODS),
+        min_size=1,
+        max_size=len(PERIODS),
     )
 )
 def test_invoiced_cents_plus_carry_equal_all_payg(
@@ -78,16 +82,22 @@ async def _close_in_sequence(url: str, payg_by_period: list[dict[str, int]]) -> 
             async with db.session_scope() as session:
                 for provider, amount in by_provider.items():
                     await ledger_service.post(
-                        session, kind="test_payg", idempotency_key=f"{period}:{provider}", period=period,
+                        session,
+                        kind="test_payg",
+                        idempotency_key=f"{period}:{provider}",
+                        period=period,
                         provider_id=provider,
-                        entries=[(codes.receivable("alice", period), amount), (codes.payable(provider, period), -amount)],
+                        entries=[
+                            (codes.receivable("alice", period), amount),
+                            (codes.payable(provider, period), -amount),
+                        ],
                     )
                 await invoicing_service.close_period(session, period=period, force=True, now=AFTER_ALL)
         found = sorted((await invoices(db)).values(), key=lambda invoice: invoice.period)
         payg = sum(sum(by_provider.values()) for by_provider in payg_by_period)
         carried = found[-1].carried_out_nano_usd if found else 0
         assert sum(invoice.amount_cents for invoice in found) * NANO_PER_CENT + carried == payg
-        for before, after in zip(found, found[1:]):
+        for before, after in itertools.pairwise(found):
             assert after.carried_in_nano_usd == before.carried_out_nano_usd
         for invoice in found:
             assert sum(line.amount_cents for line in (await lines(db, invoice.id)).values()) == invoice.amount_cents

@@ -29,7 +29,7 @@ OCT = datetime(2026, 10, 10, 12, tzinfo=UTC)
 AFTER_GRACE = datetime(2026, 11, 5, tzinfo=UTC)
 
 
-async def close(db: Database, period: str, *, force: bool = True, now: datetime = AFTER_GRACE):  # noqa: ANN201
+async def close(db: Database, period: str, *, force: bool = True, now: datetime = AFTER_GRACE):
     async with db.session_scope() as session:
         return await invoicing_service.close_period(session, period=period, force=force, now=now)
 
@@ -66,9 +66,15 @@ class TestClosePeriod:
         await close(seeded, "2026-09")
         invoice = (await invoices(seeded))[("alice", "2026-09")]
 
-        body = b"".join([chunk async for chunk in export_service.stream_report(seeded, report="ledger", period="2026-09", fmt="jsonl")])
+        body = b"".join(
+            [
+                chunk
+                async for chunk in export_service.stream_report(seeded, report="ledger", period="2026-09", fmt="jsonl")
+            ]
+        )
         receivable = [
-            row for row in map(orjson.loads, body.splitlines())
+            row
+            for row in map(orjson.loads, body.splitlines())
             if row["ledger_account_kind"] == codes.RECEIVABLE and row["account_name"] == "alice"
         ]
         for provider, line in (await lines(seeded, invoice.id)).items():
@@ -129,7 +135,8 @@ class TestClosePeriod:
         assert result.describe().startswith("period 2026-09 closed: 1 invoices, 1 cents")
         found = await invoices(seeded)
         assert (found[("alice", "2026-09")].carried_out_nano_usd, found[("alice", "2026-10")].carried_in_nano_usd) == (
-            2_345_678, 2_345_678,
+            2_345_678,
+            2_345_678,
         )
         assert (await verify(seeded)).ok
 
@@ -141,13 +148,21 @@ class TestClosePeriod:
         await charge(seeded, account="alice", started_at=SEPT, costs={"late": 30_000_000})
 
         async with seeded.session_scope() as session:
-            late = (await session.scalars(select(LedgerTransaction).where(LedgerTransaction.kind == codes.LATE_REQUEST_COST))).one()
+            late = (
+                await session.scalars(
+                    select(LedgerTransaction).where(LedgerTransaction.kind == codes.LATE_REQUEST_COST)
+                )
+            ).one()
             open_period = late.period
             assert (late.original_period, open_period > "2026-10") == ("2026-09", True)
-            grants = await session.scalars(select(LedgerTransaction.period).where(LedgerTransaction.kind == codes.GRANT))
+            grants = await session.scalars(
+                select(LedgerTransaction.period).where(LedgerTransaction.kind == codes.GRANT)
+            )
             assert "2026-09" not in set(grants)
             receivable = await session.scalar(
-                select(LedgerAccount.balance_nano_usd).where(LedgerAccount.code == codes.receivable("alice", open_period))
+                select(LedgerAccount.balance_nano_usd).where(
+                    LedgerAccount.code == codes.receivable("alice", open_period)
+                )
             )
             assert receivable == 30_000_000
         assert (await close(seeded, "2026-09")).outcome == "already_closed"
@@ -157,8 +172,15 @@ class TestClosePeriod:
         # Impossible through pricing (a free account's overage is written off); made by hand here.
         async with seeded.session_scope() as session:
             await ledger_service.post(
-                session, kind="manual", idempotency_key="manual:bob", period="2026-09", account_name="bob",
-                entries=[(codes.receivable("bob", "2026-09"), 50_000_000), (codes.payable("together", "2026-09"), -50_000_000)],
+                session,
+                kind="manual",
+                idempotency_key="manual:bob",
+                period="2026-09",
+                account_name="bob",
+                entries=[
+                    (codes.receivable("bob", "2026-09"), 50_000_000),
+                    (codes.payable("together", "2026-09"), -50_000_000),
+                ],
             )
         result = await close(seeded, "2026-09")
         assert (result.invoices, result.refused) == (0, {"bob": "plan 'free' has no pay-as-you-go"})
@@ -176,7 +198,11 @@ class TestCarriedRemainder:
         found = await invoices(seeded)
         sept, october = found[("alice", "2026-09")], found[("alice", "2026-10")]
         assert (sept.amount_cents, sept.carried_out_nano_usd) == (1, 5_000_000)
-        assert (october.carried_in_nano_usd, october.amount_cents, october.carried_out_nano_usd) == (5_000_000, 1, 1_000_000)
+        assert (october.carried_in_nano_usd, october.amount_cents, october.carried_out_nano_usd) == (
+            5_000_000,
+            1,
+            1_000_000,
+        )
         assert (await lines(seeded, october.id))["together"].amount_cents == 1
 
     async def test_under_a_cent_is_kept_as_nothing_due_and_carried(self, seeded: Database) -> None:
@@ -199,11 +225,17 @@ class TestCarriedRemainder:
 
         assert (await invoices(seeded))[("alice", "2026-09")].payg_nano_usd == 20_000_000
         async with seeded.session_scope() as session:
-            late = await session.scalar(select(LedgerTransaction).where(LedgerTransaction.kind == codes.LATE_REQUEST_COST))
+            late = await session.scalar(
+                select(LedgerTransaction).where(LedgerTransaction.kind == codes.LATE_REQUEST_COST)
+            )
             receivable = await session.scalar(
                 select(LedgerAccount).where(LedgerAccount.code == codes.receivable("alice", late.period))
             )
-        assert (late.original_period, late.period != "2026-09", receivable.balance_nano_usd) == ("2026-09", True, 30_000_000)
+        assert (late.original_period, late.period != "2026-09", receivable.balance_nano_usd) == (
+            "2026-09",
+            True,
+            30_000_000,
+        )
         assert (await verify(seeded)).ok
 
 
@@ -215,11 +247,24 @@ class TestCloseCommand:
             pytest.skip("the command line is the same on both backends; the close itself is tested on both above")
         await charge(seeded, account="alice", started_at=SEPT, costs={"a1": 41_000_000})
         env = {
-            **os.environ, "METERING_DATABASE_URL": settings.database_url, "METERING_DATA_DIR": str(tmp_path),
-            "METERING_SERVICE_TOKENS": settings.service_tokens, "METERING_SECRET_KEY": settings.secret_key,
+            **os.environ,
+            "METERING_DATABASE_URL": settings.database_url,
+            "METERING_DATA_DIR": str(tmp_path),
+            "METERING_SERVICE_TOKENS": settings.service_tokens,
+            "METERING_SECRET_KEY": settings.secret_key,
             "METERING_JWT_SECRET": settings.jwt_secret,
         }
-        command = [sys.executable, "-m", "cli.main", "jobs", "run-once", "close-period", "--period", "2026-09", "--force"]
+        command = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "jobs",
+            "run-once",
+            "close-period",
+            "--period",
+            "2026-09",
+            "--force",
+        ]
         root = Path(__file__).resolve().parents[3]
 
         first = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=60)

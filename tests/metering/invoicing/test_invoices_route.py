@@ -35,7 +35,10 @@ class TestListInvoices:
         assert (october["carried_in_nano_usd"], october["carried_out_nano_usd"]) == (9_999_999, 9_999_999)
         assert september["payg_nano_usd"] == 1_279_999_999
         assert (september["amount_cents"], september["currency"], september["stripe_invoice_id"]) == (127, "usd", None)
-        assert [(l["provider"], l["requests"], l["amount_nano_usd"], l["amount_cents"]) for l in september["lines"]] == [
+        assert [
+            (line["provider"], line["requests"], line["amount_nano_usd"], line["amount_cents"])
+            for line in september["lines"]
+        ] == [
             ("fireworks-ai", 1, 35_432_109, 3),
             ("together", 2, 1_244_567_890, 124),
         ]

@@ -36,7 +36,9 @@ async def closed_world(db: Database) -> None:
     await charge(db, account="alice", started_at=SEPT, costs={"a3": 35_432_109}, provider="fireworks-ai")
     await charge(db, account="erin", started_at=SEPT, costs={"e1": 500_000_000})
     async with db.session_scope() as session:
-        await invoicing_service.close_period(session, period="2026-09", force=True, now=datetime(2026, 11, 1, tzinfo=UTC))
+        await invoicing_service.close_period(
+            session, period="2026-09", force=True, now=datetime(2026, 11, 1, tzinfo=UTC)
+        )
 
 
 async def lines_by_id(db: Database) -> dict[int, InvoiceLine]:
@@ -77,12 +79,20 @@ class TestSyncInvoices:
 
         result = await stripe_sync.sync_invoices(seeded)
 
-        assert (result.items_created, result.items_recovered, result.customers_created, result.invoices_sent) == (3, 0, 2, 2)
+        assert (result.items_created, result.items_recovered, result.customers_created, result.invoices_sent) == (
+            3,
+            0,
+            2,
+            2,
+        )
         amounts = sorted(item["amount"] for item in stripe_items(stripe_settings))
         assert amounts == [3, 50, 124]
         await assert_one_item_per_line(seeded, stripe_settings)
         found = await invoices(seeded)
-        assert {key: i.status for key, i in found.items()} == {("alice", "2026-09"): "sent", ("erin", "2026-09"): "sent"}
+        assert {key: i.status for key, i in found.items()} == {
+            ("alice", "2026-09"): "sent",
+            ("erin", "2026-09"): "sent",
+        }
         # localstripe cannot make an invoice without a subscription: the step is retried on later runs.
         assert "No upcoming invoices" in found[("alice", "2026-09")].stripe_error
         assert (await verify(seeded)).ok
@@ -97,7 +107,9 @@ class TestSyncInvoices:
         assert len(stripe_items(stripe_settings)) == 3
         await assert_one_item_per_line(seeded, stripe_settings)
 
-    async def test_one_run_at_a_time_on_postgres(self, seeded: Database, stripe_settings: Settings, backend: str) -> None:
+    async def test_one_run_at_a_time_on_postgres(
+        self, seeded: Database, stripe_settings: Settings, backend: str
+    ) -> None:
         if backend != "postgres":
             pytest.skip("SQLite deployments run one process")
         await closed_world(seeded)
@@ -130,7 +142,11 @@ def run_job_until(step: str, settings: Settings, tmp_path: Path) -> None:
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "jobs", "run-once", "sync-stripe"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()

@@ -64,10 +64,20 @@ async def store_usage(
     session.add(record)
     await session.flush()
     accepted = AcceptedUsage(
-        id=record.id, provider_id=provider, request_id=record.request_id, user_name=user,
-        billing_account=record.billing_account, model=model, period=record.period, started_at=started_at,
-        custom_key=custom_key, hold_id=hold_id, duration_ms=duration_ms, hardware=hardware,
-        input_tokens=None, output_tokens=None,
+        id=record.id,
+        provider_id=provider,
+        request_id=record.request_id,
+        user_name=user,
+        billing_account=record.billing_account,
+        model=model,
+        period=record.period,
+        started_at=started_at,
+        custom_key=custom_key,
+        hold_id=hold_id,
+        duration_ms=duration_ms,
+        hardware=hardware,
+        input_tokens=None,
+        output_tokens=None,
     )
     if account:
         await account_for_new_usage(session, [accepted])

@@ -7,7 +7,9 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, example, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from metering.accounts.service import AccountSync, account_service
 from metering.credits.service import credits_service
@@ -34,7 +36,9 @@ steps = st.lists(
         st.tuples(st.just("conflict"), st.integers(0, 50), st.integers(1, 1_000)),
         st.tuples(st.just("quarantine"), st.integers(0, 50)),
         st.tuples(st.just("seats"), st.integers(0, 6)),
-        st.tuples(st.just("close"),),
+        st.tuples(
+            st.just("close"),
+        ),
         st.tuples(st.just("grant"), st.integers(0, 2)),
     ),
     min_size=1,
@@ -58,7 +62,9 @@ async def _setup(db: Database) -> Model:
             await create_account(session, name, plan=plan, seats=2)
         for provider in PROVIDERS:
             if await session.get(Provider, provider) is None:
-                await create_provider(session, provider, credit_eligible=provider == "eligible", default_estimate_nano_usd=777)
+                await create_provider(
+                    session, provider, credit_eligible=provider == "eligible", default_estimate_nano_usd=777
+                )
     return Model(names=names)
 
 
@@ -118,7 +124,9 @@ async def _step(db: Database, model: Model, step: tuple) -> None:
 
 class TestInvariants:
     @hypothesis_settings(
-        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     @given(sequence=steps)
     @example(sequence=[("usage", 1, 0, True), ("close",), ("price", 0, 5), ("replay", 0), ("conflict", 0, 1)])

@@ -17,8 +17,12 @@ ALICE = codes.credits("alice", PERIOD)
 class TestPost:
     async def test_balanced_posting_moves_both_balances(self, session) -> None:
         posted = await ledger_service.post(
-            session, kind=codes.GRANT, idempotency_key="grant:alice:2026-11", period=PERIOD,
-            entries=[(EXPENSE, 2_000_000_000), (ALICE, -2_000_000_000)], account_name="alice",
+            session,
+            kind=codes.GRANT,
+            idempotency_key="grant:alice:2026-11",
+            period=PERIOD,
+            entries=[(EXPENSE, 2_000_000_000), (ALICE, -2_000_000_000)],
+            account_name="alice",
         )
         assert posted is True
         assert await balance(session, EXPENSE) == 2_000_000_000
@@ -55,7 +59,9 @@ class TestPost:
         assert len(await transactions(session)) == 1
 
     async def test_same_key_different_entries_is_a_conflict(self, session) -> None:
-        await ledger_service.post(session, kind="adjustment", idempotency_key="k1", period=PERIOD, entries=[(EXPENSE, 7), (ALICE, -7)])
+        await ledger_service.post(
+            session, kind="adjustment", idempotency_key="k1", period=PERIOD, entries=[(EXPENSE, 7), (ALICE, -7)]
+        )
         with pytest.raises(LedgerConflict):
             await ledger_service.post(
                 session, kind="adjustment", idempotency_key="k1", period=PERIOD, entries=[(EXPENSE, 8), (ALICE, -8)]
@@ -67,7 +73,9 @@ class TestPostMany:
     async def test_many_postings_aggregate_balances(self, session) -> None:
         postings = [
             Posting(
-                kind="adjustment", idempotency_key=f"k{i}", period=PERIOD,
+                kind="adjustment",
+                idempotency_key=f"k{i}",
+                period=PERIOD,
                 entries=((EXPENSE, i), (codes.credits(f"user{i % 3}", PERIOD), -i)),
             )
             for i in range(1, 301)
@@ -100,7 +108,9 @@ class TestWriteMany:
         assert await balance(session, ALICE) == -3
 
     async def test_without_creating_accounts_a_missing_one_writes_nothing(self, session) -> None:
-        await ledger_service.post(session, kind="adjustment", idempotency_key="k1", period=PERIOD, entries=[(EXPENSE, 1), (ALICE, -1)])
+        await ledger_service.post(
+            session, kind="adjustment", idempotency_key="k1", period=PERIOD, entries=[(EXPENSE, 1), (ALICE, -1)]
+        )
         bob = codes.credits("bob", PERIOD)
         posting = Posting(kind="adjustment", idempotency_key="k2", period=PERIOD, entries=((EXPENSE, 2), (bob, -2)))
         assert await ledger_service.write_many(session, [posting], create_accounts=False) is None

@@ -68,7 +68,9 @@ class TestVerify:
         async with db.session_scope() as session:
             if db.dialect == "postgresql":  # a lost difference, as if a write bypassed the triggers
                 await session.execute(text("ALTER TABLE usage_records DISABLE TRIGGER usage_rollups_on_update"))
-            await session.execute(text("UPDATE usage_records SET custom_key = true, status = 'custom_key' WHERE status = 'pending'"))
+            await session.execute(
+                text("UPDATE usage_records SET custom_key = true, status = 'custom_key' WHERE status = 'pending'")
+            )
             if db.dialect == "postgresql":
                 await session.execute(text("ALTER TABLE usage_records ENABLE TRIGGER usage_rollups_on_update"))
         check = (await verify(db)).check("usage_rollups")
@@ -79,8 +81,10 @@ class TestVerify:
         # provider and model totals (her own account keeps no member totals).
         assert check.breach_count == 2
         assert any(
-            line.startswith("alice hour ") and " provider together: records (requests, priced, cost, pending, custom key) "
-            "(1, 1, 3000000000, 0, 1), totals (2, 1, 3000000000, 1, 0)" in line
+            line.startswith("alice hour ")
+            and " provider together: records (requests, priced, cost, pending, custom key) "
+            "(1, 1, 3000000000, 0, 1), totals (2, 1, 3000000000, 1, 0)"
+            in line
             for line in check.breaches
         ), check.breaches
 
@@ -88,10 +92,14 @@ class TestVerify:
         ids = await healthy_ledger(db)
         async with db.session_scope() as session:
             await session.execute(
-                text("UPDATE usage_records SET status = 'priced', cost_nano_usd = 1 WHERE id = :id"), {"id": ids["pending"]}
+                text("UPDATE usage_records SET status = 'priced', cost_nano_usd = 1 WHERE id = :id"),
+                {"id": ids["pending"]},
             )
         report = await verify(db)
-        assert f"usage record {ids['pending']} is priced but has no cost transaction" in report.check("priced_once").breaches
+        assert (
+            f"usage record {ids['pending']} is priced but has no cost transaction"
+            in report.check("priced_once").breaches
+        )
 
     async def test_cost_differs_from_posting(self, db: Database) -> None:
         ids = await healthy_ledger(db)
@@ -107,7 +115,10 @@ class TestVerify:
         period = current_period()
         async with db.session_scope() as session:
             await ledger_service.post(
-                session, kind="adjustment", idempotency_key="bad", period=period,
+                session,
+                kind="adjustment",
+                idempotency_key="bad",
+                period=period,
                 entries=[(codes.receivable("bob", period), 10), (codes.write_off(period), -10)],
             )
         report = await verify(db)
@@ -118,7 +129,9 @@ class TestVerify:
     async def test_period_cache_drift(self, db: Database) -> None:
         await healthy_ledger(db)
         async with db.session_scope() as session:
-            await session.execute(text("UPDATE account_periods SET pending_estimate_nano_usd = 0 WHERE account_name = 'alice'"))
+            await session.execute(
+                text("UPDATE account_periods SET pending_estimate_nano_usd = 0 WHERE account_name = 'alice'")
+            )
         report = await verify(db)
         assert report.check("period_caches").breaches == [
             f"alice {current_period()} pending_estimate_nano_usd: cached 0, sum 500"

@@ -24,7 +24,9 @@ def _prepare(database_url: str, *, tamper: bool) -> None:
             await healthy_ledger(database)
             if tamper:
                 async with database.session_scope() as session:
-                    await session.execute(text("UPDATE ledger_entries SET amount_nano_usd = amount_nano_usd + 1 WHERE id = 2"))
+                    await session.execute(
+                        text("UPDATE ledger_entries SET amount_nano_usd = amount_nano_usd + 1 WHERE id = 2")
+                    )
         finally:
             await database.dispose()
 
@@ -49,7 +51,11 @@ class TestVerifyCommand:
         _prepare(settings.database_url, tamper=True)
         env = {**os.environ, "METERING_DATABASE_URL": settings.database_url, "METERING_DATA_DIR": str(tmp_path)}
         completed = subprocess.run(
-            [sys.executable, "-m", "cli.main", "verify"], env=env, capture_output=True, text=True, timeout=60,
+            [sys.executable, "-m", "cli.main", "verify"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
             cwd=Path(__file__).resolve().parents[3],
         )
         assert completed.returncode == 1, completed.stdout + completed.stderr

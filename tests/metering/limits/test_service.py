@@ -19,14 +19,31 @@ class TestSpendingLimit:
         start = utcnow()
         for limit in (5_000_000_000, 7_000_000_000, 7_000_000_000, None):
             async with db.session_scope() as session:
-                await limits_service.set_spending_limit(session, account_name="acme", limit_nano_usd=limit, actor="alice")
+                await limits_service.set_spending_limit(
+                    session, account_name="acme", limit_nano_usd=limit, actor="alice"
+                )
         async with db.session_scope() as session:
             assert (await session.get(Account, "acme")).spending_limit_nano_usd is None
             trail = await limits_service.list_audit(session, account_name="acme")
         assert [(e.actor, e.action, e.before, e.after) for e in trail] == [
-            ("alice", "spending_limit.set", {"spending_limit_nano_usd": 7_000_000_000}, {"spending_limit_nano_usd": None}),
-            ("alice", "spending_limit.set", {"spending_limit_nano_usd": 5_000_000_000}, {"spending_limit_nano_usd": 7_000_000_000}),
-            ("alice", "spending_limit.set", {"spending_limit_nano_usd": None}, {"spending_limit_nano_usd": 5_000_000_000}),
+            (
+                "alice",
+                "spending_limit.set",
+                {"spending_limit_nano_usd": 7_000_000_000},
+                {"spending_limit_nano_usd": None},
+            ),
+            (
+                "alice",
+                "spending_limit.set",
+                {"spending_limit_nano_usd": 5_000_000_000},
+                {"spending_limit_nano_usd": 7_000_000_000},
+            ),
+            (
+                "alice",
+                "spending_limit.set",
+                {"spending_limit_nano_usd": None},
+                {"spending_limit_nano_usd": 5_000_000_000},
+            ),
         ]
         assert all(start <= e.created_at <= utcnow() for e in trail)
 
@@ -46,7 +63,9 @@ class TestSpendingLimit:
         await seed(db)
         for limit in range(1, 6):
             async with db.session_scope() as session:
-                await limits_service.set_spending_limit(session, account_name="alice", limit_nano_usd=limit, actor="alice")
+                await limits_service.set_spending_limit(
+                    session, account_name="alice", limit_nano_usd=limit, actor="alice"
+                )
         async with db.session_scope() as session:
             page = await limits_service.list_audit(session, account_name="alice", limit=2)
             rest = await limits_service.list_audit(session, account_name="alice", limit=10, before_id=page[-1].id)
@@ -61,16 +80,34 @@ class TestDisabledProviders:
                 session, account_name="acme", providers=["together", "fireworks-ai", "together"], actor="alice"
             )
         async with db.session_scope() as session:
-            await limits_service.set_disabled_providers(session, account_name="acme", providers=["paid-only"], actor="carol")
-            assert await limits_service.set_disabled_providers(
+            await limits_service.set_disabled_providers(
                 session, account_name="acme", providers=["paid-only"], actor="carol"
-            ) is None
+            )
+            assert (
+                await limits_service.set_disabled_providers(
+                    session, account_name="acme", providers=["paid-only"], actor="carol"
+                )
+                is None
+            )
             assert await limits_service.disabled_providers(session, account_name="acme") == ["paid-only"]
             trail = await limits_service.list_audit(session, account_name="acme")
-        assert (first.before, first.after) == ({"disabled_providers": []}, {"disabled_providers": ["fireworks-ai", "together"]})
+        assert (first.before, first.after) == (
+            {"disabled_providers": []},
+            {"disabled_providers": ["fireworks-ai", "together"]},
+        )
         assert [(e.actor, e.action, e.before, e.after) for e in trail] == [
-            ("carol", "disabled_providers.set", {"disabled_providers": ["fireworks-ai", "together"]}, {"disabled_providers": ["paid-only"]}),
-            ("alice", "disabled_providers.set", {"disabled_providers": []}, {"disabled_providers": ["fireworks-ai", "together"]}),
+            (
+                "carol",
+                "disabled_providers.set",
+                {"disabled_providers": ["fireworks-ai", "together"]},
+                {"disabled_providers": ["paid-only"]},
+            ),
+            (
+                "alice",
+                "disabled_providers.set",
+                {"disabled_providers": []},
+                {"disabled_providers": ["fireworks-ai", "together"]},
+            ),
         ]
 
     async def test_unknown_provider_refused(self, db: Database) -> None:

@@ -28,8 +28,15 @@ async def place_hold(session, account, *, provider: str, amount: int) -> str:
     """A hold as authorize places it: on the account's locked period row."""
     await credits_service.lock_period(session, account=account, period=current_period())
     return await holds_service.place_hold(
-        session, account=account.name, period=current_period(), user=account.name, provider_id=provider,
-        model="org/model", amount_nano_usd=amount, credit_eligible=True, now=utcnow(),
+        session,
+        account=account.name,
+        period=current_period(),
+        user=account.name,
+        provider_id=provider,
+        model="org/model",
+        amount_nano_usd=amount,
+        credit_eligible=True,
+        now=utcnow(),
     )
 
 
@@ -126,9 +133,7 @@ class TestAccountForNewUsage:
         usage = await store_usage(session, provider="hf-inference", duration_ms=1_000_000_000, hardware="cpu-basic")
         stored = await record(session, usage.id)
         assert (stored.status, stored.cost_nano_usd, stored.estimate_nano_usd) == ("quarantined", None, 0)
-        assert stored.quarantine_reason == (
-            "compute_time: 120000000000 nano-USD exceeds the ceiling of 100000000000"
-        )
+        assert stored.quarantine_reason == ("compute_time: 120000000000 nano-USD exceeds the ceiling of 100000000000")
         assert await transactions(session, kind=codes.REQUEST_COST) == []
         assert (await period_row(session, "alice", usage.period)).credits_used_nano_usd == 0
 
@@ -136,10 +141,18 @@ class TestAccountForNewUsage:
         await create_account(session, "alice", plan="pro")
         await create_provider(session, "hf-inference", pricing="compute_time")
         before = await store_usage(
-            session, provider="hf-inference", duration_ms=1_000, hardware="cpu-basic", started_at=at("2026-11-30T23:59:59.999Z")
+            session,
+            provider="hf-inference",
+            duration_ms=1_000,
+            hardware="cpu-basic",
+            started_at=at("2026-11-30T23:59:59.999Z"),
         )
         after = await store_usage(
-            session, provider="hf-inference", duration_ms=1_000, hardware="cpu-basic", started_at=at("2026-12-01T00:00:00Z")
+            session,
+            provider="hf-inference",
+            duration_ms=1_000,
+            hardware="cpu-basic",
+            started_at=at("2026-12-01T00:00:00Z"),
         )
         assert (before.period, after.period) == ("2026-11", "2026-12")
         assert (await period_row(session, "alice", "2026-11")).credits_used_nano_usd == 120_000
@@ -152,9 +165,7 @@ class TestSettle:
         await create_provider(session, "together", default_estimate_nano_usd=1_000)
         first = await store_usage(session)
         second = await store_usage(session)
-        result = await settle(
-            session, priced=[PricedRequest(first.id, PRO - 500), PricedRequest(second.id, 2_000)]
-        )
+        result = await settle(session, priced=[PricedRequest(first.id, PRO - 500), PricedRequest(second.id, 2_000)])
         assert (result.priced, result.replayed, result.conflicts) == (2, 0, 0)
         row = await period_row(session, "alice", first.period)
         assert (row.credits_used_nano_usd, row.payg_nano_usd, row.written_off_nano_usd) == (PRO, 1_500, 0)
@@ -256,7 +267,9 @@ class TestSettleUnderLease:
         # The record another worker leases now is neither moved nor counted as a replay of ours.
         assert (result.priced, result.unpriced, result.replayed, result.conflicts) == (1, 1, 0, 0)
         assert [(await record(session, u.id)).status for u in (ours, taken_over, missing)] == [
-            "priced", "pending", "unpriced"
+            "priced",
+            "pending",
+            "unpriced",
         ]
         assert len(await transactions(session, kind=codes.REQUEST_COST)) == 1
         assert (await period_row(session, "alice", ours.period)).credits_used_nano_usd == 40
@@ -333,7 +346,7 @@ class TestSettlePlannedBeforeTheLock:
             assert (await verify_session(session)).ok
 
 
-async def _settle_alone(db: Database, request: PricedRequest):  # noqa: ANN202
+async def _settle_alone(db: Database, request: PricedRequest):
     async with db.session_scope() as session:
         return await settle(session, priced=[request])
 

@@ -19,8 +19,13 @@ from tests.factories.providers import create_provider
 
 def record(request_id: str, **overrides: object) -> dict:
     return {
-        "request_id": request_id, "provider": "together", "user": "alice", "model": "org/name",
-        "started_at": "2026-11-20T08:00:00Z", "input_tokens": 10, "output_tokens": 20,
+        "request_id": request_id,
+        "provider": "together",
+        "user": "alice",
+        "model": "org/name",
+        "started_at": "2026-11-20T08:00:00Z",
+        "input_tokens": 10,
+        "output_tokens": 20,
     } | overrides
 
 

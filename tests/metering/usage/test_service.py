@@ -24,16 +24,35 @@ STARTED = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 
 def record(request_id: str, **overrides: object) -> dict:
     return {
-        "request_id": request_id, "provider": "together", "user": "alice", "model": "org/name",
-        "started_at": "2026-11-20T08:00:00Z", "input_tokens": 10, "output_tokens": 20,
+        "request_id": request_id,
+        "provider": "together",
+        "user": "alice",
+        "model": "org/name",
+        "started_at": "2026-11-20T08:00:00Z",
+        "input_tokens": 10,
+        "output_tokens": 20,
     } | overrides
 
 
 def row(request_id: str, content_hash: str = "0" * 32) -> NewUsageRow:
     return NewUsageRow(
-        provider_id="together", request_id=request_id, user_name="alice", bill_to=None, billing_account="alice",
-        bill_to_flag_reason=None, model="org/name", task=None, custom_key=False, started_at=STARTED, period="2026-11",
-        duration_ms=None, hardware=None, input_tokens=None, output_tokens=None, hold_id=None, content_hash=content_hash,
+        provider_id="together",
+        request_id=request_id,
+        user_name="alice",
+        bill_to=None,
+        billing_account="alice",
+        bill_to_flag_reason=None,
+        model="org/name",
+        task=None,
+        custom_key=False,
+        started_at=STARTED,
+        period="2026-11",
+        duration_ms=None,
+        hardware=None,
+        input_tokens=None,
+        output_tokens=None,
+        hold_id=None,
+        content_hash=content_hash,
     )
 
 
@@ -109,13 +128,16 @@ class TestEstimates:
         records = [record(f"r{i}", user=f"user-{i % 3}") for i in range(9)] + [record("k", custom_key=True)]
         assert await ingest(db, records) == (10, 0, [])
         async with db.session_scope() as session:
-            estimates = dict((await session.execute(select(UsageRecord.request_id, UsageRecord.estimate_nano_usd))).all())
+            estimates = dict(
+                (await session.execute(select(UsageRecord.request_id, UsageRecord.estimate_nano_usd))).all()
+            )
             pending = dict(
-                (await session.execute(select(AccountPeriod.account_name, AccountPeriod.pending_estimate_nano_usd))).all()
+                (
+                    await session.execute(select(AccountPeriod.account_name, AccountPeriod.pending_estimate_nano_usd))
+                ).all()
             )
         assert estimates == {**{f"r{i}": 100_000 for i in range(9)}, "k": 0}
         assert pending == {"user-0": 300_000, "user-1": 300_000, "user-2": 300_000}
-
 
     async def test_stored_means_provider_defaults_and_compute_time_prices_in_one_batch(self, db: Database) -> None:
         """A (provider, model) with samples gets its mean, one without its provider's default, and a
@@ -172,7 +194,9 @@ class TestRepository:
         async with db.session_scope() as session:
             first = await usage_repository.insert_new(session, [row("a", "1" * 32), row("b")], received_at=STARTED)
             second = await usage_repository.insert_new(session, [row("b", "2" * 32), row("c")], received_at=STARTED)
-            hashes = await usage_repository.stored_hashes(session, [("together", "a"), ("together", "b"), ("together", "zz")])
+            hashes = await usage_repository.stored_hashes(
+                session, [("together", "a"), ("together", "b"), ("together", "zz")]
+            )
         assert set(first) == {("together", "a"), ("together", "b")}
         assert set(second) == {("together", "c")}
         assert len(set(first.values()) | set(second.values())) == 3
@@ -195,7 +219,9 @@ class TestRepository:
         """Timestamps are written as the ORM writes them: SQLite compares them as text, so a row
         written any other way would fall outside a range starting at its own instant."""
         await setup(db)
-        await ingest(db, [record("r1", started_at="2026-11-20T08:00:00Z"), record("r2", started_at="2026-11-20T07:59:59Z")])
+        await ingest(
+            db, [record("r1", started_at="2026-11-20T08:00:00Z"), record("r2", started_at="2026-11-20T07:59:59Z")]
+        )
         async with db.session_scope() as session:
             found = list(await session.scalars(select(UsageRecord.request_id).where(UsageRecord.started_at >= STARTED)))
             received = await session.scalar(
@@ -216,8 +242,10 @@ class TestRepository:
                 r.request_id: r
                 for r in await session.scalars(select(UsageRecord).where(UsageRecord.request_id.in_(["p", "k"])))
             }
-        assert [(r.status, r.attempts, r.next_attempt_at, r.received_at, r.estimate_nano_usd, r.bill_to_flagged)
-                for r in (stored["p"], stored["k"])] == [
+        assert [
+            (r.status, r.attempts, r.next_attempt_at, r.received_at, r.estimate_nano_usd, r.bill_to_flagged)
+            for r in (stored["p"], stored["k"])
+        ] == [
             ("pending", 0, STARTED, STARTED, 0, False),
             ("custom_key", 0, STARTED, STARTED, 0, False),
         ]

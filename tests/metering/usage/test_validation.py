@@ -19,9 +19,7 @@ LATEST = NOW + timedelta(seconds=SKEW)
 printable = st.text(st.characters(codec="utf-8", categories=("L", "N", "P", "S")), min_size=1, max_size=40)
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
 counts = st.none() | st.integers(min_value=0, max_value=2**63 - 1)
-instants = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2026, 11, 22), timezones=st.just(UTC)
-)
+instants = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2026, 11, 22), timezones=st.just(UTC))
 offsets = st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59).map(lambda m: timedelta(minutes=m))
 
 
@@ -71,7 +69,11 @@ class TestValidRecords:
     def test_every_valid_record_passes_and_is_normalised(self, raw: dict) -> None:
         record = check(raw)
         assert record.started_at.tzinfo is UTC
-        assert (record.request_id, record.user, record.custom_key) == (raw["request_id"], raw["user"], raw["custom_key"])
+        assert (record.request_id, record.user, record.custom_key) == (
+            raw["request_id"],
+            raw["user"],
+            raw["custom_key"],
+        )
         assert len(record.content_hash) == 32
 
     @fast
@@ -126,14 +128,24 @@ class TestRejectedRecords:
 
     @pytest.mark.parametrize(
         "value",
-        ["2026-11-20T10:15:30", "2026-11-20", "20261120T101530Z", "2026-11-20T10:15Z", "2026-11-20T10:15:30+0200",
-         "2026-W47-5T10:15:30Z", " 2026-11-20T10:15:30Z", "2026-11-20T10:15:30Z\n"],
+        [
+            "2026-11-20T10:15:30",
+            "2026-11-20",
+            "20261120T101530Z",
+            "2026-11-20T10:15Z",
+            "2026-11-20T10:15:30+0200",
+            "2026-W47-5T10:15:30Z",
+            " 2026-11-20T10:15:30Z",
+            "2026-11-20T10:15:30Z\n",
+        ],
     )
     def test_started_at_must_be_rfc3339_with_a_zone(self, value: str) -> None:
         raw = {"request_id": "r", "provider": "p", "user": "u", "model": "m", "started_at": value}
         assert reason(raw).startswith("started_at: must be an RFC 3339 timestamp with a time zone")
 
-    @pytest.mark.parametrize("value", ["2026-11-20t10:15:30z", "2026-11-20 10:15:30+02:00", "2026-11-20T10:15:30.123456789-05:30"])
+    @pytest.mark.parametrize(
+        "value", ["2026-11-20t10:15:30z", "2026-11-20 10:15:30+02:00", "2026-11-20T10:15:30.123456789-05:30"]
+    )
     def test_rfc3339_variants_are_accepted(self, value: str) -> None:
         raw = {"request_id": "r", "provider": "p", "user": "u", "model": "m", "started_at": value}
         assert check(raw).started_at.tzinfo is UTC
@@ -187,9 +199,14 @@ class TestMaximumAge:
 
     @pytest.mark.parametrize("started_at", ["1900-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "2026-10-17T04:59:59Z"])
     def test_older_than_35_days_is_rejected(self, started_at: str) -> None:
-        valid, rejected = check_records([self.record(started_at)], now=NOW, max_future_skew_seconds=SKEW, max_age_days=35)
+        valid, rejected = check_records(
+            [self.record(started_at)], now=NOW, max_future_skew_seconds=SKEW, max_age_days=35
+        )
         assert valid == []
-        assert rejected[0].error == f"started_at: '{started_at}' is more than 35 days ago; records older than that are not accepted"
+        assert (
+            rejected[0].error
+            == f"started_at: '{started_at}' is more than 35 days ago; records older than that are not accepted"
+        )
 
     def test_just_within_the_age_is_accepted(self) -> None:
         valid, rejected = check_records(
