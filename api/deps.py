@@ -1,12 +1,15 @@
-"""Request-scoped dependencies: the database, the settings, and service-token authentication."""
+"""Request-scoped dependencies: the database, the request's transaction, the settings, and service-token
+authentication."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.config import Settings
 from metering.db import Database
@@ -19,6 +22,19 @@ async def get_database(request: Request) -> Database:
 
 async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's one transaction (``Database.session_scope``): committed once the route has
+    returned, rolled back if it raised.
+
+    Declared with ``scope="function"`` (``SessionDep``), so the commit runs before the response
+    is sent: a failed commit is the request's error response (a cancelled statement is 503
+    ``StatementTimeout``), never a 200 for a write that was not kept. The default scope of a
+    dependency with ``yield`` would commit after the response had gone out.
+    """
+    async with request.app.state.database.session_scope() as session:
+        yield session
 
 
 _bearer = HTTPBearer(auto_error=False, description="Service token (internal routes)")
@@ -46,5 +62,6 @@ def is_service_token(presented: str, tokens: list[bytes]) -> bool:
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ServiceAuth = Depends(require_service_token)

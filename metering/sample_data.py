@@ -1,4 +1,8 @@
-"""Sample providers and accounts for a first look at an empty embedded database."""
+"""Sample providers and accounts for a first look at an empty embedded database.
+
+``seed_sample_data`` is an own-transaction entry point (a command, not a route): it builds its
+own ``Database`` from a URL and seeds in one transaction, all or nothing.
+"""
 
 from __future__ import annotations
 

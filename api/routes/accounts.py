@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from api.deps import DatabaseDep, ServiceAuth
+from api.deps import ServiceAuth, SessionDep
 from api.schemas.accounts import NAME_PATTERN, AccountRead, AccountUpdate, MembershipRead, MembershipUpdate
 from api.schemas.errors import BODY_TOO_LARGE, NO_SERVICE_TOKEN, UNREADABLE_BODY, error_responses
 from metering.accounts.service import AccountSync, account_service
@@ -30,15 +30,14 @@ _BODY_ERRORS = error_responses({400: UNREADABLE_BODY, 413: BODY_TOO_LARGE})
     summary="Create or update an account",
     responses={**_BODY_ERRORS, **error_responses({409: "the name belongs to an account of the other kind"})},
 )
-async def put_account(name: AccountName, body: AccountUpdate, db: DatabaseDep) -> AccountRead:
+async def put_account(name: AccountName, body: AccountUpdate, session: SessionDep) -> AccountRead:
     """The platform's sync of a user or org: kind, plan and seats. Unknown plans are 422."""
-    async with db.session_scope() as session:
-        account, _ = await account_service.upsert_account(
-            session, name=name, sync=AccountSync(kind=body.kind, plan=body.plan, seats=body.seats)
-        )
-        return AccountRead(
-            name=account.name, kind=account.kind, plan=account.plan, seats=account.seats, status=account.status
-        )
+    account, _ = await account_service.upsert_account(
+        session, name=name, sync=AccountSync(kind=body.kind, plan=body.plan, seats=body.seats)
+    )
+    return AccountRead(
+        name=account.name, kind=account.kind, plan=account.plan, seats=account.seats, status=account.status
+    )
 
 
 @router.put(
@@ -47,11 +46,10 @@ async def put_account(name: AccountName, body: AccountUpdate, db: DatabaseDep) -
     summary="Add an org member or change their role",
     responses={**_BODY_ERRORS, **error_responses({404: "no such org or user"})},
 )
-async def put_member(org: AccountName, user: UserName, body: MembershipUpdate, db: DatabaseDep) -> MembershipRead:
+async def put_member(org: AccountName, user: UserName, body: MembershipUpdate, session: SessionDep) -> MembershipRead:
     """Set ``user``'s role in ``org`` (admin, write or read)."""
-    async with db.session_scope() as session:
-        membership, _ = await account_service.put_member(session, org=org, user=user, role=body.role)
-        return MembershipRead(org=membership.org_name, user=membership.user_name, role=membership.role)
+    membership, _ = await account_service.put_member(session, org=org, user=user, role=body.role)
+    return MembershipRead(org=membership.org_name, user=membership.user_name, role=membership.role)
 
 
 @router.delete(
@@ -60,10 +58,9 @@ async def put_member(org: AccountName, user: UserName, body: MembershipUpdate, d
     summary="Remove an org member",
     responses=error_responses({404: "no such org or membership"}),
 )
-async def delete_member(org: AccountName, user: UserName, db: DatabaseDep) -> Response:
+async def delete_member(org: AccountName, user: UserName, session: SessionDep) -> Response:
     """Remove ``user`` from ``org``; 404 when they were not a member."""
-    async with db.session_scope() as session:
-        removed = await account_service.remove_member(session, org=org, user=user)
+    removed = await account_service.remove_member(session, org=org, user=user)
     if not removed:
         raise NotFound(f"{user!r} is not a member of {org!r}")
     return Response(status_code=204)

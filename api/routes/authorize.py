@@ -1,4 +1,9 @@
-"""``POST /internal/v1/authorize``: the router asks before forwarding a request (hot path)."""
+"""``POST /internal/v1/authorize``: the router asks before forwarding a request (hot path).
+
+An entry point with a transaction of its own, not the request's session: each decision is
+one (``metering.authorize.service``; on PostgreSQL one statement on driver connections), and
+the fast lane answers before FastAPI's dependencies run at all.
+"""
 
 from __future__ import annotations
 

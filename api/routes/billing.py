@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from api.auth import PrincipalDep
-from api.deps import DatabaseDep
+from api.deps import SessionDep
 from api.schemas.accounts import NAME_PATTERN
 from api.schemas.billing import (
     AuditEventRead,
@@ -58,14 +58,13 @@ _BODY_ERRORS = error_responses({400: UNREADABLE_BODY, 413: BODY_TOO_LARGE})
     summary="Billing summary of a period",
 )
 async def get_billing(
-    name: AccountName, principal: PrincipalDep, db: DatabaseDep, period: Period = None
+    name: AccountName, principal: PrincipalDep, session: SessionDep, period: Period = None
 ) -> BillingRead:
     """Credits, pay-as-you-go, limit and in-flight amounts of one period (self, org admin, finance)."""
-    async with db.session_scope() as session:
-        account = await access_policy.authorize_account(
-            session, principal=principal, account_name=name, action=Action.READ_BILLING
-        )
-        summary = await analytics_service.get_billing_summary(session, account=account, period=period)
+    account = await access_policy.authorize_account(
+        session, principal=principal, account_name=name, action=Action.READ_BILLING
+    )
+    summary = await analytics_service.get_billing_summary(session, account=account, period=period)
     return BillingRead(**summary.__dict__)
 
 
@@ -76,19 +75,18 @@ async def get_billing(
     responses={**REFUSALS, **_BODY_ERRORS, **error_responses({422: "malformed body or unknown field"})},
 )
 async def put_spending_limit(
-    name: AccountName, body: SpendingLimitUpdate, principal: PrincipalDep, db: DatabaseDep
+    name: AccountName, body: SpendingLimitUpdate, principal: PrincipalDep, session: SessionDep
 ) -> SpendingLimitRead:
     """Set or remove the cap on a period's pay-as-you-go (org admin, or a pro user for themselves). Audited."""
-    async with db.session_scope() as session:
-        account = await access_policy.authorize_account(
-            session, principal=principal, account_name=name, action=Action.SET_SPENDING_LIMIT
-        )
-        await limits_service.set_spending_limit(
-            session, account_name=account.name, limit_nano_usd=body.limit_nano_usd, actor=principal.user
-        )
-        await session.flush()
-        await session.refresh(account)
-        return SpendingLimitRead(account=account.name, spending_limit_nano_usd=account.spending_limit_nano_usd)
+    account = await access_policy.authorize_account(
+        session, principal=principal, account_name=name, action=Action.SET_SPENDING_LIMIT
+    )
+    await limits_service.set_spending_limit(
+        session, account_name=account.name, limit_nano_usd=body.limit_nano_usd, actor=principal.user
+    )
+    await session.flush()
+    await session.refresh(account)
+    return SpendingLimitRead(account=account.name, spending_limit_nano_usd=account.spending_limit_nano_usd)
 
 
 @router.put(
@@ -102,22 +100,21 @@ async def put_spending_limit(
     },
 )
 async def put_disabled_providers(
-    org: OrgName, body: DisabledProvidersUpdate, principal: PrincipalDep, db: DatabaseDep
+    org: OrgName, body: DisabledProvidersUpdate, principal: PrincipalDep, session: SessionDep
 ) -> DisabledProvidersRead:
     """Replace the set of providers switched off for the org (org admin). Unknown ids are 422. Audited."""
-    async with db.session_scope() as session:
-        account = await access_policy.authorize_account(
-            session, principal=principal, account_name=org, action=Action.SET_DISABLED_PROVIDERS
-        )
-        providers = body.provider_ids()
-        await limits_service.set_disabled_providers(
-            session, account_name=account.name, providers=providers, actor=principal.user
-        )
-        await session.flush()
-        return DisabledProvidersRead(
-            account=account.name,
-            disabled_providers=await limits_service.disabled_providers(session, account_name=account.name),
-        )
+    account = await access_policy.authorize_account(
+        session, principal=principal, account_name=org, action=Action.SET_DISABLED_PROVIDERS
+    )
+    providers = body.provider_ids()
+    await limits_service.set_disabled_providers(
+        session, account_name=account.name, providers=providers, actor=principal.user
+    )
+    await session.flush()
+    return DisabledProvidersRead(
+        account=account.name,
+        disabled_providers=await limits_service.disabled_providers(session, account_name=account.name),
+    )
 
 
 @router.get(
@@ -126,13 +123,12 @@ async def put_disabled_providers(
     responses=REFUSALS,
     summary="Invoices of closed periods",
 )
-async def list_invoices(name: AccountName, principal: PrincipalDep, db: DatabaseDep) -> InvoiceList:
+async def list_invoices(name: AccountName, principal: PrincipalDep, session: SessionDep) -> InvoiceList:
     """The account's invoices of closed periods, newest first, with their status and per-provider lines."""
-    async with db.session_scope() as session:
-        account = await access_policy.authorize_account(
-            session, principal=principal, account_name=name, action=Action.READ_INVOICES
-        )
-        views = await invoicing_service.list_invoices(session, account=account.name)
+    account = await access_policy.authorize_account(
+        session, principal=principal, account_name=name, action=Action.READ_INVOICES
+    )
+    views = await invoicing_service.list_invoices(session, account=account.name)
     return InvoiceList(items=[view.as_dict() for view in views])
 
 
@@ -145,16 +141,15 @@ async def list_invoices(name: AccountName, principal: PrincipalDep, db: Database
 async def list_audit(
     name: AccountName,
     principal: PrincipalDep,
-    db: DatabaseDep,
+    session: SessionDep,
     cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")] = None,
     limit: Limit = 50,
 ) -> AuditPage:
     """Every billing setting change of the account, newest first: who, when, before, after."""
-    async with db.session_scope() as session:
-        account = await access_policy.authorize_account(
-            session, principal=principal, account_name=name, action=Action.READ_AUDIT
-        )
-        page = await analytics_service.list_audit(session, account=account, cursor=cursor, limit=limit)
+    account = await access_policy.authorize_account(
+        session, principal=principal, account_name=name, action=Action.READ_AUDIT
+    )
+    page = await analytics_service.list_audit(session, account=account, cursor=cursor, limit=limit)
     return AuditPage(
         items=[
             AuditEventRead(

@@ -10,14 +10,16 @@ from __future__ import annotations
 import re
 
 from fastapi import APIRouter, Request
+from sqlalchemy.exc import DBAPIError
 from starlette.responses import RedirectResponse, Response
 
-from api.deps import DatabaseDep
+from api.deps import SessionDep
 from api.pages.auth import COOKIE_NAME, TOKEN_QUERY, authenticate, clear_token, store_token, verify_link_token
 from api.pages.billing import gather_billing_page
 from api.pages.render import SECURITY_HEADERS, error_page, render_page
 from api.schemas.accounts import NAME_PATTERN
 from metering.analytics.bounds import period_problem
+from metering.db import statement_timeout_of
 from metering.errors import InvalidInput, MeteringError, Unauthenticated
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -49,7 +51,7 @@ def _accept_link_token(request: Request, token: str) -> Response:
 
 @router.get("/billing/{account}")
 async def billing_page(
-    request: Request, account: str, db: DatabaseDep, period: str | None = None, token: str | None = None
+    request: Request, account: str, session: SessionDep, period: str | None = None, token: str | None = None
 ) -> Response:
     """The account's billing page for ``period`` (default the current one)."""
     if token is not None:
@@ -57,8 +59,13 @@ async def billing_page(
     try:
         principal = authenticate(request)
         _check_query(account, period)
-        async with db.session_scope() as session:
-            page = await gather_billing_page(session, principal=principal, account_name=account, period=period)
+        page = await gather_billing_page(session, principal=principal, account_name=account, period=period)
+    except DBAPIError as exc:
+        # Translated here rather than when the request's transaction ends, so it is a page too (503).
+        timeout = statement_timeout_of(exc)
+        if timeout is None:
+            raise
+        return error_page(timeout)
     except MeteringError as exc:
         response = error_page(exc)
         if isinstance(exc, Unauthenticated) and COOKIE_NAME in request.cookies:

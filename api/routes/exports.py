@@ -1,4 +1,9 @@
-"""Finance exports (SPEC §8): one report of one period, streamed in constant memory."""
+"""Finance exports (SPEC §8): one report of one period, streamed in constant memory.
+
+An entry point with transactions of its own, not the request's session: the report is read
+while it streams, after the route has returned (``metering.exports.repository``: one snapshot
+on PostgreSQL, short keyset pages on SQLite).
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import DatabaseDep, ServiceAuth
+from api.deps import ServiceAuth, SessionDep
 from api.schemas.errors import BODY_TOO_LARGE, NO_SERVICE_TOKEN, UNREADABLE_BODY, error_responses
 from api.schemas.providers import PROVIDER_ID_PATTERN, ProviderRead, ProviderUpdate
 from metering.models import Provider
@@ -42,7 +42,7 @@ def _read(provider: Provider) -> ProviderRead:
         }
     ),
 )
-async def put_provider(provider_id: ProviderId, body: ProviderUpdate, db: DatabaseDep) -> ProviderRead:
+async def put_provider(provider_id: ProviderId, body: ProviderUpdate, session: SessionDep) -> ProviderRead:
     """The registration of SPEC §4; the cost token is stored encrypted and never read back."""
     registration = ProviderRegistration(
         url=body.url,
@@ -55,16 +55,14 @@ async def put_provider(provider_id: ProviderId, body: ProviderUpdate, db: Databa
         hardware_prices_nano_usd_per_second=body.hardware_prices_nano_usd_per_second,
         models={name: ModelPrice(**price.model_dump()) for name, price in body.models.items()},
     )
-    async with db.session_scope() as session:
-        provider, _ = await provider_service.upsert(session, provider_id=provider_id, registration=registration)
-        return _read(provider)
+    provider, _ = await provider_service.upsert(session, provider_id=provider_id, registration=registration)
+    return _read(provider)
 
 
 @public_router.get("/providers", response_model=list[ProviderRead], summary="List providers")
-async def list_providers(db: DatabaseDep) -> list[ProviderRead]:
+async def list_providers(session: SessionDep) -> list[ProviderRead]:
     """Every registered provider with its pricing mode and model prices (public; never a token)."""
-    async with db.session_scope() as session:
-        return [_read(p) for p in await provider_service.list_all(session)]
+    return [_read(p) for p in await provider_service.list_all(session)]
 
 
 @public_router.get(
@@ -73,7 +71,6 @@ async def list_providers(db: DatabaseDep) -> list[ProviderRead]:
     summary="Read one provider",
     responses=error_responses({404: "no such provider", 422: "malformed provider id"}),
 )
-async def get_provider(provider_id: Annotated[str, Path(examples=["together"])], db: DatabaseDep) -> ProviderRead:
+async def get_provider(provider_id: Annotated[str, Path(examples=["together"])], session: SessionDep) -> ProviderRead:
     """One provider's public registration (never its token)."""
-    async with db.session_scope() as session:
-        return _read(await provider_service.get(session, provider_id))
+    return _read(await provider_service.get(session, provider_id))

@@ -2,6 +2,10 @@
 
 The body is read raw and parsed with orjson: ingest is the highest-volume route, and
 building pydantic models for thousands of records per request would dominate its cost.
+
+An entry point with a transaction of its own, not the request's session: ingest opens and
+commits it itself, because on SQLite it is shared with the batches queued behind the same
+writer (``metering.usage.group_commit``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from api.auth import PrincipalDep
-from api.deps import DatabaseDep, SettingsDep
+from api.deps import SessionDep, SettingsDep
 from api.routes.billing import REFUSALS, AccountName, Limit, Period
 from api.schemas.errors import error_responses
 from api.schemas.usage_views import RequestPage, RequestRead, UsageCounts, UsageGroup, UsagePoint, UsageSeriesRead
@@ -70,7 +70,7 @@ def _series_read(series: UsageSeries) -> UsageSeriesRead:
 async def get_usage(
     name: AccountName,
     principal: PrincipalDep,
-    db: DatabaseDep,
+    session: SessionDep,
     settings: SettingsDep,
     from_: Annotated[
         str | None,
@@ -102,13 +102,12 @@ async def get_usage(
     start, end = analytics_service.resolve_range(
         start=from_, end=to, interval=interval, max_points=settings.usage_max_series_points
     )
-    async with db.session_scope() as session:
-        account = await access_policy.authorize_account(
-            session, principal=principal, account_name=name, action=Action.READ_USAGE
-        )
-        series = await analytics_service.get_usage_series(
-            session, account=account, start=start, end=end, interval=interval, group_by=group_by
-        )
+    account = await access_policy.authorize_account(
+        session, principal=principal, account_name=name, action=Action.READ_USAGE
+    )
+    series = await analytics_service.get_usage_series(
+        session, account=account, start=start, end=end, interval=interval, group_by=group_by
+    )
     return _series_read(series)
 
 
@@ -121,19 +120,16 @@ async def get_usage(
 async def list_requests(
     name: AccountName,
     principal: PrincipalDep,
-    db: DatabaseDep,
+    session: SessionDep,
     cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")] = None,
     limit: Limit = 50,
     period: Period = None,
 ) -> RequestPage:
     """The requests billed to the account, newest first (keyset on started_at, id); all periods by default."""
-    async with db.session_scope() as session:
-        account = await access_policy.authorize_account(
-            session, principal=principal, account_name=name, action=Action.READ_REQUESTS
-        )
-        page = await analytics_service.list_requests(
-            session, account=account, period=period, cursor=cursor, limit=limit
-        )
+    account = await access_policy.authorize_account(
+        session, principal=principal, account_name=name, action=Action.READ_REQUESTS
+    )
+    page = await analytics_service.list_requests(session, account=account, period=period, cursor=cursor, limit=limit)
     return RequestPage(
         items=[
             RequestRead(

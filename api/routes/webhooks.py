@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 
-from api.deps import DatabaseDep, SettingsDep
+from api.deps import SessionDep, SettingsDep
 from api.schemas.errors import BODY_TOO_LARGE, error_responses
 from metering.invoicing.webhooks import verify_event, webhook_service
 
@@ -44,12 +44,11 @@ router = APIRouter(tags=["webhooks"])
 )
 async def stripe_webhook(
     request: Request,
-    db: DatabaseDep,
+    session: SessionDep,
     settings: SettingsDep,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> dict:
     """``invoice.payment_failed`` makes the account delinquent, ``invoice.paid`` clears it; replays are no-ops."""
     event = verify_event(await request.body(), stripe_signature, secret=settings.stripe_webhook_secret)
-    async with db.session_scope() as session:
-        outcome = await webhook_service.handle_event(session, event=event)
+    outcome = await webhook_service.handle_event(session, event=event)
     return {"received": True, "event": event.id, "outcome": outcome}

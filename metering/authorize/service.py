@@ -19,6 +19,9 @@ On PostgreSQL the whole decision is one statement, one round trip
 the period's credits; those decisions, and every decision on SQLite, go step by step
 (``decide_step_by_step``), the reference the statement is tested against.
 
+``authorize`` is an own-transaction entry point: it is called outside any request's transaction
+(the API's fast lane), so each decision and its hold commit in a transaction of its own.
+
 The money rule is ``metering.charging.rule``: one pure function of the locked row's
 totals, the same rule the settle split and ``metering verify`` read. Allowed → a hold of
 the estimate in the same transaction; the figures returned are recomputed after it.

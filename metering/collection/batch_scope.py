@@ -14,6 +14,9 @@ PostgreSQL does the same for a batch that finds every ``HeldSlots`` of its proce
 held batch keeps a pooled connection through its provider's answer, so with more providers
 in flight than the pool has connections, the others write their lease rather than wait for
 one (a slow provider must not delay the others). Both kinds of lease skip each other's rows.
+
+A multi-transaction entry point: it opens and commits a batch's transactions itself, since
+how many there are (one held, or one per step) is decided here, per engine and free slot.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Python. Two shapes of the same report query:
   timestamps are RFC 3339 UTC — so the bytes equal that writer's once line ends are CRLF;
 - ``arrow``: raw text and timestamps as integer microseconds since the epoch, for a
   column-wise reader (``metering.exports.copy_writers.write_parquet_from_copy``).
+
+An own-transaction entry point (the streamed export): ``copy_chunks`` opens the one snapshot
+the server's COPY runs in, since it is read while it streams, after the request has returned.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ transaction, so a report is one consistent snapshot. SQLite: every transaction h
 BEGIN IMMEDIATE (the writer lock), so a long cursor would stop ingest for the whole
 export; the row-level reports are read instead as keyset pages, each its own short
 transaction. The ledger is append-only, so pages by ascending id miss nothing older.
+
+A multi-transaction entry point (the streamed export): it opens its own transactions, since
+a report is read while it streams, after the request that asked for it has returned.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ the next run: before creating anything, the customer's objects are listed and ma
 by metadata (``account``, ``line_id``, ``invoice_id``), and every create carries an
 idempotency key as well.
 
+A multi-transaction entry point: no transaction may stay open across a Stripe call, so each
+result is committed in its own, and the run's advisory lock on a connection of its own.
+
 ``METERING_TEST_PAUSE_AT=<step>`` stops the process at one named step (see
 ``pause_point``) so tests can kill it exactly there.
 """

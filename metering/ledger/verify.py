@@ -2,6 +2,9 @@
 
 A breach is money that does not add up; a warning is something finance should see that is
 allowed (a spending limit passed by costs in flight when it was reached, or arriving late).
+
+``verify`` is an own-transaction entry point (a command, not a route): it opens one read
+transaction, so every check sees the same snapshot.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ writes those pages once (a group commit). Each batch is still stored on its own,
 order, exactly as it would be in a transaction of its own begun after the previous one
 committed; when a shared transaction fails, each of its batches is retried alone, so a batch
 only ever fails of its own error. PostgreSQL writes concurrently and takes no part in this.
+
+A multi-transaction entry point (ingest): it opens and commits each shared transaction (and
+each batch's retry alone) itself, since one transaction holds the batches of several requests.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ behind the same writer: ``group_commit``). Look-ups are per batch (sets of names
 record, and the INSERT is a single ON CONFLICT DO NOTHING statement, so a replay of the same
 batch, or fifty concurrent ones, stores each record exactly once. The checks that need no
 database run before the transaction (``check_batch``).
+
+``ingest`` is an own-transaction entry point: it opens and commits the batch's transaction
+itself, since on SQLite that transaction is shared with other requests' batches.
 """
 
 from __future__ import annotations

@@ -87,6 +87,18 @@ class TestCancelledStatementsAre503:
         assert (response.status_code, response.json()) == (503, TIMED_OUT)
         assert seconds < 5
 
+    async def test_the_billing_page_answers_with_a_page(
+        self, timed_client: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        async with locked(settings.database_url, "accounts"):
+            response, seconds = await timed(timed_client.get("/billing/erin", headers=ERIN))
+
+        assert response.status_code == 503
+        assert response.headers["content-type"].startswith("text/html")
+        assert "StatementTimeout" in response.text
+        assert seconds < 5
+        assert (await timed_client.get("/billing/erin", headers=ERIN)).status_code == 200
+
     @pytest.mark.parametrize(
         "content_type",
         [
