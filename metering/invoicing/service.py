@@ -110,7 +110,10 @@ class InvoicingService:
         period = parse_period(period) if period else previous_period(period_of(now))
         _, end = period_bounds(period)
         if now < end:
-            raise PeriodNotEnded(f"period {period} ends at {end:%Y-%m-%dT%H:%M:%SZ}", period=period)
+            raise PeriodNotEnded(
+                f"period {period} is still open: it ends at {end:%Y-%m-%dT%H:%M:%SZ}; only an ended period can be closed",
+                period=period,
+            )
         closes_after = end + timedelta(hours=get_settings().period_grace_hours)
         if not force and now < closes_after:
             return CloseResult(period, "in_grace", closes_after=closes_after)

@@ -168,7 +168,7 @@ class TestRuntimeErrors:
     def test_closing_the_open_period(self, tmp_path: Path) -> None:
         period = current_period()
         line = one_line(metering(tmp_path, "jobs", "run-once", "close-period", "--period", period), RUNTIME)
-        assert line.startswith(f"Error: period {period} ends at ")
+        assert line.startswith(f"Error: period {period} is still open: it ends at ")
 
     @pytest.mark.parametrize(
         "args",
