@@ -156,10 +156,11 @@ async def _period_caches(session: AsyncSession) -> Check:
 async def _spending_limits(session: AsyncSession) -> Check:
     """Posting never waits for a limit (the provider already served the request), so a period may
     pass its cap, but only by what authorize could not know when it admitted the requests: the
-    estimate error of authorized requests (cost above the estimate it counted), requests it never
-    admitted against the limit (no hold of theirs attached), charges made before the limit was
-    set, and late costs of closed periods. Those are warnings; anything beyond them, or a charge
-    for a request started after the cap was reached, means authorize let too much through: a breach.
+    estimate error of authorized requests (cost above the estimate it counted, whenever they
+    started), requests without a hold that were already in flight when the cap was reached,
+    charges made before the limit was set, and late costs of closed periods. Those are warnings;
+    anything beyond them, or a charge for a request without a hold started after the cap was
+    reached (nobody admitted it), means too much got through: a breach.
     """
     check = Check("spending_limits", "no period's pay-as-you-go over its spending limit, except by estimate error")
     for account, period, payg, limit in await verify_repository.over_limit(session):
@@ -174,7 +175,12 @@ async def _spending_limits(session: AsyncSession) -> Check:
                     f"{account} {period}: late cost of {posting.original_period} charged {format_usd(posting.amount_nano_usd)}"
                 )
                 allowance += posting.amount_nano_usd
-            elif reached_at is not None and posting.started_at is not None and posting.started_at > reached_at:
+            elif (
+                not posting.authorized
+                and reached_at is not None
+                and posting.started_at is not None
+                and posting.started_at > reached_at
+            ):
                 after_start.append(posting.amount_nano_usd)
             elif set_at is not None and posting.posted_at <= set_at:
                 allowance += posting.amount_nano_usd
@@ -186,7 +192,7 @@ async def _spending_limits(session: AsyncSession) -> Check:
         over = f"{account} {period}: pay-as-you-go {format_usd(payg)} over its limit {format_usd(limit)}"
         if after_start:
             check.breach(
-                f"{over}; {len(after_start)} request(s) started after the limit was reached were charged "
+                f"{over}; {len(after_start)} request(s) without a hold started after the limit was reached were charged "
                 f"{format_usd(sum(after_start))}"
             )
         elif payg - limit > allowance:

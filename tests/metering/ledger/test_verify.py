@@ -6,7 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
+from metering.credits.service import credits_service
 from metering.db import Database
+from metering.holds.service import holds_service
 from metering.ledger import codes
 from metering.ledger.service import ledger_service
 from metering.ledger.verify import verify
@@ -165,8 +167,45 @@ class TestSpendingLimits:
         report = await verify(db)
         assert report.check("spending_limits").breaches == [
             f"alice {current_period()}: pay-as-you-go $0.000001700 over its limit $0.000001000; "
-            "1 request(s) started after the limit was reached were charged $0.000000200"
+            "1 request(s) without a hold started after the limit was reached were charged $0.000000200"
         ]
+
+    async def test_an_authorized_request_started_after_the_limit_was_reached_passes_it_by_its_estimate_error(
+        self, db: Database
+    ) -> None:
+        """Admitted on credits (its estimate fit them) after the cap was reached: only its cost beyond
+        the estimate could spill into pay-as-you-go, and that is estimate error, not a breach."""
+        async with db.session_scope() as session:
+            alice = await create_account(session, "alice", plan="pro")
+            alice.spending_limit_nano_usd = 1_000
+            await create_provider(session, "premium", credit_eligible=False)
+            await create_provider(session, "together", default_estimate_nano_usd=100)
+            first = await store_usage(session, provider="premium", started_at=minutes_ago(5))
+            await settle(session, priced=[PricedRequest(first.id, 1_000)])
+        async with db.session_scope() as session:
+            row = await credits_service.lock_period(session, account=alice, period=current_period())
+            row.credits_used_nano_usd = row.credits_granted_nano_usd - 100  # 100 nano-USD of credits left
+            await session.execute(
+                text("UPDATE ledger_accounts SET balance_nano_usd = -100 WHERE code = :c"),
+                {"c": codes.credits("alice", current_period())},
+            )
+        async with db.session_scope() as session:
+            hold_id = await holds_service.place_hold(
+                session,
+                account="alice",
+                period=current_period(),
+                user="alice",
+                provider_id="together",
+                model="org/model",
+                amount_nano_usd=100,
+                credit_eligible=True,
+                now=utcnow(),
+            )
+            later = await store_usage(session, provider="together", started_at=utcnow(), hold_id=hold_id)
+            await settle(session, priced=[PricedRequest(later.id, 400)])
+        check = (await verify(db)).check("spending_limits")
+        assert (check.breach_count, check.warning_count) == (0, 1)
+        assert "by $0.000000300, within the estimate error" in check.warnings[0]
 
     async def test_limit_lowered_below_charges_is_reached_when_set(self, db: Database) -> None:
         async with db.session_scope() as session:
