@@ -2,7 +2,9 @@
 
 Credits are granted once per account and period (SPEC §3) by a ledger transaction keyed
 ``grant:<account>:<period>``; when an org's seats (or its plan) rise mid-period the
-difference is topped up by another keyed transaction. A decrease claws nothing back.
+difference is topped up by another keyed transaction. A decrease claws nothing back, and a
+month that has ended is never topped up (its credits expired with it): a late record of it
+sees the credits it had.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from metering.credits.repository import credits_repository
 from metering.ledger import codes
 from metering.ledger.service import Posting, ledger_service
 from metering.models import Account, AccountPeriod
+from metering.periods import current_period
 
 
 class PlanHolder(Protocol):
@@ -122,11 +125,14 @@ class CreditsService:
         postings: list[Posting] = []
         changed: list[AccountPeriod | PeriodTotals] = []
         plans = get_settings().plans
+        today = current_period()
         for row in rows:
             account = accounts[row.account_name]
             target = credits_for(account, plans)
             if target <= row.credits_granted_nano_usd:
                 continue
+            if row.credits_granted_nano_usd > 0 and row.period < today:
+                continue  # an ended month keeps the credits it was granted
             amount = target - row.credits_granted_nano_usd
             first = row.credits_granted_nano_usd == 0
             key = f"grant:{row.account_name}:{row.period}" + ("" if first else f":to:{target}")

@@ -10,10 +10,11 @@ from metering.credits.service import credits_service
 from metering.db import Database
 from metering.ledger import codes
 from metering.models import Account, Period
+from metering.periods import current_period, previous_period
 from tests.factories.accounts import create_account
 from tests.metering.ledger.helpers import balance, transactions
 
-PERIOD = "2026-11"
+PERIOD = current_period()  # an open month: an ended one is never topped up
 SEAT = 2_000_000_000
 
 
@@ -25,7 +26,7 @@ class TestLockPeriod:
         assert await balance(session, codes.credits("alice", PERIOD)) == -SEAT
         assert await balance(session, codes.credits_expense(PERIOD)) == SEAT
         (grant,) = await transactions(session, kind=codes.GRANT)
-        assert grant.idempotency_key == "grant:alice:2026-11"
+        assert grant.idempotency_key == f"grant:alice:{PERIOD}"
 
     async def test_second_lock_grants_nothing_more(self, session) -> None:
         bob = await create_account(session, "bob", plan="free")
@@ -43,7 +44,7 @@ class TestLockPeriod:
         row = await credits_service.lock_period(session, account=acme, period=PERIOD)
         assert (row.credits_granted_nano_usd, row.granted_seats) == (5 * SEAT, 5)
         keys = [t.idempotency_key for t in await transactions(session, kind=codes.GRANT)]
-        assert keys == ["grant:acme:2026-11", f"grant:acme:2026-11:to:{5 * SEAT}"]
+        assert keys == [f"grant:acme:{PERIOD}", f"grant:acme:{PERIOD}:to:{5 * SEAT}"]
         assert await balance(session, codes.credits("acme", PERIOD)) == -5 * SEAT
 
     async def test_seat_decrease_claws_nothing_back(self, session) -> None:
@@ -118,8 +119,8 @@ class TestAddPendingEstimates:
             "bob": (300, SEAT),
         }
         assert [t.idempotency_key for t in await transactions(session, kind=codes.GRANT)] == [
-            "grant:alice:2026-11",
-            "grant:bob:2026-11",
+            f"grant:alice:{PERIOD}",
+            f"grant:bob:{PERIOD}",
         ]
 
     async def test_a_seat_increase_is_topped_up_before_the_estimate_is_added(self, session) -> None:
@@ -161,6 +162,23 @@ class TestAddPendingEstimates:
         for name in ("alice", "bob"):
             row = await credits_service.lock_period(session, account=await session.get(Account, name), period=PERIOD)
             assert (row.pending_estimate_nano_usd, row.pending_payg_only_nano_usd) == (500, 300)
+
+    async def test_an_ended_month_keeps_the_credits_it_was_granted(self, session) -> None:
+        """A late record of last month after a seat increase: its credits expired with it (SPEC §3)."""
+        ended = previous_period(PERIOD)
+        acme = await create_account(session, "acme", plan="team", seats=2)
+        await credits_service.lock_period(session, account=acme, period=ended)
+        acme, _ = await account_service.upsert_account(
+            session, name="acme", sync=AccountSync(kind="org", plan="team", seats=3)
+        )
+        await credits_service.add_pending_estimates(
+            session, deltas={("acme", ended): PendingDelta(900)}, accounts={"acme": acme}
+        )
+        row = await credits_service.lock_period(session, account=acme, period=ended)
+        assert (row.pending_estimate_nano_usd, row.credits_granted_nano_usd) == (900, 2 * SEAT)
+        assert (
+            await credits_service.lock_period(session, account=acme, period=PERIOD)
+        ).credits_granted_nano_usd == 3 * SEAT
 
     async def test_an_orm_copy_held_by_the_session_reloads_the_new_total(self, session) -> None:
         alice = await create_account(session, "alice", plan="pro")
