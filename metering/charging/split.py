@@ -9,7 +9,7 @@ same accounts' locks, instead of one after the other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from metering.balances.repository import PeriodTotals
@@ -70,14 +70,16 @@ def split_costs(
     totals: Mapping[Key, PeriodTotals],
     *,
     eligible: Mapping[str, bool],
-    payg: Mapping[str, bool],
+    plans: Mapping[str, str],
+    payg_plans: Collection[str],
     posting_period: Callable[[SettledRow], str],
 ) -> CostSplit:
     """Each request's cost: credits first (credit-eligible providers only), then pay-as-you-go
-    when its account has it, else written off; posted once, keyed ``cost:<usage_record_id>``.
+    when its account's plan has it, else written off; posted once, keyed ``cost:<usage_record_id>``,
+    with the plan it was split under.
 
-    ``eligible``: per provider; ``payg``: per billing account; a key missing from ``totals``
-    has no credits. ``totals`` are not changed.
+    ``eligible``: per provider; ``plans``: per billing account; ``payg_plans``: the plans with
+    pay-as-you-go; a key missing from ``totals`` has no credits. ``totals`` are not changed.
     """
     split = CostSplit([])
     shares = split.shares
@@ -99,7 +101,8 @@ def split_costs(
             from_credits = min(cost, max(0, share.available - share.from_credits_nano_usd))
         rest = cost - from_credits
         share.from_credits_nano_usd += from_credits
-        if payg[account]:
+        plan = plans[account]
+        if plan in payg_plans:
             payg_part, written_off = rest, 0
         else:
             payg_part, written_off = 0, rest
@@ -116,6 +119,7 @@ def split_costs(
                 account_name=account,
                 provider_id=row.provider_id,
                 usage_record_id=row.id,
+                plan=plan,
                 entries=(
                     (account_codes[0], from_credits),
                     (account_codes[1], payg_part),

@@ -18,6 +18,7 @@ from metering.config import get_settings
 from metering.invoicing.cents import apportion_cents
 from metering.invoicing.errors import PeriodNotEnded
 from metering.invoicing.repository import ReceivableLine, invoicing_repository
+from metering.ledger.repository import ChargeUnderPlan, ledger_repository
 from metering.models import Invoice, InvoiceLine, Period
 from metering.money import cents_with_remainder
 from metering.periods import parse_period, period_bounds, period_of, previous_period, utcnow
@@ -156,7 +157,11 @@ class InvoicingService:
 
         names = sorted(owed)
         plans = await invoicing_repository.plans_of(session, names)
-        refused = self._refusals(names, plans)
+        payg_plans = [name for name, terms in get_settings().plans.items() if terms.pay_as_you_go]
+        charged_without_payg = await ledger_repository.charges_under_plans_without_payg(
+            session, payg_plans, period=period
+        )
+        refused = self._refusals(names, plans, charged_without_payg)
         names = [name for name in names if name not in refused]
         carried = await invoicing_repository.carried_in(session, names, period)
 
@@ -210,19 +215,21 @@ class InvoicingService:
         )
 
     @staticmethod
-    def _refusals(names: list[str], plans: dict[str, str]) -> dict[str, str]:
-        """Accounts that must not be invoiced. Free plans never owe pay-as-you-go by construction
-        (their overage is written off), so a receivable on one is a breach to report, not to bill."""
-        table = get_settings().plans
-        refused = {}
+    def _refusals(
+        names: list[str], plans: dict[str, str], charged_without_payg: list[ChargeUnderPlan]
+    ) -> dict[str, str]:
+        """Accounts that must not be invoiced. A charge is owed under the plan it was posted on, so
+        an account downgraded to free pays what it ran up before. A plan without pay-as-you-go never
+        charges any by construction (its overage is written off): such a charge is a breach to
+        report, not to bill."""
+        refused = {
+            charge.account_name: f"charged {charge.amount_nano_usd} nano-USD on plan {charge.plan!r}, which has no pay-as-you-go"
+            for charge in charged_without_payg
+            if charge.account_name in names
+        }
         for name in names:
-            plan = plans.get(name)
-            if plan is None:
+            if name not in plans:
                 refused[name] = "no such account"
-            elif plan not in table:
-                refused[name] = f"unknown plan {plan!r}"
-            elif not table[plan].pay_as_you_go:
-                refused[name] = f"plan {plan!r} has no pay-as-you-go"
         return refused
 
     async def list_invoices(self, session: AsyncSession, *, account: str) -> list[InvoiceView]:

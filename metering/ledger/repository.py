@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, bindparam, insert, select, text, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from metering.accounts.repository import dialect_insert
 from metering.db import is_sqlite
 from metering.ledger import codes
-from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
+from metering.models import Account, LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
 from metering.sql import chunks
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ _TRANSACTION_COLUMNS = (
     "original_period",
     "usage_record_id",
     "memo",
+    "plan",
 )
 
 # PostgreSQL writes a batch of postings in one statement: the transactions and their entries
@@ -38,11 +40,13 @@ _TRANSACTION_COLUMNS = (
 _PG_INSERT_POSTINGS = (
     "WITH batch AS MATERIALIZED ("
     " SELECT * FROM json_to_recordset($1::json) AS v(kind varchar, idempotency_key varchar, account_name varchar,"
-    " provider_id varchar, period varchar, original_period varchar, usage_record_id bigint, memo varchar)"
+    " provider_id varchar, period varchar, original_period varchar, usage_record_id bigint, memo varchar,"
+    " plan varchar)"
     "), inserted AS ("
     " INSERT INTO ledger_transactions (kind, idempotency_key, account_name, provider_id, period, original_period,"
-    " usage_record_id, memo, created_at)"
-    " SELECT kind, idempotency_key, account_name, provider_id, period, original_period, usage_record_id, memo, $3"
+    " usage_record_id, memo, plan, created_at)"
+    " SELECT kind, idempotency_key, account_name, provider_id, period, original_period, usage_record_id, memo, plan,"
+    " $3"
     " FROM batch ON CONFLICT DO NOTHING RETURNING id, idempotency_key"
     "), entries AS ("
     " INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd)"
@@ -84,7 +88,38 @@ def select_entries(
     return statement
 
 
+@dataclass(frozen=True, slots=True)
+class ChargeUnderPlan:
+    """Pay-as-you-go charged to a receivable by costs posted while its account was on ``plan``."""
+
+    account_name: str
+    code: str
+    plan: str | None
+    amount_nano_usd: int
+
+
 class LedgerRepository:
+    async def charges_under_plans_without_payg(
+        self, session: AsyncSession, payg_plans: Collection[str], *, period: str | None = None
+    ) -> list[ChargeUnderPlan]:
+        """Receivable charges posted under a plan not in ``payg_plans``, per receivable and plan; of
+        one period's receivables, or of all. A cost names the plan it was posted under; any other
+        posting, its account's plan of today (None when there is no such account)."""
+        plan = func.coalesce(LedgerTransaction.plan, Account.plan)
+        total = func.sum(LedgerEntry.amount_nano_usd)
+        statement = (
+            select_entries(LedgerAccount.owner, LedgerAccount.code, plan, total)
+            .outerjoin(Account, Account.name == LedgerAccount.owner)
+            .where(LedgerAccount.kind == codes.RECEIVABLE, or_(plan.is_(None), plan.not_in(list(payg_plans))))
+            .group_by(LedgerAccount.owner, LedgerAccount.code, plan)
+            .having(total != 0)
+            .order_by(LedgerAccount.owner, LedgerAccount.code)
+        )
+        if period is not None:
+            statement = statement.where(LedgerAccount.period == period)
+        rows = await session.execute(statement)
+        return [ChargeUnderPlan(owner, code, plan, int(amount)) for owner, code, plan, amount in rows]
+
     async def ensure_accounts(self, session: AsyncSession, account_codes: Iterable[str]) -> dict[str, int]:
         """Ids of the ledger accounts named, created at balance 0 when missing.
 

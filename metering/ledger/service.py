@@ -34,6 +34,7 @@ class Posting:
     usage_record_id: int | None = None
     original_period: str | None = None
     memo: str | None = None
+    plan: str | None = None
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class LedgerService:
         usage_record_id: int | None = None,
         original_period: str | None = None,
         memo: str | None = None,
+        plan: str | None = None,
     ) -> bool:
         """Post one balanced transaction; True when written now, False for a replay."""
         posting = Posting(
@@ -95,6 +97,7 @@ class LedgerService:
             usage_record_id=usage_record_id,
             original_period=original_period,
             memo=memo,
+            plan=plan,
         )
         return (await self.post_many(session, [posting]))[0]
 

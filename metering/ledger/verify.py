@@ -17,6 +17,7 @@ from metering.analytics.rollups import rollup_mismatches
 from metering.config import get_settings
 from metering.db import Database
 from metering.ledger import codes
+from metering.ledger.repository import ledger_repository
 from metering.ledger.verify_repository import LIMIT, verify_repository
 from metering.money import format_usd
 
@@ -123,10 +124,15 @@ async def _priced_once(session: AsyncSession) -> Check:
 
 
 async def _free_not_invoiced(session: AsyncSession) -> Check:
-    check = Check("free_not_invoiced", "no account on a plan without pay-as-you-go has a receivable")
-    plans = [name for name, terms in get_settings().plans.items() if not terms.pay_as_you_go]
-    for account, code, amount in await verify_repository.receivables_of_accounts_on(session, plans):
-        check.breach(f"{account} ({code}) would be invoiced {format_usd(amount)}")
+    """A charge is judged by the plan it was posted under: pay-as-you-go run up before a downgrade
+    to free is still owed (and invoiced), but none may be charged while on a plan without it."""
+    check = Check("free_not_invoiced", "no pay-as-you-go charged while an account's plan had none")
+    payg_plans = [name for name, terms in get_settings().plans.items() if terms.pay_as_you_go]
+    for charge in await ledger_repository.charges_under_plans_without_payg(session, payg_plans):
+        check.breach(
+            f"{charge.account_name} ({charge.code}) was charged {format_usd(charge.amount_nano_usd)} "
+            f"on plan {charge.plan!r}, which has no pay-as-you-go"
+        )
     return check
 
 
@@ -158,7 +164,7 @@ async def _spending_limits(session: AsyncSession) -> Check:
     pass its cap, but only by what authorize could not know when it admitted the requests: the
     estimate error of authorized requests (cost above the estimate it counted, whenever they
     started), requests without a hold that were already in flight when the cap was reached,
-    charges made before the limit was set, and late costs of closed periods. Those are warnings;
+    charges made or admitted before the limit was set, and late costs of closed periods. Those are warnings;
     anything beyond them, or a charge for a request without a hold started after the cap was
     reached (nobody admitted it), means too much got through: a breach.
     """
@@ -182,7 +188,10 @@ async def _spending_limits(session: AsyncSession) -> Check:
                 and posting.started_at > reached_at
             ):
                 after_start.append(posting.amount_nano_usd)
-            elif set_at is not None and posting.posted_at <= set_at:
+            elif set_at is not None and (
+                posting.posted_at <= set_at or (posting.held_at is not None and posting.held_at <= set_at)
+            ):
+                # Charged, or admitted, before the limit was set: no limit could have refused it.
                 allowance += posting.amount_nano_usd
             else:
                 allowance += posting.estimate_error

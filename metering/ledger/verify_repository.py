@@ -6,7 +6,6 @@ sums), so a verify of a large ledger streams little to Python.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -91,20 +90,6 @@ class VerifyRepository:
             .order_by(UsageRecord.id)
         )
         return [(id_, int(cost), int(paid)) for id_, cost, paid in rows]
-
-    async def receivables_of_accounts_on(
-        self, session: AsyncSession, plans: Sequence[str]
-    ) -> list[tuple[str, str, int]]:
-        """(account, ledger code, balance) of non-zero receivables of accounts on the given plans."""
-        if not plans:
-            return []
-        rows = await session.execute(
-            select(Account.name, LedgerAccount.code, LedgerAccount.balance_nano_usd)
-            .join(LedgerAccount, and_(LedgerAccount.owner == Account.name, LedgerAccount.kind == codes.RECEIVABLE))
-            .where(Account.plan.in_(plans), LedgerAccount.balance_nano_usd != 0)
-            .order_by(Account.name, LedgerAccount.code)
-        )
-        return [(name, code, int(amount)) for name, code, amount in rows]
 
     async def ledger_sums_by_account_period(self, session: AsyncSession) -> dict[tuple[str, str], dict[str, int]]:
         """Per (account, period): credits granted/used, payg and written-off as the ledger has them."""
@@ -213,7 +198,7 @@ class VerifyRepository:
                 LedgerTransaction.original_period,
                 UsageRecord.cost_nano_usd,
                 UsageRecord.estimate_nano_usd,
-                Hold.id.is_not(None),
+                Hold.created_at,
                 usage_records=True,
             )
             .outerjoin(
@@ -229,8 +214,8 @@ class VerifyRepository:
             .order_by(LedgerTransaction.id)
         )
         return [
-            PaygPosting(kind, created, int(amount), started, original, cost, estimate or 0, bool(authorized))
-            for kind, created, amount, started, original, cost, estimate, authorized in rows
+            PaygPosting(kind, created, int(amount), started, original, cost, estimate or 0, held_at)
+            for kind, created, amount, started, original, cost, estimate, held_at in rows
         ]
 
 
@@ -245,8 +230,13 @@ class PaygPosting:
     original_period: str | None
     cost_nano_usd: int | None
     estimate_nano_usd: int
-    # The request's authorize hold was attached to it: its estimate was counted against the limit.
-    authorized: bool
+    # When the request's authorize hold was taken, if one was attached to it: its estimate was
+    # counted against the limit from then on.
+    held_at: datetime | None
+
+    @property
+    def authorized(self) -> bool:
+        return self.held_at is not None
 
     @property
     def estimate_error(self) -> int:

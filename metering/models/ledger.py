@@ -53,6 +53,8 @@ class LedgerTransaction(Base):
     original_period: Mapped[str | None] = mapped_column(String(7), nullable=True)
     usage_record_id: Mapped[int | None] = mapped_column(ForeignKey("usage_records.id"), nullable=True, unique=True)
     memo: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # For a cost: the plan its account was on when it was posted (it decides pay-as-you-go or write-off).
+    plan: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -23,7 +23,7 @@ from metering.balances.repository import PendingDelta, PeriodTotals, balances_re
 from metering.charging.split import CostSplit, split_costs
 from metering.config import get_settings
 from metering.credits.repository import credits_repository
-from metering.credits.service import PlanHolder, credits_service, pays_as_you_go
+from metering.credits.service import PlanHolder, credits_service
 from metering.holds.estimates import estimates_service
 from metering.holds.service import HoldClaim, holds_service
 from metering.ledger.service import WrittenPostings, ledger_service
@@ -312,10 +312,19 @@ async def _move_money(
     )
     providers = await provider_repository.get_many(session, {row.provider_id for row in all_rows})
     eligible = {provider_id: provider.credit_eligible for provider_id, provider in providers.items()}
-    payg = {name: pays_as_you_go(terms) for name, terms in accounts.items()}
+    plans = {name: terms.plan for name, terms in accounts.items()}
+    payg_plans = {name for name, terms in get_settings().plans.items() if terms.pay_as_you_go}
 
     def split_from(totals: Mapping[tuple[str, str], PeriodTotals]) -> CostSplit:
-        return split_costs(priced_rows, costs, totals, eligible=eligible, payg=payg, posting_period=posting_period)
+        return split_costs(
+            priced_rows,
+            costs,
+            totals,
+            eligible=eligible,
+            plans=plans,
+            payg_plans=payg_plans,
+            posting_period=posting_period,
+        )
 
     planned = None
     for _ in range(_PLANS_BEFORE_LOCKING if priced_rows else 0):

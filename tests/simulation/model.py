@@ -147,9 +147,6 @@ class PeriodMoney:
     # Pay-as-you-go posted for requests no hold of this period stood for (no authorize, an
     # expired hold, a late cost of a closed period): authorize never counted them.
     unheld_payg: int = 0
-    # Pay-as-you-go posted for requests admitted on credits while the committed pay-as-you-go
-    # already stood at the limit: their estimate fit the credits, their cost did not.
-    payg_admitted_on_credits_at_limit: int = 0
 
 
 @dataclass
@@ -163,8 +160,6 @@ class Hold:
     amount: int
     created_at: datetime
     status: str = "held"  # held | attached | expired
-    # Admitted because its estimate fit the credits, with the committed pay-as-you-go at the limit.
-    on_credits_at_limit: bool = False
 
 
 @dataclass(frozen=True)
@@ -490,10 +485,7 @@ class BillingModel:
         )
         if reason is not None:
             return self._money_decision(figures, limit, payer.name, reason=reason)
-        at_limit = limit is not None and figures.payg_committed >= limit
-        hold = Hold(
-            next(self._hold_keys), payer.name, user, first, model, period, estimate, now, on_credits_at_limit=at_limit
-        )
+        hold = Hold(next(self._hold_keys), payer.name, user, first, model, period, estimate, now)
         self.holds[hold.key] = hold
         after = figures.with_hold(estimate, credit_eligible=eligible)
         return Decision(
@@ -586,11 +578,8 @@ class BillingModel:
         hold = self.holds[record.hold_key] if record.hold_key is not None else None
         held = hold.amount if hold is not None and hold.period == posting_period else 0
         money.estimate_error += max(0, cost - held)
-        if self.accounts[account].terms.pay_as_you_go:
-            if held == 0:
-                money.unheld_payg += rest
-            elif hold is not None and hold.on_credits_at_limit:
-                money.payg_admitted_on_credits_at_limit += rest
+        if self.accounts[account].terms.pay_as_you_go and held == 0:
+            money.unheld_payg += rest
 
     def _release(self, record: Record, status: str, now: datetime) -> None:
         """A record that will never be charged (quarantined, unpriced): its estimate leaves the period."""
@@ -621,7 +610,10 @@ class BillingModel:
     # --- periods and invoices (§6, §7) ---------------------------------------------------------------
 
     def close_period(self, period: str, *, force: bool, now: datetime) -> list[Invoice]:
-        """Close ``period`` and every earlier one; an invoice per pay-as-you-go account that owes."""
+        """Close ``period`` and every earlier one; an invoice per account that owes pay-as-you-go.
+
+        Pay-as-you-go is only ever charged while a plan has it (§3: a free plan's overage is written
+        off), so what an account owes is invoiced even after a downgrade to free."""
         end = period_end(period)
         if now < end or (not force and now < end + CLOSE_GRACE) or self.is_closed(period):
             return []
@@ -629,8 +621,8 @@ class BillingModel:
         for closing in sorted({p for _, p in self.money if p <= period and not self.is_closed(p)}):
             for name in sorted(a for a, p in self.money if p == closing):
                 payg = self.money[(name, closing)].payg
-                if payg <= 0 or not self.accounts[name].terms.pay_as_you_go:
-                    continue  # no free account is invoiced
+                if payg <= 0:
+                    continue
                 carried = self.last_invoice(name).carried_out_nano_usd if self.last_invoice(name) else 0
                 cents, remainder = divmod(payg + carried, NANO_PER_CENT)
                 invoice = Invoice(name, closing, payg, carried, cents, remainder)

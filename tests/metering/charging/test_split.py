@@ -13,7 +13,8 @@ from metering.usage.accounting_repository import SettledRow
 PERIOD = "2026-11"
 ACCOUNTS = ("acme", "alice", "bob")
 PROVIDERS = {"together": True, "premium": False}  # credit-eligible or not
-PAYG = {"acme": True, "alice": True, "bob": False}
+PLANS = {"acme": "team", "alice": "pro", "bob": "free"}
+PAYG_PLANS = {"team", "pro"}
 
 
 def totals(available: dict[str, int], *, used: int = 5) -> dict[tuple[str, str], PeriodTotals]:
@@ -25,7 +26,15 @@ def totals(available: dict[str, int], *, used: int = 5) -> dict[tuple[str, str],
 
 
 def split(rows: list[SettledRow], costs: dict[int, int], state: dict[tuple[str, str], PeriodTotals]):
-    return split_costs(rows, costs, state, eligible=PROVIDERS, payg=PAYG, posting_period=lambda row: row.period)
+    return split_costs(
+        rows,
+        costs,
+        state,
+        eligible=PROVIDERS,
+        plans=PLANS,
+        payg_plans=PAYG_PLANS,
+        posting_period=lambda row: row.period,
+    )
 
 
 requests = st.lists(
@@ -55,8 +64,9 @@ class TestSplitCosts:
             from_credits = min(cost, remaining[row.billing_account]) if PROVIDERS[row.provider_id] else 0
             remaining[row.billing_account] -= from_credits
             rest = cost - from_credits
-            payg = rest if PAYG[row.billing_account] else 0
+            payg = rest if PLANS[row.billing_account] in PAYG_PLANS else 0
             assert posting.idempotency_key == f"cost:{row.id}"
+            assert posting.plan == PLANS[row.billing_account]
             assert dict(posting.entries) == {
                 codes.credits(row.billing_account, PERIOD): from_credits,
                 codes.receivable(row.billing_account, PERIOD): payg,

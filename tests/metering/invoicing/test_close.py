@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from jobs import close_period
+from metering.accounts.service import AccountSync, account_service
 from metering.config import Settings
 from metering.db import Database
 from metering.exports.service import export_service
@@ -183,9 +184,28 @@ class TestClosePeriod:
                 ],
             )
         result = await close(seeded, "2026-09")
-        assert (result.invoices, result.refused) == (0, {"bob": "plan 'free' has no pay-as-you-go"})
+        assert (result.invoices, result.refused) == (
+            0,
+            {"bob": "charged 50000000 nano-USD on plan 'free', which has no pay-as-you-go"},
+        )
         assert "REFUSED bob" in result.describe()
         assert await invoices(seeded) == {}
+
+    async def test_pay_as_you_go_run_up_before_a_downgrade_to_free_is_invoiced(self, seeded: Database) -> None:
+        await charge(seeded, account="alice", started_at=SEPT, costs={"a1": 1_000_000_000})
+        async with seeded.session_scope() as session:
+            await account_service.upsert_account(session, name="alice", sync=AccountSync(kind="user", plan="free"))
+            plans = list(
+                await session.scalars(select(LedgerTransaction.plan).where(LedgerTransaction.kind == "request_cost"))
+            )
+        assert plans == ["pro"]  # the plan the cost was charged under
+        assert (await verify(seeded)).ok
+
+        result = await close(seeded, "2026-09")
+
+        assert (result.invoices, result.amount_cents, result.refused) == (1, 100, {})
+        assert (await invoices(seeded))[("alice", "2026-09")].payg_nano_usd == 1_000_000_000
+        assert (await verify(seeded)).ok
 
 
 class TestCarriedRemainder:

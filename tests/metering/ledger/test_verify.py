@@ -125,7 +125,26 @@ class TestVerify:
             )
         report = await verify(db)
         assert report.check("free_not_invoiced").breaches == [
-            f"bob ({codes.receivable('bob', period)}) would be invoiced $0.000000010"
+            f"bob ({codes.receivable('bob', period)}) was charged $0.000000010 on plan 'free', which has no pay-as-you-go"
+        ]
+
+    async def test_a_cost_charged_to_a_receivable_on_a_plan_without_payg(self, db: Database) -> None:
+        # Made by hand: pricing writes a free plan's overage off. alice is on pro today; the cost says free.
+        await healthy_ledger(db)
+        period = current_period()
+        async with db.session_scope() as session:
+            await ledger_service.post(
+                session,
+                kind=codes.REQUEST_COST,
+                idempotency_key="cost-on-free",
+                period=period,
+                account_name="alice",
+                entries=[(codes.receivable("alice", period), 25), (codes.payable("together", period), -25)],
+                plan="free",
+            )
+        report = await verify(db)
+        assert report.check("free_not_invoiced").breaches == [
+            f"alice ({codes.receivable('alice', period)}) was charged $0.000000025 on plan 'free', which has no pay-as-you-go"
         ]
 
     async def test_period_cache_drift(self, db: Database) -> None:
@@ -223,6 +242,33 @@ class TestSpendingLimits:
         report = await verify(db)
         assert report.ok, report.check("spending_limits").breaches
         assert report.check("spending_limits").warning_count == 1
+
+    async def test_a_request_admitted_before_the_limit_was_set_may_pass_it_whole(self, db: Database) -> None:
+        async with db.session_scope() as session:
+            await create_account(session, "alice", plan="pro")
+            await create_provider(session, "premium", credit_eligible=False)
+            hold_id = await holds_service.place_hold(
+                session,
+                account="alice",
+                period=current_period(),
+                user="alice",
+                provider_id="premium",
+                model="org/model",
+                amount_nano_usd=5_000,
+                credit_eligible=False,
+                now=utcnow(),
+            )
+        async with db.session_scope() as session:
+            await limits_service.set_spending_limit(session, account_name="alice", limit_nano_usd=1_000, actor="alice")
+        async with db.session_scope() as session:
+            usage = await store_usage(session, provider="premium", started_at=minutes_ago(1), hold_id=hold_id)
+            await settle(session, priced=[PricedRequest(usage.id, 5_000)])
+        report = await verify(db)
+        assert report.ok, report.check("spending_limits").breaches
+        assert report.check("spending_limits").warnings == [
+            f"alice {current_period()}: pay-as-you-go $0.000005000 over its limit $0.000001000 by $0.000004000, "
+            "within the estimate error of the requests in flight"
+        ]
 
     async def test_late_cost_is_listed(self, db: Database) -> None:
         old = previous_period(current_period())
