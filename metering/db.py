@@ -7,14 +7,21 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import event, exc, text
+from sqlalchemy import Table, event, exc, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from metering.errors import StatementTimeout
+from metering.models.base import Base
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Set on every SQLite connection, in this order (see ``_serialize_sqlite_writers`` for why).
@@ -151,17 +158,29 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def dialect_name(session: AsyncSession) -> str:
-    """The name of the dialect the session runs on: "sqlite" or "postgresql"."""
+def by_dialect(session: AsyncSession, *, sqlite: T, postgresql: T) -> T:
+    """Of two implementations, the one for the engine ``session`` runs on.
+
+    The one question of which engine runs: each concept keeps the SQL that differs between
+    SQLite and PostgreSQL behind a small interface in its ``dialects`` module, with both
+    implementations side by side, and picks one here; nothing else asks.
+    """
     if session.bind is None:
         raise exc.UnboundExecutionError("the session is not bound to an engine")
-    return session.bind.dialect.name
+    return _pick(session.bind.dialect.name, sqlite=sqlite, postgresql=postgresql)
 
 
-def is_sqlite(session_or_engine: AsyncSession | AsyncEngine) -> bool:
-    if isinstance(session_or_engine, AsyncSession):
-        return dialect_name(session_or_engine) == "sqlite"
-    return session_or_engine.dialect.name == "sqlite"
+def _pick(name: str, *, sqlite: T, postgresql: T) -> T:
+    if name == "sqlite":
+        return sqlite
+    if name == "postgresql":
+        return postgresql
+    raise exc.ArgumentError(f"unsupported database engine {name!r}: SQLite and PostgreSQL are")
+
+
+def upsert_insert(session: AsyncSession, table: type[Base] | Table) -> sqlite.Insert | postgresql.Insert:
+    """INSERT with ON CONFLICT support, in the session's dialect (the two constructs share that API)."""
+    return by_dialect(session, sqlite=sqlite_insert, postgresql=pg_insert)(table)
 
 
 class Database:
@@ -203,7 +222,7 @@ class Database:
         async with self.sessionmaker() as session:
             try:
                 async with session.begin():
-                    if self._transaction_timeout_ms is not None and self.dialect == "postgresql":
+                    if self._transaction_timeout_ms is not None and self.by_dialect(sqlite=False, postgresql=True):
                         await session.execute(
                             text(f"SET LOCAL statement_timeout = {int(self._transaction_timeout_ms)}")
                         )
@@ -216,7 +235,22 @@ class Database:
 
     @property
     def dialect(self) -> str:
+        """The engine's name, for people (``/healthz``, logs); code picks with ``by_dialect``."""
         return self.engine.dialect.name
+
+    def by_dialect(self, *, sqlite: T, postgresql: T) -> T:
+        """Of two implementations, the one for this database's engine (see the function ``by_dialect``)."""
+        return _pick(self.engine.dialect.name, sqlite=sqlite, postgresql=postgresql)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def dialect_name(session: AsyncSession) -> str:
+    """TRANSITIONAL: removed once every concept uses ``by_dialect``."""
+    return by_dialect(session, sqlite="sqlite", postgresql="postgresql")
+
+
+def is_sqlite(session: AsyncSession) -> bool:
+    """TRANSITIONAL: removed once every concept uses ``by_dialect``."""
+    return dialect_name(session) == "sqlite"

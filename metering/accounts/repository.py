@@ -6,15 +6,11 @@ from collections.abc import Iterable
 from datetime import datetime
 
 import orjson
-from sqlalchemy import Table, bindparam, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.db import dialect_name
 from metering.models import Account, Membership
-from metering.models.base import Base
 from metering.sql import rowcount
 
 _USER_COLUMNS = "INSERT INTO accounts (name, kind, plan, seats, status, created_at, updated_at) "
@@ -27,11 +23,6 @@ _PG_INSERT_USERS = text(
     _USER_COLUMNS + "SELECT n, 'user', :plan, 1, 'active', :now, :now FROM unnest(CAST(:names AS varchar[])) AS n "
     "ON CONFLICT DO NOTHING"
 ).bindparams(bindparam("now", type_=Account.__table__.c.created_at.type))
-
-
-def dialect_insert(session: AsyncSession, table: type[Base] | Table) -> sqlite.Insert | postgresql.Insert:
-    """INSERT with ON CONFLICT support for the session's dialect."""
-    return (sqlite_insert if dialect_name(session) == "sqlite" else pg_insert)(table)
 
 
 class AccountRepository:

@@ -11,8 +11,7 @@ from sqlalchemy import and_, distinct, func, select, text, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
-from metering.accounts.repository import dialect_insert
-from metering.db import is_sqlite
+from metering.db import is_sqlite, upsert_insert
 from metering.errors import NotFound
 from metering.ledger import codes
 from metering.ledger.repository import select_entries
@@ -67,7 +66,7 @@ class InvoicingRepository:
         if not is_sqlite(session):
             await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLOSE_ORDER_KEY})
         await session.execute(
-            dialect_insert(session, Period).values(period=period, status="open").on_conflict_do_nothing()
+            upsert_insert(session, Period).values(period=period, status="open").on_conflict_do_nothing()
         )
         return (
             await session.scalars(
@@ -161,14 +160,14 @@ class InvoicingRepository:
         ids: dict[str, int] = {}
         for part in chunks(rows, CHUNK):
             result = await session.execute(
-                dialect_insert(session, Invoice).values(list(part)).returning(Invoice.account_name, Invoice.id)
+                upsert_insert(session, Invoice).values(list(part)).returning(Invoice.account_name, Invoice.id)
             )
             ids.update({name: id_ for name, id_ in result})
         return ids
 
     async def insert_lines(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
         for part in chunks(rows, CHUNK):
-            await session.execute(dialect_insert(session, InvoiceLine).values(list(part)))
+            await session.execute(upsert_insert(session, InvoiceLine).values(list(part)))
 
     # --- reading invoices ----------------------------------------------------------------
 
@@ -279,7 +278,7 @@ class InvoicingRepository:
     async def insert_event(self, session: AsyncSession, row: dict[str, Any]) -> bool:
         """Store an event by id; False when that id was already stored."""
         result = await session.execute(
-            dialect_insert(session, StripeEvent).values(row).on_conflict_do_nothing().returning(StripeEvent.id)
+            upsert_insert(session, StripeEvent).values(row).on_conflict_do_nothing().returning(StripeEvent.id)
         )
         return result.first() is not None
 

@@ -12,8 +12,7 @@ from sqlalchemy import ColumnElement, Select, bindparam, func, insert, or_, sele
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from metering.accounts.repository import dialect_insert
-from metering.db import is_sqlite
+from metering.db import is_sqlite, upsert_insert
 from metering.ledger import codes
 from metering.models import Account, LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
 from metering.sql import chunks
@@ -145,7 +144,7 @@ class LedgerRepository:
                 )
             if is_sqlite(session):
                 await session.execute(
-                    dialect_insert(session, LedgerAccount.__table__).on_conflict_do_nothing(index_elements=["code"]),
+                    upsert_insert(session, LedgerAccount.__table__).on_conflict_do_nothing(index_elements=["code"]),
                     rows,
                 )
             else:
@@ -222,7 +221,7 @@ class LedgerRepository:
     ) -> set[str]:
         table = LedgerTransaction.__table__
         result = await session.execute(
-            dialect_insert(session, table).on_conflict_do_nothing().returning(table.c.idempotency_key, table.c.id),
+            upsert_insert(session, table).on_conflict_do_nothing().returning(table.c.idempotency_key, table.c.id),
             [{name: getattr(p, name) for name in _TRANSACTION_COLUMNS} | {"created_at": created_at} for p in postings],
         )
         inserted = {key: id_ for key, id_ in result}

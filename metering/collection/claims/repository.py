@@ -23,8 +23,7 @@ from sqlalchemy import BigInteger, ColumnElement, and_, any_, bindparam, func, o
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.accounts.repository import dialect_insert
-from metering.db import dialect_name
+from metering.db import dialect_name, upsert_insert
 from metering.models import Provider, ProviderCollectionState, UsageRecord
 from metering.sql import rowcount
 
@@ -147,7 +146,7 @@ class CollectionStateRepository:
     async def lock(self, session: AsyncSession, *, provider_id: str) -> ProviderCollectionState:
         """The provider's state row, created if needed and locked for this transaction."""
         await session.execute(
-            dialect_insert(session, ProviderCollectionState)
+            upsert_insert(session, ProviderCollectionState)
             .values(provider_id=provider_id, consecutive_failures=0)
             .on_conflict_do_nothing()
         )
