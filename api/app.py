@@ -24,7 +24,7 @@ from api.routes import (
 from api.routes.docs import install_docs
 from metering.config import Settings, get_settings, set_settings
 from metering.db import Database
-from metering.migrate import upgrade
+from metering.migrate import upgrade_on_open
 from metering.startup import loaded_objects_out_of_the_collector
 
 # Starlette tries routes in order: the hot-path routes come first.
@@ -53,8 +53,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = database is None
         if owned:
-            if settings.is_sqlite:
-                await upgrade(settings.database_url)
+            await upgrade_on_open(settings)
             app.state.database = Database(settings.database_url, statement_timeout_ms=settings.api_statement_timeout_ms)
         # The app's ~150,000 long-lived objects (modules, routes, schemas): otherwise every full
         # collection walked them all while the event loop waited, pauses of up to 0.2 s every few

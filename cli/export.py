@@ -106,9 +106,8 @@ def export(
 
     settings = get_settings()
     period = period or current_period()
-    if settings.is_sqlite:
-        from metering.migrate import upgrade_sync  # Alembic is slow to import; PostgreSQL is migrated explicitly
+    from metering.migrate import upgrade_on_open_sync  # Alembic is slow to import
 
-        upgrade_sync(settings.database_url)
+    upgrade_on_open_sync(settings)
     rows = asyncio.run(_export(settings.database_url, report, period, format, out, show_progress=progress))
     Console(stderr=True).print(f"[green]{rows} rows[/green] of {report} {period} written to {out}")

@@ -17,11 +17,10 @@ app = typer.Typer(help="Scheduled jobs: run the scheduler, or one pass of a job.
 
 def _prepare() -> str:
     from metering.config import get_settings
-    from metering.migrate import upgrade_sync  # Alembic is slow to import: loaded when a job runs
+    from metering.migrate import upgrade_on_open_sync  # Alembic is slow to import: loaded when a job runs
 
     settings = get_settings()
-    if settings.is_sqlite:
-        upgrade_sync(settings.database_url)
+    upgrade_on_open_sync(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per cost batch is noise
     return settings.database_url

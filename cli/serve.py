@@ -27,17 +27,16 @@ def serve(
     from rich.console import Console
 
     from metering.config import EMBEDDED_DEV_TOKEN, get_settings
-    from metering.migrate import upgrade_sync
+    from metering.migrate import upgrade_on_open_sync
     from metering.sample_data import seed_sample_data
 
     settings = get_settings()
     console = Console(stderr=True)
-    if settings.is_sqlite:
-        upgrade_sync(settings.database_url)
-        if sample_data and settings.environment == "embedded":
-            seeded = asyncio.run(seed_sample_data(settings.database_url))
-            if seeded:
-                console.print("[cyan]sample data seeded[/cyan]: providers and accounts for a first look")
+    upgrade_on_open_sync(settings)
+    if sample_data and settings.environment == "embedded" and settings.migrates_on_open:
+        seeded = asyncio.run(seed_sample_data(settings.database_url))
+        if seeded:
+            console.print("[cyan]sample data seeded[/cyan]: providers and accounts for a first look")
     if settings.service_tokens == EMBEDDED_DEV_TOKEN:
         console.print(f"[yellow]embedded mode[/yellow]: service token is {EMBEDDED_DEV_TOKEN!r}")
     console.print(f"Metering on http://{host}:{port} (docs at /docs), database {settings.database_url.split('@')[-1]}")

@@ -19,11 +19,10 @@ def verify() -> None:
     from rich.console import Console
 
     from metering.config import get_settings
-    from metering.migrate import upgrade_sync
+    from metering.migrate import upgrade_on_open_sync
 
     settings = get_settings()
-    if settings.is_sqlite:
-        upgrade_sync(settings.database_url)
+    upgrade_on_open_sync(settings)
     report = asyncio.run(_verify(settings.database_url))
     print_report(report, Console())
     raise typer.Exit(0 if report.ok else 1)

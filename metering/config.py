@@ -117,7 +117,10 @@ class Settings(BaseSettings):
         return [token.strip() for token in self.service_tokens.split(",") if token.strip()]
 
     @property
-    def is_sqlite(self) -> bool:
+    def migrates_on_open(self) -> bool:
+        """The embedded SQLite file is migrated by whichever command opens it first, so a fresh
+        machine needs no set-up; a PostgreSQL database is migrated explicitly (``metering db upgrade``),
+        once, by whoever deploys."""
         return self.database_url.startswith("sqlite")
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
+from metering.config import Settings
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -29,6 +30,17 @@ def upgrade_sync(database_url: str, revision: str = "head") -> None:
 
 async def upgrade(database_url: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade_sync, database_url, revision)
+
+
+def upgrade_on_open_sync(settings: Settings) -> None:
+    """Bring the embedded database to the head revision when a command opens it (see ``Settings.migrates_on_open``)."""
+    if settings.migrates_on_open:
+        upgrade_sync(settings.database_url)
+
+
+async def upgrade_on_open(settings: Settings) -> None:
+    if settings.migrates_on_open:
+        await upgrade(settings.database_url)
 
 
 async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
