@@ -7,7 +7,7 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from sqlalchemy import Table, event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -180,7 +180,10 @@ def _pick(name: str, *, sqlite: T, postgresql: T) -> T:
 
 def upsert_insert(session: AsyncSession, table: type[Base] | Table) -> sqlite.Insert | postgresql.Insert:
     """INSERT with ON CONFLICT support, in the session's dialect (the two constructs share that API)."""
-    return by_dialect(session, sqlite=sqlite_insert, postgresql=pg_insert)(table)
+    # Each construct is its dialect's Insert; the pick is typed as their common base.
+    return cast(
+        "sqlite.Insert | postgresql.Insert", by_dialect(session, sqlite=sqlite_insert, postgresql=pg_insert)(table)
+    )
 
 
 class Database:
