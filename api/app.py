@@ -55,9 +55,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         if owned:
             await upgrade_on_open(settings)
             app.state.database = Database(settings.database_url, statement_timeout_ms=settings.api_statement_timeout_ms)
-        # The app's ~150,000 long-lived objects (modules, routes, schemas): otherwise every full
-        # collection walked them all while the event loop waited, pauses of up to 0.2 s every few
-        # tens of thousands of requests, which set the authorize route's p99.
+        # The app's long-lived objects (modules, routes, schemas): otherwise every full collection
+        # walked them all while the event loop waited, pauses that set the authorize route's p99.
         loaded_objects_out_of_the_collector()
         try:
             yield

@@ -34,8 +34,8 @@ async def _export(database_url: str, report: str, period: str, fmt: str, out: Pa
     except OSError as exc:
         raise CommandFailed(f"cannot write {out}: {exc.strerror or exc}") from exc
     # Every buffer an export passes on allocates young objects (futures, queue entries): full
-    # collections came often enough to walk the libraries' objects for a tenth of the time
-    # (1M-row Parquet export, two paired runs: 3.80 s against 4.36 s, 5.05 s against 5.52 s).
+    # collections came often enough to spend a noticeable part of the export walking the
+    # libraries' objects.
     loaded_objects_out_of_the_collector()
     rows_written = 0
     database = None

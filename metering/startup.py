@@ -10,7 +10,7 @@ def loaded_objects_out_of_the_collector() -> None:
     collection so no garbage is frozen with it.
 
     A loop that allocates young objects by the thousand triggers full collections, and each
-    walked the ~100,000 objects of the libraries as well. Young objects are collected as before.
+    walked every object of the libraries as well. Young objects are collected as before.
     """
     gc.collect()
     gc.freeze()

@@ -29,8 +29,8 @@ from metering.exports.writers import FORMULA_PREFIXES
 
 # A few COPY buffers (asyncpg hands over one per network read, up to 256 KiB) in flight at most.
 # Beyond them the server waits on the socket, whose buffer is the kernel's, not this process's.
-# How full the queue stood depended on how far the server ran ahead: with 16, a 1M-row Parquet
-# export peaked at 147.1-147.3 MiB; with 4, at 143.9-144.0 MiB, in the same time.
+# How full the queue stood depended on how far the server ran ahead: a shorter queue gives a lower
+# peak in the same time (``bench/export.py`` prints both).
 QUEUE_CHUNKS = 4
 _FORMULA_CODES = tuple(ord(prefix) for prefix in FORMULA_PREFIXES)
 _NO_FRACTION = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'

@@ -23,7 +23,7 @@ from metering.exports.writers import CSV_FLUSH_BYTES, PARQUET_OPTIONS, PARQUET_R
 # PARQUET_ROW_GROUP_ROWS. The block and one row group of Arrow data are the memory bound.
 # Half a MiB: a row group rarely ends on a block's last row, and whatever part of a block is
 # not yet written stays in memory beside the row group, so a smaller block is a steadier peak
-# (a 1M-row ledger export, 5 runs each: 166-169 MiB with 2 MiB blocks, 162-167 MiB with 512 KiB).
+# (``bench/export.py`` prints the peak).
 PARQUET_BLOCK_BYTES = 512 * 1024
 
 
@@ -33,13 +33,12 @@ def _memory_pool() -> pa.MemoryPool:
     Every Arrow allocation of the export is in that one pool: the CSV parser's and the Parquet
     encoders' own buffers go to the process's default pool whatever pool they are given, and
     ``pa.set_memory_pool`` does not change that one. With mimalloc as that default, what it kept
-    for reuse grew with the export: peaks of 178-182 MiB for a 1M-row ledger against 178-193 MiB
-    for 5M; with jemalloc, 150.1-150.8 against 151.0-151.5.
+    for reuse grew with the length of the export; with jemalloc the peak stays flat.
 
     Decay 0 applies to the arenas jemalloc creates from now on, among them the export's worker
-    thread's, where all of the Arrow work is done. Kept pages made the peak vary: with a 20 ms
-    decay, 161-164 MiB (1M) and 165-167 (5M). Returning them costs page faults: about 0.4 CPU s
-    per million rows (170k faults), the price of a peak that does not depend on the length.
+    thread's, where all of the Arrow work is done. Kept pages made the peak vary with the
+    length; returning them costs page faults, the price of a peak that does not depend on the
+    length (``bench/export.py`` prints the peak and the rows per second).
     """
     pool = pa.default_memory_pool()
     if pool.backend_name == "jemalloc":
@@ -99,7 +98,7 @@ def _row_end(block: bytes | bytearray, size: int) -> int:
     end = block.rfind(_NEWLINE, 0, size)
     if end < 0 or block.find(_QUOTE, 0, end) < 0:
         # No quoted cell, so the last newline ends a row. A search stops at the first quote; a
-        # count reads the whole block: 12 µs against 378 µs for 512 KiB without quotes.
+        # count would read the whole block.
         return end + 1
     while end >= 0 and block.count(_QUOTE, 0, end) % 2:
         end = block.rfind(_NEWLINE, 0, end)
@@ -144,8 +143,7 @@ class _Block:
     """The bytes gathered for the next parse, in one buffer reused for every block of the export.
 
     A block joined anew for every parse is a fresh allocation in the interpreter's heap each
-    time, and a long export met more of its highs: a 5M-row ledger export peaked at a median
-    of 169 MiB that way against 166 MiB with one buffer (512 KiB blocks, 5 and 16 runs).
+    time, and a long export met more of its highs: its peak was higher than with one buffer.
     Arrow copies what it parses, so the buffer can be reused as soon as a parse returns.
     """
 

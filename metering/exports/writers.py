@@ -29,8 +29,8 @@ PARQUET_ROW_GROUP_ROWS = 65_536
 
 # Parquet's options for every export: zstd over plain pages, no dictionary pages. The report
 # columns are mostly near-unique (ids, keys, amounts, times), so a dictionary filled up to its
-# page limit and fell back to plain in every row group of those columns: measured on a 5M-row
-# ledger, 87 MiB files instead of 26 MiB, and peaks of up to +30 MiB RSS while it fell back.
+# page limit and fell back to plain in every row group of those columns: files several times
+# larger, and higher memory peaks while it fell back.
 class ParquetOptions(TypedDict):
     compression: Literal["zstd"]
     use_dictionary: bool

@@ -1,8 +1,8 @@
 """The router's durable on-disk queue of usage records: a SQLite file in WAL mode with a dead-letter table.
 
 Durability, stated exactly. Every ``append`` is its own committed SQLite transaction; there is no
-in-memory buffering (a one-row WAL commit already costs tens of µs, well under the 100 µs budget,
-so group commit would only weaken the guarantee; ``append_many`` commits a block at once for
+in-memory buffering (a one-row WAL commit is already well within the hook's budget, measured in
+``bench/``, so group commit would only weaken the guarantee; ``append_many`` commits a block at once for
 callers that have one). When ``append`` returns:
 
 - ``synchronous="NORMAL"`` (the default): the record has been written to the WAL file with

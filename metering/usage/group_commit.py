@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from metering.usage.service import CheckedBatch, IngestResult
 
 # A shared transaction takes no more batches past this many records: it holds SQLite's write
-# lock, which other writers (authorize's holds, jobs) wait for, about 40 ms per 1,000 records.
+# lock, which other writers (authorize's holds, jobs) wait for, for as long as its records take to write.
 MAX_GROUP_RECORDS = 5_000
 # How long a writer that got the turn with no other batch waiting waits for batches still being
 # checked to join its group (with others waiting it starts at once: checks then overlap the writing).
@@ -81,7 +81,7 @@ async def store_in_turn(db: Database, batch: CheckedBatch, store: Store) -> Inge
     Whoever gets the turn writes every batch waiting (up to ``MAX_GROUP_RECORDS``) in one
     transaction, its own included unless earlier ones filled it; the others find theirs done.
     Queued on an asyncio lock, the next transaction begins as soon as the previous one commits,
-    rather than when SQLite's busy handler, asleep up to 100 ms between tries, looks again.
+    rather than when SQLite's busy handler, asleep between tries, looks again.
     """
     queue = _queue_of(db)
     future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()

@@ -92,17 +92,23 @@ class UsageService:
     async def ingest(self, db: Database, *, records: list[object]) -> IngestResult:
         """``ingest_records`` in a transaction it opens and commits: of its own on PostgreSQL; on
         SQLite, one shared with the batches queued behind the same writer (``group_commit``)."""
-        if db.dialect != "sqlite":
-            batch = await self.check_batch(records)
-            async with db.session_scope() as session:
-                result = await self.store_checked(session, batch=batch)
-        else:
-            # The transaction is opened here rather than by the caller: it is not this request's alone.
-            with group_commit.arriving(db):
-                batch = await self.check_batch(records)
-            result = await group_commit.store_in_turn(db, batch, _store_checked)
+        store = db.by_dialect(sqlite=self._store_with_queued_batches, postgresql=self._store_alone)
+        result = await store(db, records)
         _count(result)
         return result
+
+    async def _store_alone(self, db: Database, records: list[object]) -> IngestResult:
+        """In a transaction of the batch's own: PostgreSQL runs concurrent writers side by side."""
+        batch = await self.check_batch(records)
+        async with db.session_scope() as session:
+            return await self.store_checked(session, batch=batch)
+
+    async def _store_with_queued_batches(self, db: Database, records: list[object]) -> IngestResult:
+        """In a transaction shared with the batches queued behind the same writer: SQLite has one writer."""
+        # The transaction is opened here rather than by the caller: it is not this request's alone.
+        with group_commit.arriving(db):
+            batch = await self.check_batch(records)
+        return await group_commit.store_in_turn(db, batch, _store_checked)
 
     async def store_checked(self, session: AsyncSession, *, batch: CheckedBatch) -> IngestResult:
         """The database part of ``ingest_records``, in the caller's transaction; ``batch`` is left

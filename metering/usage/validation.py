@@ -1,7 +1,7 @@
 """Checks of a usage POST (SPEC §5.2): the body as a whole, then each record on its own.
 
 Hand-written rather than a pydantic model: the ingest path validates tens of thousands of
-records a second, and plain type checks on the parsed dict are several times faster while
+records a second, and plain type checks on the parsed dict cost less (``bench/ingest.py``) while
 giving the exact wording each rejection needs. Every string is checked for length and
 printability here, so nothing that reaches the INSERT can fail a column constraint and
 take the rest of the batch down with it.
