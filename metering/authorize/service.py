@@ -34,7 +34,7 @@ import functools
 import weakref
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Protocol, cast
 
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from metering import metrics
 from metering.accounts.service import account_service, bill_to_refusal
 from metering.authorize.catalog import provider_catalog
+from metering.authorize.dialects import postgres_decision_paths, sqlite_decision_paths
 from metering.authorize.pg_decision import DecisionArguments, OneStatementDecision, pg_decision_repository
 from metering.authorize.repository import Party, authorize_repository
 from metering.balances.repository import PeriodMoney, balances_repository
@@ -89,6 +90,13 @@ def figures_of(row: PeriodMoney) -> Figures:
     )
 
 
+class DecisionPaths(Protocol):
+    """Which paths a decision can take on an engine (``metering.authorize.dialects``)."""
+
+    # True: a decision is tried first as one statement (``metering.authorize.pg_decision``).
+    decides_in_one_statement: bool
+
+
 # Step-by-step decisions in flight per database, at most the pool's steady size: beyond it,
 # the pool would open and close an overflow connection per decision (a PostgreSQL backend
 # each), which costs far more than waiting here for a pooled one. The one-statement path
@@ -123,7 +131,8 @@ class AuthorizeService:
         ``metrics.authorize_decisions``.
         """
         decision = None
-        if database.dialect != "sqlite":
+        paths = database.by_dialect(sqlite=sqlite_decision_paths, postgresql=postgres_decision_paths)
+        if paths.decides_in_one_statement:
             decision = await self._decide_in_one_statement(database.engine, request)
         if decision is None:
             async with _step_by_step_slots(database), database.session_scope() as session:

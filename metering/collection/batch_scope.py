@@ -24,11 +24,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
+from typing import Protocol
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.collection.dialects import postgres_batch_leases, sqlite_batch_leases
 from metering.db import Database
 
 # SQLSTATE of a session the server ended for idling in a transaction past the timeout.
@@ -43,6 +45,13 @@ class LeaseLost(Exception):
 def _ended_by_server(error: DBAPIError) -> bool:
     """The session is gone (idle timeout or a lost connection), not a failed statement."""
     return error.connection_invalidated or getattr(error.orig, "sqlstate", None) == _IDLE_TIMEOUT_SQLSTATE
+
+
+class BatchLeases(Protocol):
+    """What an engine allows a batch's lease to be (``metering.collection.dialects``)."""
+
+    # True: a batch may hold its rows locked in one transaction through its provider's answer.
+    holds_rows: bool
 
 
 class HeldSlots:
@@ -77,7 +86,8 @@ class BatchScope:
         self._session: AsyncSession | None = None
 
     async def __aenter__(self) -> BatchScope:
-        self.held = self.database.dialect == "postgresql" and self.slots.take()
+        leases = self.database.by_dialect(sqlite=sqlite_batch_leases, postgresql=postgres_batch_leases)
+        self.held = leases.holds_rows and self.slots.take()
         if self.held:
             self._session = self.database.sessionmaker()
             try:

@@ -13,7 +13,7 @@ a report is read while it streams, after the request that asked for it has retur
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import ColumnElement, Select, case, func, select
 from sqlalchemy.orm import InstrumentedAttribute, aliased
@@ -21,6 +21,7 @@ from sqlalchemy.orm import InstrumentedAttribute, aliased
 from metering.analytics.drift import drift_export_row
 from metering.analytics.drift_repository import drift_statement
 from metering.db import Database
+from metering.exports.dialects import postgres_export_reads, sqlite_export_reads
 from metering.ledger import codes
 from metering.ledger.repository import select_entries
 from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
@@ -138,6 +139,19 @@ def _normalize(row: tuple[Any, ...]) -> tuple[Any, ...]:
 FINISHERS: dict[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {"drift": drift_export_row}
 
 
+class ExportReads(Protocol):
+    """What an engine offers a streamed report (``metering.exports.dialects``)."""
+
+    # The server formats the rows itself (``metering.exports.copy_repository``).
+    supports_copy: bool
+    # Row-level reports are read as keyset pages, each its own short transaction, not in one cursor.
+    pages_row_reports: bool
+
+
+def export_reads(db: Database) -> ExportReads:
+    return db.by_dialect(sqlite=sqlite_export_reads, postgresql=postgres_export_reads)
+
+
 class ExportRepository:
     async def count_rows(self, db: Database, *, report: str, period: str) -> int:
         statement, _ = STATEMENTS[report](period)
@@ -151,7 +165,7 @@ class ExportRepository:
         statement, key = STATEMENTS[report](period)
         if key is not None:
             statement = statement.order_by(key)
-        if db.dialect != "sqlite" or key is None:
+        if not export_reads(db).pages_row_reports or key is None:
             # Core, not ORM, results: the rows are plain tuples and the ORM's per-row work is skipped.
             normalize = FINISHERS.get(report, _normalize) if key is None else tuple
             async with db.session_scope() as session:

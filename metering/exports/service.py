@@ -14,7 +14,7 @@ from metering.errors import InvalidInput
 from metering.exports.copy_repository import copy_query, copy_repository, supports_copy
 from metering.exports.copy_writers import write_csv_from_copy, write_parquet_from_copy
 from metering.exports.reports import FORMATS, Report, check_format, get_report
-from metering.exports.repository import export_repository
+from metering.exports.repository import export_reads, export_repository
 from metering.exports.writers import WRITERS
 from metering.periods import parse_period
 
@@ -47,7 +47,7 @@ class ExportService:
     ) -> AsyncIterator[bytes]:
         """The report's bytes in order; ``on_rows`` hears how many rows each batch held (progress)."""
         spec, _, _ = self.prepare(report=report, period=period, fmt=fmt)
-        if db.dialect == "postgresql" and fmt in COPY_FORMATS and supports_copy(spec.name):
+        if export_reads(db).supports_copy and fmt in COPY_FORMATS and supports_copy(spec.name):
             async for chunk in self._stream_copy(db, spec=spec, period=period, fmt=fmt, on_rows=on_rows):
                 yield chunk
             return

@@ -18,17 +18,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import BigInteger, ColumnElement, and_, any_, bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.db import dialect_name, upsert_insert
+from metering.collection.claims.dialects import postgres_claims_sql, sqlite_claims_sql
+from metering.db import by_dialect, upsert_insert
 from metering.models import Provider, ProviderCollectionState, UsageRecord
 from metering.sql import rowcount
 
 _usage = UsageRecord.__table__
 _state = ProviderCollectionState.__table__
+_Select = TypeVar("_Select", bound="Select[*tuple[Any, ...]]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +41,21 @@ class ClaimedRow:
     attempts: int
 
 
-def _id_in(session: AsyncSession, ids: Sequence[int]) -> ColumnElement[bool]:
-    """``id IN ids``: one array parameter on PostgreSQL (10k bind parameters would be slow to plan)."""
-    if dialect_name(session) == "postgresql":
-        return _usage.c.id == any_(bindparam("claim_ids", list(ids), type_=ARRAY(BigInteger)))
-    return _usage.c.id.in_(list(ids))
+class ClaimsSql(Protocol):
+    """The SQL of claims that differs between the engines (``metering.collection.claims.dialects``)."""
+
+    def id_in(self, ids: Sequence[int]) -> ColumnElement[bool]:
+        """``usage_records.id IN ids``."""
+
+    def skip_locked(self, due: _Select) -> _Select:
+        """``due``, passing over the rows other transactions hold locked."""
+
+    def for_update(self, statement: _Select) -> _Select:
+        """``statement``, its rows locked until the transaction ends."""
+
+
+def _claims_sql(session: AsyncSession) -> ClaimsSql:
+    return by_dialect(session, sqlite=sqlite_claims_sql, postgresql=postgres_claims_sql)
 
 
 class ClaimRepository:
@@ -72,8 +84,7 @@ class ClaimRepository:
             rows = (await session.execute(locked)).all()
             return [ClaimedRow(row.id, row.request_id, row.received_at, row.attempts) for row in rows]
         due = select(_usage.c.id).where(*self._due(provider_id, due_before=due_before, now=now)).limit(limit)
-        if dialect_name(session) == "postgresql":
-            due = due.with_for_update(skip_locked=True)
+        due = _claims_sql(session).skip_locked(due)
         statement = (
             update(_usage)
             .where(_usage.c.id.in_(due.scalar_subquery()))
@@ -99,7 +110,7 @@ class ClaimRepository:
             return 0
         statement = (
             update(_usage)
-            .where(_id_in(session, ids), _usage.c.lease_owner == owner, _usage.c.status == "pending")
+            .where(_claims_sql(session).id_in(ids), _usage.c.lease_owner == owner, _usage.c.status == "pending")
             .values(lease_owner=None, lease_expires_at=None)
         )
         result = await session.execute(statement)
@@ -116,7 +127,7 @@ class ClaimRepository:
         owned = () if owner is None else (_usage.c.lease_owner == owner,)
         statement = (
             update(_usage)
-            .where(_id_in(session, ids), *owned, _usage.c.status == "pending")
+            .where(_claims_sql(session).id_in(ids), *owned, _usage.c.status == "pending")
             .values(
                 attempts=_usage.c.attempts + 1, next_attempt_at=next_attempt_at, lease_owner=None, lease_expires_at=None
             )
@@ -151,8 +162,7 @@ class CollectionStateRepository:
             .on_conflict_do_nothing()
         )
         statement = select(ProviderCollectionState).where(ProviderCollectionState.provider_id == provider_id)
-        if dialect_name(session) == "postgresql":
-            statement = statement.with_for_update()
+        statement = _claims_sql(session).for_update(statement)
         return (await session.scalars(statement.execution_options(populate_existing=True))).one()
 
     async def take_probe(

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from jobs.fold_usage_rollups import run_once as fold_job
-from metering.analytics.repository import analytics_repository
+from metering.analytics.repository_pg import postgres_analytics_sql
 from metering.analytics.rollups import fold_usage_rollups
 from metering.analytics.service import analytics_service
 from metering.db import Database
@@ -67,8 +67,8 @@ async def both_ways(db: Database) -> list[tuple[str, str, list, list]]:
                 for group_by in ("member", "provider", "model"):
                     for interval in ("day", "hour"):
                         arguments = dict(account=account, start=start, end=end, interval=interval, group_by=group_by)
-                        rolled = await analytics_repository._buckets_rollup(session, **arguments)
-                        direct = await analytics_repository._buckets_postgres(session, **arguments)
+                        rolled = await postgres_analytics_sql.buckets_from_rollups(session, **arguments)
+                        direct = await postgres_analytics_sql.buckets_from_records(session, **arguments)
                         label = f"{account} {start:%d %H}h"
                         answers.append(
                             (label, group_by, interval, [tuple(r) for r in rolled], [tuple(r) for r in direct])
