@@ -247,13 +247,3 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-
-
-def dialect_name(session: AsyncSession) -> str:
-    """TRANSITIONAL: removed once every concept uses ``by_dialect``."""
-    return by_dialect(session, sqlite="sqlite", postgresql="postgresql")
-
-
-def is_sqlite(session: AsyncSession) -> bool:
-    """TRANSITIONAL: removed once every concept uses ``by_dialect``."""
-    return dialect_name(session) == "sqlite"

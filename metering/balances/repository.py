@@ -11,35 +11,19 @@ the fenced exception, tested against the rule it shares (``metering.charging.rul
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
-import orjson
-from sqlalchemy import bindparam, func, select, text, tuple_, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from metering.accounts.repository import dialect_insert
-from metering.db import is_sqlite
+from metering.balances.repository_pg import POSTGRES_BALANCES_SQL
+from metering.balances.repository_sqlite import SQLITE_BALANCES_SQL
+from metering.db import by_dialect
 from metering.models import AccountPeriod, Hold, Provider, UsageRecord
-from metering.sql import chunks, sqlite_fetchall
-
-if TYPE_CHECKING:
-    from sqlalchemy.engine import CursorResult
-
-EMPTY_ROW = {
-    "granted_seats": 0,
-    "credits_granted_nano_usd": 0,
-    "credits_used_nano_usd": 0,
-    "payg_nano_usd": 0,
-    "written_off_nano_usd": 0,
-    "pending_estimate_nano_usd": 0,
-    "held_nano_usd": 0,
-    "pending_payg_only_nano_usd": 0,
-    "held_payg_only_nano_usd": 0,
-}
-
+from metering.sql import chunks
 
 # The totals this package keeps; ``held_nano_usd`` belongs to holds, which move it by deltas.
 TOTALS = (
@@ -86,40 +70,6 @@ class PendingDelta:
 
 
 _COLUMNS = tuple(field.name for field in fields(PeriodTotals))
-
-# $1: a JSON array of {account_name, period, delta, target}; the answer is the keys left out.
-# ``locked`` is MATERIALIZED, so it runs once and locks rows in its ORDER BY whatever plan the
-# UPDATE gets, and the UPDATE writes only rows ``locked`` returned: no lock is taken out of order.
-_PG_ADD_PENDING = (
-    "WITH batch AS ("
-    " SELECT * FROM json_to_recordset($1::json)"
-    " AS v(account_name varchar, period varchar, delta bigint, payg_only bigint, target bigint)"
-    "), locked AS MATERIALIZED ("
-    " SELECT t.account_name, t.period, b.delta, b.payg_only FROM account_periods AS t"
-    " JOIN batch AS b ON t.account_name = b.account_name AND t.period = b.period"
-    " WHERE t.credits_granted_nano_usd >= b.target"
-    " ORDER BY t.period, t.account_name FOR UPDATE OF t"
-    "), updated AS ("
-    " UPDATE account_periods AS t SET pending_estimate_nano_usd = t.pending_estimate_nano_usd + l.delta,"
-    " pending_payg_only_nano_usd = t.pending_payg_only_nano_usd + l.payg_only"
-    " FROM locked AS l WHERE t.account_name = l.account_name AND t.period = l.period"
-    " RETURNING t.account_name, t.period"
-    ") "
-    "SELECT b.account_name, b.period FROM batch AS b LEFT JOIN updated AS u"
-    " ON u.account_name = b.account_name AND u.period = b.period WHERE u.account_name IS NULL"
-)
-_PG_KEYS_PER_UPDATE = 20_000
-_SQLITE_ADD_PENDING_HEAD = "WITH batch(account_name, period, delta, payg_only, target) AS (VALUES "
-_SQLITE_ADD_PENDING_TAIL = (
-    ") UPDATE account_periods SET pending_estimate_nano_usd = pending_estimate_nano_usd + batch.delta, "
-    "pending_payg_only_nano_usd = pending_payg_only_nano_usd + batch.payg_only "
-    "FROM batch WHERE account_periods.account_name = batch.account_name "
-    "AND account_periods.period = batch.period AND account_periods.credits_granted_nano_usd >= batch.target "
-    "RETURNING account_periods.account_name, account_periods.period"
-)
-# Five bound values a row, under SQLite's 32,766 per statement.
-_SQLITE_KEYS_PER_UPDATE = 5_000
-
 
 _ADD_HELD = (
     update(AccountPeriod)
@@ -178,6 +128,34 @@ _LOCK_PERIOD = (
 )
 
 
+class BalancesSql(Protocol):
+    """The SQL of the account-period totals that differs between SQLite and PostgreSQL."""
+
+    async def insert_missing(self, session: AsyncSession, keys: list[tuple[str, str]]) -> None:
+        """Create the rows of ``(account, period)`` keys with every total 0, skipping those that exist."""
+        ...
+
+    async def add_pending_where_granted(
+        self, session: AsyncSession, deltas: dict[tuple[str, str], PendingDelta], targets: dict[tuple[str, str], int]
+    ) -> set[tuple[str, str]]:
+        """``BalancesRepository.add_pending_where_granted`` without the expiry of ORM copies."""
+        ...
+
+    async def lock_keys(self, session: AsyncSession, keys: list[tuple[str, str]]) -> None:
+        """Lock the rows of ``keys``, given sorted in (period, account) order, until the transaction ends."""
+        ...
+
+    async def save_totals(
+        self, session: AsyncSession, rows: Sequence[AccountPeriod | PeriodTotals], totals: Sequence[str]
+    ) -> None:
+        """Write the ``totals`` columns of ``rows`` (distinct, locked by the caller) in one statement."""
+        ...
+
+
+def _sql(session: AsyncSession) -> BalancesSql:
+    return by_dialect(session, sqlite=SQLITE_BALANCES_SQL, postgresql=POSTGRES_BALANCES_SQL)
+
+
 class BalancesRepository:
     async def lock_rows(
         self, session: AsyncSession, keys: Iterable[tuple[str, str]], *, plain: bool = False
@@ -198,7 +176,7 @@ class BalancesRepository:
         rows = await self._select_rows(session, ordered, plain=plain)
         missing = [key for key in ordered if key not in rows]
         if missing:
-            await self._insert_missing(session, missing)
+            await _sql(session).insert_missing(session, missing)
             rows.update(await self._select_rows(session, missing, plain=plain))
         return rows
 
@@ -213,26 +191,6 @@ class BalancesRepository:
         # Plain rows are PeriodTotals.
         return cast(
             dict[tuple[str, str], PeriodTotals], await self._select_rows(session, ordered, plain=True, lock=False)
-        )
-
-    async def _insert_missing(self, session: AsyncSession, keys: list[tuple[str, str]]) -> None:
-        if is_sqlite(session):
-            await session.execute(
-                dialect_insert(session, AccountPeriod.__table__).on_conflict_do_nothing(
-                    index_elements=["account_name", "period"]
-                ),
-                [{"account_name": a, "period": p, **EMPTY_ROW} for a, p in keys],
-            )
-            return
-        await session.execute(
-            text(
-                "INSERT INTO account_periods (account_name, period, granted_seats, credits_granted_nano_usd, "
-                "credits_used_nano_usd, payg_nano_usd, written_off_nano_usd, pending_estimate_nano_usd, held_nano_usd, "
-                "pending_payg_only_nano_usd, held_payg_only_nano_usd) "
-                "SELECT a, p, 0, 0, 0, 0, 0, 0, 0, 0, 0 FROM unnest(CAST(:accounts AS VARCHAR[]), CAST(:periods AS VARCHAR[])) "
-                "AS v(a, p) ON CONFLICT (account_name, period) DO NOTHING"
-            ),
-            {"accounts": [a for a, _ in keys], "periods": [p for _, p in keys]},
         )
 
     async def _select_rows(
@@ -274,38 +232,8 @@ class BalancesRepository:
         PostgreSQL: the rows are locked first in (period, account) order, the lock order of every
         writer (``lock_rows``), and the UPDATE touches only rows that lock already holds.
         """
-        left_out: set[tuple[str, str]] = set()
-        if is_sqlite(session):
-            # Unordered: BEGIN IMMEDIATE already serializes SQLite's writers, so no lock order to keep.
-            ordered = list(deltas)
-            for part in chunks(ordered, _SQLITE_KEYS_PER_UPDATE):
-                params: list[object] = []
-                extend = params.extend
-                for key in part:
-                    delta = deltas[key]
-                    extend((key[0], key[1], delta.total, delta.payg_only, targets[key]))
-                sql = _SQLITE_ADD_PENDING_HEAD + ", ".join(["(?, ?, ?, ?, ?)"] * len(part)) + _SQLITE_ADD_PENDING_TAIL
-                left_out.update(set(part).difference(map(tuple, await sqlite_fetchall(session, sql, params))))
-        else:
-            ordered = sorted(deltas, key=lambda key: (key[1], key[0]))
-            connection = await session.connection()
-            for part in chunks(ordered, _PG_KEYS_PER_UPDATE):
-                batch = [
-                    {
-                        "account_name": a,
-                        "period": p,
-                        "delta": deltas[(a, p)].total,
-                        "payg_only": deltas[(a, p)].payg_only,
-                        "target": targets[(a, p)],
-                    }
-                    for a, p in part
-                ]
-                result = cast(  # the statement returns (account_name, period)
-                    "CursorResult[str, str]",
-                    await connection.exec_driver_sql(_PG_ADD_PENDING, (orjson.dumps(batch).decode(),)),
-                )
-                left_out.update((account, period) for account, period in result)
-        self._expire_copies(session, ordered)
+        left_out = await _sql(session).add_pending_where_granted(session, deltas, targets)
+        self._expire_copies(session, deltas)
         return left_out
 
     async def add_held(
@@ -326,15 +254,8 @@ class BalancesRepository:
     async def lock_keys(self, session: AsyncSession, keys: Iterable[tuple[str, str]]) -> None:
         """Row-lock the (account, period) rows in (period, account) order (SQLite: BEGIN IMMEDIATE serializes)."""
         keys = sorted(set(keys), key=lambda key: (key[1], key[0]))
-        if not keys or is_sqlite(session):
-            return
-        for part in chunks(keys):
-            await session.execute(
-                select(AccountPeriod.account_name)
-                .where(tuple_(AccountPeriod.account_name, AccountPeriod.period).in_(part))
-                .order_by(AccountPeriod.period, AccountPeriod.account_name)
-                .with_for_update()
-            )
+        if keys:
+            await _sql(session).lock_keys(session, keys)
 
     async def release_held(self, session: AsyncSession, amounts: dict[tuple[str, str], tuple[int, int]]) -> None:
         """``held_nano_usd -= amount`` and ``held_payg_only_nano_usd -= payg_only`` per (account, period)
@@ -423,33 +344,7 @@ class BalancesRepository:
         rows = sorted({(r.period, r.account_name): r for r in rows}.values(), key=lambda r: (r.period, r.account_name))
         if not rows:
             return
-        if is_sqlite(session):
-            table = AccountPeriod.__table__
-            await session.execute(
-                update(table)
-                .where(table.c.account_name == bindparam("k_account"), table.c.period == bindparam("k_period"))
-                .values({name: bindparam(f"v_{name}") for name in TOTALS}),
-                [
-                    {"k_account": r.account_name, "k_period": r.period, **{f"v_{n}": getattr(r, n) for n in TOTALS}}
-                    for r in rows
-                ],
-            )
-        else:
-            assignments = ", ".join(f"{name} = v.{name}" for name in TOTALS)
-            arrays = ", ".join(f"CAST(:{name} AS BIGINT[])" for name in TOTALS)
-            await session.execute(
-                text(
-                    f"UPDATE account_periods AS t SET {assignments} "
-                    f"FROM unnest(CAST(:accounts AS VARCHAR[]), CAST(:periods AS VARCHAR[]), {arrays}) "
-                    f"AS v(account_name, period, {', '.join(TOTALS)}) "
-                    "WHERE t.account_name = v.account_name AND t.period = v.period"
-                ),
-                {
-                    "accounts": [r.account_name for r in rows],
-                    "periods": [r.period for r in rows],
-                    **{name: [getattr(r, name) for r in rows] for name in TOTALS},
-                },
-            )
+        await _sql(session).save_totals(session, rows, TOTALS)
         plain = []
         for row in rows:
             if isinstance(row, AccountPeriod):

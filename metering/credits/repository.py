@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.db import is_sqlite
-from metering.invoicing.repository import CLOSE_ORDER_KEY
+from metering.credits.dialects import POSTGRES_CREDITS_SQL, SQLITE_CREDITS_SQL
+from metering.db import by_dialect
 from metering.models import Account, Period
+
+
+class CreditsSql(Protocol):
+    """The lock credits read closed periods under, which SQLite's single writer makes unnecessary."""
+
+    async def lock_close_order_shared(self, session: AsyncSession) -> None:
+        """Hold the close-order lock shared until the transaction ends: no close can run meanwhile."""
+        ...
+
+
+def _sql(session: AsyncSession) -> CreditsSql:
+    return by_dialect(session, sqlite=SQLITE_CREDITS_SQL, postgresql=POSTGRES_CREDITS_SQL)
 
 
 class CreditsRepository:
@@ -24,8 +37,7 @@ class CreditsRepository:
         periods = set(periods)
         if not periods:
             return set()
-        if not is_sqlite(session):
-            await session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": CLOSE_ORDER_KEY})
+        await _sql(session).lock_close_order_shared(session)
         latest = await session.scalar(select(func.max(Period.period)).where(Period.status == "closed"))
         return {period for period in periods if latest is not None and period <= latest}
 

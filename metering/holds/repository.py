@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import Result, Select, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from metering.accounts.repository import dialect_insert
 from metering.balances.repository import balances_repository
-from metering.db import is_sqlite
+from metering.db import by_dialect, upsert_insert
+from metering.holds.dialects import POSTGRES_HOLDS_SQL, SQLITE_HOLDS_SQL
 from metering.models import CostEstimate, Hold, Provider
 from metering.sql import chunks
 
@@ -61,6 +61,24 @@ _HELD_COLUMNS = (
     Hold.provider_id,
     Provider.credit_eligible.is_(False),
 )
+
+
+class HoldsSql(Protocol):
+    """The holds' row locks, which SQLite's single writer makes unnecessary."""
+
+    async def lock_held(self, session: AsyncSession, statement: Select[*tuple[Any, ...]]) -> Result[*tuple[Any, ...]]:
+        """Run ``statement`` (holds by id) with the holds it reads locked, in id order."""
+        ...
+
+    async def lock_expired(
+        self, session: AsyncSession, statement: Select[*tuple[Any, ...]]
+    ) -> Result[*tuple[Any, ...]]:
+        """Run ``statement`` (an account's expired holds, in id order) with the holds it reads locked."""
+        ...
+
+
+def _sql(session: AsyncSession) -> HoldsSql:
+    return by_dialect(session, sqlite=SQLITE_HOLDS_SQL, postgresql=POSTGRES_HOLDS_SQL)
 
 
 class HoldRepository:
@@ -122,9 +140,7 @@ class HoldRepository:
                 .join(Provider, Provider.id == Hold.provider_id)
                 .where(Hold.id.in_(part), Hold.status == "held")
             )
-            if not is_sqlite(session):
-                statement = statement.order_by(Hold.id).with_for_update(of=Hold)
-            found.extend(HeldHold(*row) for row in await session.execute(statement))
+            found.extend(HeldHold(*row) for row in await _sql(session).lock_held(session, statement))
         return found
 
     async def lock_expired(self, session: AsyncSession, *, account: str, now: datetime, limit: int) -> list[HeldHold]:
@@ -135,9 +151,7 @@ class HoldRepository:
             .order_by(Hold.id)
             .limit(limit)
         )
-        if not is_sqlite(session):
-            statement = statement.with_for_update(of=Hold)
-        return [HeldHold(*row) for row in await session.execute(statement)]
+        return [HeldHold(*row) for row in await _sql(session).lock_expired(session, statement)]
 
     async def mark_attached(self, session: AsyncSession, usage_by_hold: dict[str, int]) -> None:
         """Set status and usage record of holds already locked by ``lock_held``."""
@@ -205,7 +219,7 @@ class EstimateRepository:
             for (p, m), (samples, mean) in sorted(values.items())
         ]
         for part in chunks(rows, CHUNK):
-            insert = dialect_insert(session, CostEstimate).values(list(part))
+            insert = upsert_insert(session, CostEstimate).values(list(part))
             await session.execute(
                 insert.on_conflict_do_update(
                     index_elements=[CostEstimate.provider_id, CostEstimate.model],

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import and_, distinct, func, select, text, union, update
+from sqlalchemy import and_, distinct, func, select, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
-from metering.db import is_sqlite, upsert_insert
+from metering.db import Database, by_dialect, upsert_insert
 from metering.errors import NotFound
+from metering.invoicing.repository_pg import POSTGRES_INVOICING_SQL
+from metering.invoicing.repository_sqlite import SQLITE_INVOICING_SQL
 from metering.ledger import codes
 from metering.ledger.repository import select_entries
 from metering.models import (
@@ -33,15 +35,6 @@ from metering.sql import chunks
 CHUNK = 1_000
 
 
-# PostgreSQL advisory-lock key held by a Stripe sync run for its whole duration.
-STRIPE_SYNC_LOCK_KEY = 7_100_000_001
-
-
-# The PostgreSQL advisory lock every close holds exclusively and every posting shared, while it
-# decides which period a cost lands in: a period closes, with every earlier one, between postings.
-CLOSE_ORDER_KEY = 7_000_000_000
-
-
 @dataclass(frozen=True, slots=True)
 class ReceivableLine:
     """The sum of one account's receivable entries of a period posted for one provider."""
@@ -50,6 +43,24 @@ class ReceivableLine:
     provider_id: str | None
     amount_nano_usd: int
     requests_count: int
+
+
+class InvoicingSql(Protocol):
+    """Invoicing's locks, which PostgreSQL takes and SQLite's single writer makes unnecessary."""
+
+    async def lock_close_order(self, session: AsyncSession) -> None:
+        """Hold the close-order lock exclusively until the transaction ends (see ``lock_period``)."""
+        ...
+
+    async def try_sync_run_lock(self, connection: AsyncConnection) -> bool:
+        """See ``InvoicingRepository.try_sync_run_lock``."""
+        ...
+
+    async def release_sync_run_lock(self, connection: AsyncConnection) -> None: ...
+
+
+def _sql(session: AsyncSession) -> InvoicingSql:
+    return by_dialect(session, sqlite=SQLITE_INVOICING_SQL, postgresql=POSTGRES_INVOICING_SQL)
 
 
 class InvoicingRepository:
@@ -63,8 +74,7 @@ class InvoicingRepository:
         in a period while it, or a later one, is being closed. SQLite needs neither: the
         transaction already holds the database's one write lock.
         """
-        if not is_sqlite(session):
-            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLOSE_ORDER_KEY})
+        await _sql(session).lock_close_order(session)
         await session.execute(
             upsert_insert(session, Period).values(period=period, status="open").on_conflict_do_nothing()
         )
@@ -212,15 +222,22 @@ class InvoicingRepository:
 
     # --- Stripe sync ---------------------------------------------------------------------
 
-    async def try_sync_lock(self, connection: AsyncConnection) -> bool:
-        """Take the sync run's session-level advisory lock on ``connection`` (PostgreSQL), without waiting.
+    async def try_sync_run_lock(self, database: Database, connection: AsyncConnection) -> bool:
+        """Take the lock a Stripe sync run holds for its whole duration, without waiting; False when
+        another run holds it.
 
-        Tied to the connection, so a killed run releases it with its connection.
+        PostgreSQL: a session-level advisory lock on ``connection``, a connection of the run's own
+        that no transaction keeps open meanwhile; a killed run releases it with its connection.
+        SQLite: always granted, one writer process being the embedded default.
         """
-        return bool(await connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": STRIPE_SYNC_LOCK_KEY}))
+        return await self._database_sql(database).try_sync_run_lock(connection)
 
-    async def release_sync_lock(self, connection: AsyncConnection) -> None:
-        await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STRIPE_SYNC_LOCK_KEY})
+    async def release_sync_run_lock(self, database: Database, connection: AsyncConnection) -> None:
+        await self._database_sql(database).release_sync_run_lock(connection)
+
+    @staticmethod
+    def _database_sql(database: Database) -> InvoicingSql:
+        return database.by_dialect(sqlite=SQLITE_INVOICING_SQL, postgresql=POSTGRES_INVOICING_SQL)
 
     async def invoices_to_sync(
         self, session: AsyncSession, *, after_id: int, limit: int

@@ -107,19 +107,16 @@ class StripeSync:
         settings = settings or get_settings()
         if not settings.stripe_api_key:
             return SyncResult(skipped_reason="STRIPE_API_KEY is not set")
-        if database.dialect == "sqlite":
-            # One writer process is the embedded default; PostgreSQL deployments may run many workers.
-            return await self._sync(database, stripe_client(settings))
-        async with database.engine.connect() as connection:
-            locked = await invoicing_repository.try_sync_lock(connection)
-            await connection.commit()  # the lock outlives the transaction; no snapshot is held meanwhile
+        async with database.engine.connect() as lock_connection:
+            locked = await invoicing_repository.try_sync_run_lock(database, lock_connection)
+            await lock_connection.commit()  # the lock outlives the transaction; no snapshot is held meanwhile
             if not locked:
                 return SyncResult(skipped_reason="another sync-stripe run is in progress")
             try:
                 return await self._sync(database, stripe_client(settings))
             finally:
-                await invoicing_repository.release_sync_lock(connection)
-                await connection.commit()
+                await invoicing_repository.release_sync_run_lock(database, lock_connection)
+                await lock_connection.commit()
 
     async def _sync(self, database: Database, client: stripe.StripeClient) -> SyncResult:
         """Two runs at once could both miss a line in their listing and both create it: callers serialize."""

@@ -5,66 +5,49 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
-from sqlalchemy import ColumnElement, Select, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from metering.db import is_sqlite, upsert_insert
+from metering.db import by_dialect
 from metering.ledger import codes
+from metering.ledger.repository_pg import POSTGRES_LEDGER_SQL
+from metering.ledger.repository_sqlite import SQLITE_LEDGER_SQL
 from metering.models import Account, LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
 from metering.sql import chunks
 
 if TYPE_CHECKING:
     from metering.ledger.service import Posting
 
-_TRANSACTION_COLUMNS = (
-    "kind",
-    "idempotency_key",
-    "account_name",
-    "provider_id",
-    "period",
-    "original_period",
-    "usage_record_id",
-    "memo",
-    "plan",
-)
 
-# PostgreSQL writes a batch of postings in one statement: the transactions and their entries
-# travel as two JSON documents (one ``orjson.dumps`` each instead of encoding arrays value by
-# value), the entries join the transactions inserted now by key, and the answer is the keys
-# left out (already posted). ``batch`` is MATERIALIZED so the document is parsed once.
-_PG_INSERT_POSTINGS = (
-    "WITH batch AS MATERIALIZED ("
-    " SELECT * FROM json_to_recordset($1::json) AS v(kind varchar, idempotency_key varchar, account_name varchar,"
-    " provider_id varchar, period varchar, original_period varchar, usage_record_id bigint, memo varchar,"
-    " plan varchar)"
-    "), inserted AS ("
-    " INSERT INTO ledger_transactions (kind, idempotency_key, account_name, provider_id, period, original_period,"
-    " usage_record_id, memo, plan, created_at)"
-    " SELECT kind, idempotency_key, account_name, provider_id, period, original_period, usage_record_id, memo, plan,"
-    " $3"
-    " FROM batch ON CONFLICT DO NOTHING RETURNING id, idempotency_key"
-    "), entries AS ("
-    " INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd)"
-    " SELECT i.id, e.a, e.m FROM json_to_recordset($2::json) AS e(n bigint, k varchar, a bigint, m bigint)"
-    " JOIN inserted AS i ON i.idempotency_key = e.k ORDER BY e.n"
-    ") "
-    "SELECT b.idempotency_key FROM batch AS b"
-    " WHERE NOT EXISTS (SELECT 1 FROM inserted AS i WHERE i.idempotency_key = b.idempotency_key)"
-)
-# Balances: the rows are locked in id order first (MATERIALIZED, so whatever plan the UPDATE
-# gets), FOR NO KEY UPDATE so that the foreign-key checks of other writers' entries, which
-# take KEY SHARE locks on these rows, neither block it nor deadlock with it.
-_PG_ADD_TO_BALANCES = (
-    "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS v(id, delta)), "
-    "locked AS MATERIALIZED (SELECT a.id FROM ledger_accounts AS a JOIN v ON a.id = v.id"
-    " ORDER BY a.id FOR NO KEY UPDATE OF a) "
-    "UPDATE ledger_accounts AS a SET balance_nano_usd = a.balance_nano_usd + v.delta"
-    " FROM locked AS l JOIN v ON v.id = l.id WHERE a.id = l.id"
-)
+class LedgerSql(Protocol):
+    """The ledger's SQL that differs between SQLite and PostgreSQL."""
+
+    async def insert_accounts(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        """Insert ledger account rows (code, kind, owner, period, balance 0) in the order given, skipping codes
+        that exist."""
+        ...
+
+    async def insert_postings(
+        self,
+        session: AsyncSession,
+        postings: Sequence[Posting],
+        entries: Sequence[tuple[str, int, int]],
+        *,
+        created_at: datetime,
+    ) -> set[str]:
+        """``LedgerRepository.insert_postings`` for a batch of at least one posting."""
+        ...
+
+    async def add_to_balances(self, session: AsyncSession, items: list[tuple[int, int]]) -> None:
+        """Add each ``(ledger_account_id, delta)``, sorted by id, to its account's cached balance."""
+        ...
+
+
+def _sql(session: AsyncSession) -> LedgerSql:
+    return by_dialect(session, sqlite=SQLITE_LEDGER_SQL, postgresql=POSTGRES_LEDGER_SQL)
 
 
 def select_entries(
@@ -142,29 +125,7 @@ class LedgerRepository:
                         "balance_nano_usd": 0,
                     }
                 )
-            if is_sqlite(session):
-                await session.execute(
-                    upsert_insert(session, LedgerAccount.__table__).on_conflict_do_nothing(index_elements=["code"]),
-                    rows,
-                )
-            else:
-                await session.execute(
-                    text(
-                        "INSERT INTO ledger_accounts (code, kind, owner, period, balance_nano_usd) "
-                        "SELECT c, k, o, p, 0 FROM unnest(CAST(:codes AS VARCHAR[]), CAST(:kinds AS VARCHAR[]), "
-                        "CAST(:owners AS VARCHAR[]), CAST(:periods AS VARCHAR[])) AS v(c, k, o, p) "
-                        "ON CONFLICT (code) DO NOTHING"
-                    ),
-                    {
-                        name: [row[key] for row in rows]
-                        for name, key in (
-                            ("codes", "code"),
-                            ("kinds", "kind"),
-                            ("owners", "owner"),
-                            ("periods", "period"),
-                        )
-                    },
-                )
+            await _sql(session).insert_accounts(session, rows)
         if missing:
             ids.update(await self._ids(session, missing))
         return ids
@@ -198,41 +159,7 @@ class LedgerRepository:
         """
         if not postings:
             return set()
-        if is_sqlite(session):
-            return await self._insert_postings_sqlite(session, postings, entries, created_at=created_at)
-        connection = await session.connection()
-        result = await connection.exec_driver_sql(
-            _PG_INSERT_POSTINGS,
-            (
-                orjson.dumps(postings).decode(),
-                orjson.dumps([{"n": n, "k": k, "a": a, "m": m} for n, (k, a, m) in enumerate(entries)]).decode(),
-                created_at,
-            ),
-        )
-        return {key for (key,) in result}
-
-    async def _insert_postings_sqlite(
-        self,
-        session: AsyncSession,
-        postings: Sequence[Posting],
-        entries: Sequence[tuple[str, int, int]],
-        *,
-        created_at: datetime,
-    ) -> set[str]:
-        table = LedgerTransaction.__table__
-        result = await session.execute(
-            upsert_insert(session, table).on_conflict_do_nothing().returning(table.c.idempotency_key, table.c.id),
-            [{name: getattr(p, name) for name in _TRANSACTION_COLUMNS} | {"created_at": created_at} for p in postings],
-        )
-        inserted = {key: id_ for key, id_ in result}
-        rows = [
-            {"transaction_id": inserted[key], "ledger_account_id": account_id, "amount_nano_usd": amount}
-            for key, account_id, amount in entries
-            if key in inserted
-        ]
-        if rows:
-            await session.execute(insert(LedgerEntry.__table__), rows)
-        return {p.idempotency_key for p in postings if p.idempotency_key not in inserted}
+        return await _sql(session).insert_postings(session, postings, entries, created_at=created_at)
 
     async def transactions_by_key(self, session: AsyncSession, keys: Sequence[str]) -> dict[str, LedgerTransaction]:
         found: dict[str, LedgerTransaction] = {}
@@ -274,18 +201,7 @@ class LedgerRepository:
         items = sorted((id_, delta) for id_, delta in deltas.items() if delta)
         if not items:
             return
-        if is_sqlite(session):
-            # One writer at a time on SQLite: an executemany is as safe and much simpler.
-            table = LedgerAccount.__table__
-            statement = (
-                update(table)
-                .where(table.c.id == bindparam("b_id"))
-                .values(balance_nano_usd=table.c.balance_nano_usd + bindparam("b_delta"))
-            )
-            await session.execute(statement, [{"b_id": i, "b_delta": d} for i, d in items])
-            return
-        connection = await session.connection()
-        await connection.exec_driver_sql(_PG_ADD_TO_BALANCES, ([i for i, _ in items], [d for _, d in items]))
+        await _sql(session).add_to_balances(session, items)
 
 
 ledger_repository = LedgerRepository()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
@@ -114,9 +115,9 @@ class TestSyncInvoices:
             pytest.skip("SQLite deployments run one process")
         await closed_world(seeded)
         async with seeded.engine.connect() as other_run:
-            assert await invoicing_repository.try_sync_lock(other_run)
+            assert await invoicing_repository.try_sync_run_lock(seeded, other_run)
             skipped = await sync_stripe.run_once(seeded)
-            await invoicing_repository.release_sync_lock(other_run)
+            await invoicing_repository.release_sync_run_lock(seeded, other_run)
         assert skipped == "stripe sync skipped: another sync-stripe run is in progress"
         assert stripe_items(stripe_settings) == []
         assert (await stripe_sync.sync_invoices(seeded)).items_created == 3
@@ -168,6 +169,18 @@ def run_job_until(step: str, settings: Settings, tmp_path: Path) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
+async def until_the_killed_run_lets_go(db: Database) -> None:
+    """The killed run's lock goes with its server process, which ends once the server notices the
+    connection closed: on a busy machine, a moment after the kill."""
+    deadline = time.monotonic() + 30
+    async with db.engine.connect() as connection:
+        while not await invoicing_repository.try_sync_run_lock(db, connection):
+            assert time.monotonic() < deadline, "the killed run's lock was never released"
+            await asyncio.sleep(0.05)
+        await invoicing_repository.release_sync_run_lock(db, connection)
+        await connection.commit()
+
+
 class TestCrashSafety:
     @pytest.mark.parametrize("step", ["after_customer_create", "after_stripe_create", "after_line_write"])
     async def test_kill_at_any_step_then_rerun_sends_each_line_once(
@@ -176,6 +189,7 @@ class TestCrashSafety:
         await closed_world(seeded)
 
         run_job_until(step, stripe_settings, tmp_path)
+        await until_the_killed_run_lets_go(seeded)
         before = {line.id: line.stripe_status for line in (await lines_by_id(seeded)).values()}
         result = await stripe_sync.sync_invoices(seeded)
 
