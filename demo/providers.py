@@ -45,13 +45,21 @@ class ProviderSpec:
     pricing: str
     latency_seconds: float
     default_estimate_nano_usd: int
+    # What its ``GET /v1/models`` lists, and so what the router's does; a request may still name others.
+    models: tuple[str, ...] = (CHAT_MODEL, SMALL_MODEL)
 
 
 # Latencies are a token wait: the month's requests go one after another, so they add up.
 PROVIDERS = (
     ProviderSpec("together", "cost_endpoint", latency_seconds=0.003, default_estimate_nano_usd=300_000),
     ProviderSpec("fireworks-ai", "cost_endpoint", latency_seconds=0.002, default_estimate_nano_usd=300_000),
-    ProviderSpec(HF_INFERENCE, "compute_time", latency_seconds=0.004, default_estimate_nano_usd=5_000_000),
+    ProviderSpec(
+        HF_INFERENCE,
+        "compute_time",
+        latency_seconds=0.004,
+        default_estimate_nano_usd=5_000_000,
+        models=tuple(HF_MODELS),
+    ),
 )
 COST_ENDPOINT_PROVIDERS = tuple(spec.id for spec in PROVIDERS if spec.pricing == "cost_endpoint")
 
@@ -103,7 +111,7 @@ class SimulatedProvider:
         self.spec = spec
         self.seed = provider_seed(seed, spec.id)
         self.token = f"{spec.id}-demo-cost-token"
-        self.state = SimulatorState(seed=self.seed, token=self.token)
+        self.state = SimulatorState(seed=self.seed, token=self.token, models=spec.models)
         self.state.update_faults({"inference_latency_seconds": spec.latency_seconds})
         app = create_simulator_app(self.state)
         if spec.pricing == "compute_time":

@@ -228,7 +228,8 @@ def print_next_steps(console: Console, *, period: str, env_lines: list[str], exa
 def print_urls(
     console: Console, *, metering_url: str, router_url: str, pages: dict[str, str], example_user: str, example_org: str
 ) -> None:
-    """Where to look next, and a request to try through the router (the org has fireworks-ai switched off)."""
+    """Where to look next, and requests to try through the router with curl and the Python clients (the org has
+    fireworks-ai switched off)."""
     console.print(f"\n[bold]API docs[/bold]   {metering_url}/docs")
     console.print("[bold]Billing pages[/bold] (the token is in the link):")
     for name, url in pages.items():
@@ -242,4 +243,43 @@ def print_urls(
         soft_wrap=True,
         markup=False,
     )
+    console.print(
+        "[bold]Python clients[/bold] (pip install huggingface_hub openai): paste into python, "
+        f"as {example_user} billing {example_org}:"
+    )
+    for snippet in client_snippets(router_url, api_key=user_token(example_user), bill_to=example_org).values():
+        console.print(snippet + "\n", markup=False, highlight=False, emoji=False, soft_wrap=True)
     console.print("Servers and the scheduler keep running; [bold]Ctrl-C[/bold] stops them.")
+
+
+def client_snippets(router_url: str, *, api_key: str, bill_to: str, model: str = CHAT_MODEL) -> dict[str, str]:
+    """Python that calls the router with each client a newcomer may know, ready to paste as printed.
+
+    Unindented, and a blank line closes the loop, so the interactive interpreter takes it too.
+    """
+    base_url = f"{router_url}/v1"
+    hello = '[{"role": "user", "content": "Hello!"}]'
+    return {
+        "huggingface_hub": "\n".join(
+            (
+                "# huggingface_hub: bill_to sends X-HF-Bill-To; a bare model goes to the first provider allowed",
+                "from huggingface_hub import InferenceClient",
+                f'client = InferenceClient(base_url="{base_url}", api_key="{api_key}", bill_to="{bill_to}")',
+                f'answer = client.chat_completion({hello}, model="{model}")',
+                "print(answer.choices[0].message.content)",
+            )
+        ),
+        "openai": "\n".join(
+            (
+                "# openai: streamed; the model names its provider after a colon",
+                "from openai import OpenAI",
+                f'client = OpenAI(base_url="{base_url}", api_key="{api_key}", '
+                f'default_headers={{"X-HF-Bill-To": "{bill_to}"}})',
+                f'stream = client.chat.completions.create(model="{model}:together", messages={hello}, stream=True)',
+                "for chunk in stream:",
+                '    print(chunk.choices[0].delta.content or "", end="", flush=True)',
+                "",
+                "print()",
+            )
+        ),
+    }

@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 
 from simulator.app import create_simulator_app
-from simulator.state import SimulatorState
+from simulator.state import DEFAULT_MODELS, SimulatorState
 
 
 def _free_port() -> int:
@@ -53,10 +53,14 @@ class SimulatorHandle:
 
 @contextmanager
 def simulator_in_thread(
-    *, seed: int = 0, token: str = "provider-token", port: int | None = None
+    *,
+    seed: int = 0,
+    token: str = "provider-token",
+    port: int | None = None,
+    models: tuple[str, ...] = DEFAULT_MODELS,
 ) -> Iterator[SimulatorHandle]:
     """A simulator served by uvicorn in a daemon thread of this process, stopped on exit."""
-    state = SimulatorState(seed=seed, token=token)
+    state = SimulatorState(seed=seed, token=token, models=models)
     port = port or _free_port()
     config = uvicorn.Config(
         create_simulator_app(state), host="127.0.0.1", port=port, log_level="warning", lifespan="off"

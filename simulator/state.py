@@ -17,12 +17,20 @@ from pydantic import BaseModel, Field
 
 BadValue = Literal["bool", "float", "float_integral", "string", "null", "nan", "infinity", "negative", "over_ceiling"]
 
+DEFAULT_MODELS = ("sim/model",)
 MIN_COST_NANO_USD = 50_000
 MAX_COST_NANO_USD = 500_000
 
 
 class Faults(BaseModel):
-    """What the cost endpoint does wrong. Counts (``*_burst``, ``truncated_json``, …) apply to the next N calls."""
+    """What the provider does wrong. Counts (``*_burst``, ``truncated_json``, ``cut_streams``, …) apply to the
+    next N calls.
+
+    The cost endpoint's faults come first; ``inference_latency_seconds`` delays every chat answer before
+    its first byte; a streamed answer also waits ``stream_chunk_delay_seconds`` before each later chunk,
+    and a cut stream closes the connection after ``cut_after_chunks`` chunks, without its last chunk or
+    ``data: [DONE]`` (a transport error for the client; the request was served and is billed).
+    """
 
     missing_fraction: float = Field(0.0, ge=0, le=1)
     missing_ids: list[str] = Field(default_factory=list)
@@ -43,6 +51,10 @@ class Faults(BaseModel):
     revise_delta_nano_usd: int = 7_000
     ceiling_nano_usd: int = 100_000_000_000
     inference_latency_seconds: float = Field(0.0, ge=0)
+    # Streamed answers: the wait before each chunk after the first, and the next N streams cut short.
+    stream_chunk_delay_seconds: float = Field(0.0, ge=0)
+    cut_streams: int = Field(0, ge=0)
+    cut_after_chunks: int = Field(2, ge=0)
 
 
 def deterministic_cost(seed: int, request_id: str) -> int:
@@ -65,9 +77,13 @@ _BAD_LITERALS: dict[str, bytes] = {
 class SimulatorState:
     """Everything one simulated provider remembers; not thread-safe, used from its event loop only."""
 
-    def __init__(self, *, seed: int = 0, token: str = "provider-token") -> None:
+    def __init__(
+        self, *, seed: int = 0, token: str = "provider-token", models: tuple[str, ...] = DEFAULT_MODELS
+    ) -> None:
         self.seed = seed
         self.token = token
+        # What ``GET /v1/models`` lists; the chat route answers any model all the same.
+        self.models = models
         self.rng = random.Random(seed)
         self.faults = Faults()
         self.costs: dict[str, int] = {}

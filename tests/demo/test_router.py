@@ -1,90 +1,17 @@
 """The reference router alone, against a real Metering app and simulated providers on loopback
-(SQLite and PostgreSQL): what it asks authorize, where it forwards, and what the hook records."""
+(SQLite and PostgreSQL): what it asks authorize, where it forwards, and what the hook records;
+and the request shapes OpenAI-compatible clients send (the world is ``tests.demo.conftest.world``)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-
 import httpx
-import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 
-from api.app import create_app
-from demo.platform import Platform
-from demo.providers import CHAT_MODEL, HARDWARE_PRICES, HF_INFERENCE, PROVIDERS, SimulatedProvider, compute_time_ms
-from demo.router import RouterConfig, create_router_app
-from demo.servers import LoopbackServer
-from metering.config import Settings
+from demo.providers import CHAT_MODEL, HARDWARE_PRICES, HF_INFERENCE, MID_MODEL, SMALL_MODEL, compute_time_ms
 from metering.db import Database
 from metering.models import Hold, UsageRecord
 from metering.money import duration_cost_nano
-from tests.conftest import SERVICE_TOKEN, TEST_JWT_SECRET
-
-USERS = {"tok-alice": "alice", "tok-mallory": "mallory", "tok-kai": "kai"}
-
-
-@dataclass
-class World:
-    router_url: str
-    router_app: FastAPI
-    providers: dict[str, SimulatedProvider]
-    http: httpx.AsyncClient
-
-    async def chat(
-        self, token: str, provider: str, *, bill_to: str | None = None, model: str = CHAT_MODEL
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} | ({"X-HF-Bill-To": bill_to} if bill_to else {})
-        body = {"model": model, "provider": provider, "messages": [{"role": "user", "content": "hi"}]}
-        return await self.http.post(f"{self.router_url}/v1/chat/completions", json=body, headers=headers)
-
-    async def delivered(self) -> None:
-        assert await self.router_app.state.sender.flush(timeout=20) is True
-
-    def inference_calls(self) -> dict[str, int]:
-        return {pid: provider.state.inference_calls for pid, provider in self.providers.items()}
-
-
-@pytest.fixture
-async def world(settings: Settings, db: Database, tmp_path: Path) -> AsyncIterator[World]:
-    """acme (team) with alice as admin and fireworks-ai switched off; mallory is no member; kai brings his own key."""
-    providers = {spec.id: SimulatedProvider(spec) for spec in PROVIDERS}
-    metering = LoopbackServer("metering", create_app(settings, database=db))
-    # Each server is stopped even when a later one fails to start: one left serving breaks the tests after it.
-    async with contextlib.AsyncExitStack() as stack:
-        for server in [*(provider.server for provider in providers.values()), metering]:
-            await server.start()
-            stack.push_async_callback(server.stop)
-        http = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
-        platform = Platform(http, metering_url=metering.url, service_token=SERVICE_TOKEN, jwt_secret=TEST_JWT_SECRET)
-        for provider_id, provider in providers.items():
-            await platform.put_provider(provider_id, provider.registration())
-        for name, kind, plan in (
-            ("alice", "user", "pro"),
-            ("mallory", "user", "free"),
-            ("kai", "user", "pro"),
-            ("acme", "org", "team"),
-        ):
-            await platform.put_account(name, kind=kind, plan=plan)
-        await platform.put_member("acme", "alice", "admin")
-        await platform.set_disabled_providers("acme", ["fireworks-ai"], as_user="alice")
-        config = RouterConfig(
-            metering_url=metering.url,
-            service_token=SERVICE_TOKEN,
-            provider_urls={pid: provider.url for pid, provider in providers.items()},
-            provider_keys={pid: "platform-key" for pid in providers},
-            users=USERS,
-            spool_path=tmp_path / "router" / "spool.db",
-            custom_keys={"kai": {"together": "kai-key"}},
-        )
-        router_app = create_router_app(config)
-        router = LoopbackServer("router", router_app)
-        await router.start()
-        stack.push_async_callback(router.stop)
-        yield World(router.url, router_app, providers, http)
+from tests.demo.conftest import World
 
 
 async def _records(db: Database) -> list[UsageRecord]:
@@ -164,3 +91,72 @@ class TestRecords:
         expected_ms = compute_time_ms(seed, record.request_id, 20_000, 60_000)
         assert (record.duration_ms, record.hardware, record.status) == (expected_ms, "gpu-h100", "priced")
         assert record.cost_nano_usd == duration_cost_nano(expected_ms, HARDWARE_PRICES["gpu-h100"])
+
+
+async def _post(world: World, body: dict, *, token: str = "tok-alice", bill_to: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} | ({"X-HF-Bill-To": bill_to} if bill_to else {})
+    return await world.http.post(f"{world.router_url}/v1/chat/completions", json=body, headers=headers)
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+class TestClientRequestShapes:
+    async def test_a_provider_suffix_on_the_model_picks_the_provider(self, world: World) -> None:
+        response = await _post(world, {"model": f"{CHAT_MODEL}:fireworks-ai", "messages": MESSAGES})
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Inference-Provider"] == "fireworks-ai"
+        assert response.json()["model"] == CHAT_MODEL  # the provider sees the bare model
+        await world.delivered()
+        [record] = await world.records()
+        assert (record.provider_id, record.model) == ("fireworks-ai", CHAT_MODEL)
+
+    async def test_a_bare_model_goes_to_the_first_provider_listing_it(self, world: World) -> None:
+        response = await _post(world, {"model": MID_MODEL, "messages": MESSAGES})
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Inference-Provider"] == HF_INFERENCE  # the only one listing it
+        response = await _post(world, {"model": SMALL_MODEL, "messages": MESSAGES}, bill_to="acme")
+        assert response.headers["X-Inference-Provider"] == "together"  # fireworks-ai is off for acme
+
+    async def test_a_model_nobody_serves_is_404_with_where_to_look(self, world: World) -> None:
+        response = await _post(world, {"model": "nobody/serves-this", "messages": MESSAGES})
+        assert response.status_code == 404
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("not_found_error", "model_not_found")
+        assert "GET /v1/models" in error["message"]
+        assert sum(world.inference_calls().values()) == 0
+
+    async def test_naming_two_different_providers_is_400(self, world: World) -> None:
+        body = {"model": f"{CHAT_MODEL}:together", "provider": "fireworks-ai", "messages": MESSAGES}
+        response = await _post(world, body)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "conflicting_provider"
+
+    async def test_a_body_without_a_model_is_400_saying_what_to_send(self, world: World) -> None:
+        response = await _post(world, {"messages": MESSAGES})
+        assert response.status_code == 400
+        assert response.json()["error"]["message"] == 'the body needs "model": "org/name" (or "org/name:provider")'
+
+    async def test_refusals_carry_type_code_message_and_the_reason(self, world: World) -> None:
+        response = await _post(world, {"model": f"{CHAT_MODEL}:fireworks-ai", "messages": MESSAGES}, bill_to="acme")
+        assert response.status_code == 403
+        error = response.json()["error"]
+        assert (error["type"], error["code"], error["reason"], error["billing_account"]) == (
+            "permission_error",
+            "provider_disabled",
+            "provider_disabled",
+            "acme",
+        )
+        assert error["message"].startswith("acme has switched off fireworks-ai;")
+        assert response.headers["X-Error-Message"] == error["message"]
+
+    async def test_models_lists_each_model_with_its_providers(self, world: World) -> None:
+        response = await world.http.get(f"{world.router_url}/v1/models")
+        assert response.status_code == 200
+        listed = {item["id"]: [p["provider"] for p in item["providers"]] for item in response.json()["data"]}
+        assert listed == {
+            CHAT_MODEL: ["together", "fireworks-ai", HF_INFERENCE],
+            SMALL_MODEL: ["together", "fireworks-ai", HF_INFERENCE],
+            MID_MODEL: [HF_INFERENCE],
+        }
+        assert sum(world.inference_calls().values()) == 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +54,77 @@ class TestInference:
 
         assert first_id() == first_id()
         assert deterministic_cost(5, "abc") == deterministic_cost(5, "abc") != deterministic_cost(6, "abc")
+
+
+def _stream(sim: SimulatorHandle, **body: object) -> tuple[httpx.Response, list[dict], list[float]]:
+    """A streamed chat answer: the response, its parsed events (``[DONE]`` as ``{}``), and when each arrived."""
+    events, arrivals = [], []
+    payload = {"model": "org/m", "messages": [], "stream": True, **body}
+    with httpx.stream("POST", f"{sim.base_url}/v1/chat/completions", json=payload, timeout=10) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append({} if line == "data: [DONE]" else orjson.loads(line[6:]))
+                arrivals.append(time.monotonic())
+    return response, events, arrivals
+
+
+class TestStreaming:
+    def test_streams_openai_chunks_one_token_each_then_done(self, sim: SimulatorHandle) -> None:
+        response, events, _ = _stream(sim)
+        request_id = response.headers["Inference-Id"]
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert {event["id"] for event in events[:-1]} == {request_id} and events[-1] == {}
+        deltas = [event["choices"][0]["delta"] for event in events[:-1]]
+        assert deltas[0] == {"role": "assistant", "content": ""}
+        assert "".join(delta.get("content", "") for delta in deltas) == "Hello from the simulator."
+        assert [event["choices"][0]["finish_reason"] for event in events[:-1]] == [None] * 7 + ["stop"]
+        assert all("usage" not in event for event in events)
+        assert _costs(sim, [request_id]).json()["requests"][0]["costNanoUsd"] == deterministic_cost(42, request_id)
+
+    def test_the_last_chunk_carries_usage_when_asked(self, sim: SimulatorHandle) -> None:
+        _, events, _ = _stream(sim, stream_options={"include_usage": True}, max_tokens=40)
+        *chunks, usage, done = events
+        assert sum(1 for chunk in chunks if chunk["choices"][0]["delta"].get("content")) == 40
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert (usage["choices"], usage["usage"]) == (
+            [],
+            {"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52},
+        )
+        assert done == {}
+
+    def test_slow_chunks_arrive_one_by_one(self, sim: SimulatorHandle) -> None:
+        sim.set_faults(stream_chunk_delay_seconds=0.15)
+        _, events, arrivals = _stream(sim, max_tokens=2)
+        assert len(events) == 5  # role, two tokens, finish, [DONE]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals[:4])]  # [DONE] is not delayed
+        assert statistics.median(gaps) >= 0.1, gaps
+
+    def test_a_cut_stream_drops_the_connection_after_the_given_chunks(self, sim: SimulatorHandle) -> None:
+        sim.set_faults(cut_streams=1, cut_after_chunks=3)
+        received = []
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            httpx.stream("POST", f"{sim.base_url}/v1/chat/completions", json={"stream": True}, timeout=10) as response,
+        ):
+            request_id = response.headers["Inference-Id"]
+            received.extend(line for line in response.iter_lines() if line)
+        assert len(received) == 3 and "[DONE]" not in received[-1]
+        assert _costs(sim, [request_id]).json()["requests"][0]["requestId"] == request_id  # served, so billed
+        _, events, _ = _stream(sim)
+        assert events[-1] == {}  # the burst was one stream
+
+    def test_the_answer_without_stream_honours_max_tokens(self, sim: SimulatorHandle) -> None:
+        answer = httpx.post(f"{sim.base_url}/v1/chat/completions", json={"model": "org/m", "max_tokens": 8}).json()
+        assert answer["choices"][0]["message"]["content"] == "Hello from the simulator.Hello from"
+        assert (answer["choices"][0]["finish_reason"], answer["usage"]["completion_tokens"]) == ("length", 8)
+
+
+class TestModels:
+    def test_lists_the_models_it_was_given(self) -> None:
+        with simulator_in_thread(models=("org/a", "other/b")) as other:
+            listed = httpx.get(f"{other.base_url}/v1/models").json()
+        assert listed["object"] == "list"
+        assert [(item["id"], item["owned_by"]) for item in listed["data"]] == [("org/a", "org"), ("other/b", "other")]
 
 
 class TestCostEndpoint:
