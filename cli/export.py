@@ -25,7 +25,7 @@ async def _export(database_url: str, report: str, period: str, fmt: str, out: Pa
     from metering.config import get_settings
     from metering.db import Database
     from metering.exports.service import export_service
-    from metering.startup import loaded_objects_out_of_the_collector
+    from metering.hot_path.collector import loaded_objects_out_of_the_collector
 
     # Opened first: an unwritable path fails at once, not after the database counted the rows.
     partial = out.with_name(out.name + ".partial")

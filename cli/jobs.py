@@ -10,7 +10,7 @@ import typer
 
 from cli.params import check_period, check_port_or_off
 from jobs.scheduler import JOBS, job_function, jobs_database, run_job, serve_scheduler
-from metering.startup import loaded_objects_out_of_the_collector
+from metering.hot_path.collector import loaded_objects_out_of_the_collector
 
 app = typer.Typer(help="Scheduled jobs: run the scheduler, or one pass of a job.", invoke_without_command=True)
 

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     jwt_public_key: str = ""
 
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # The authorize route's fast lane (``api.fast_lane``); off, every request takes FastAPI's path.
+    authorize_fast_lane: bool = True
     max_records_per_post: int = Field(default=5_000, ge=1, le=5_000)
     max_future_skew_seconds: int = 24 * 3600
     # A record whose started_at is older than this is rejected (SPEC §5.2): its month may be closed.

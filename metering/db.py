@@ -47,7 +47,7 @@ STATEMENT_TIMEOUT_DETAIL = (
 )
 
 # The settings each PostgreSQL engine's connections open with, for connections opened beside
-# its pool (``metering.authorize.pg_connections``), which must run under the same ones.
+# its pool (``metering.hot_path.pg_connections``), which must run under the same ones.
 _server_settings: weakref.WeakKeyDictionary[Engine, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
@@ -113,7 +113,7 @@ def _skip_closed_connections(engine: AsyncEngine) -> None:
     in the pool, and the pool discards it here and opens another. A connection that dies
     while in use fails that one use case and is invalidated by SQLAlchemy (with its
     pool-mates of the same age). The authorize decision keeps connections of its own
-    (``metering.authorize.pg_connections``), with the same rules.
+    (``metering.hot_path.pg_connections``), with the same rules.
     """
 
     @event.listens_for(engine.sync_engine, "checkout")

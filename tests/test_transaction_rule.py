@@ -33,7 +33,7 @@ METERING_ENTRY_POINTS = {
     "metering/invoicing/stripe_sync.py",
     "metering/ledger/verify.py",
     "metering/sample_data.py",
-    "metering/usage/group_commit.py",
+    "metering/hot_path/group_commit.py",
     "metering/usage/service.py",
 }
 

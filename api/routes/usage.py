@@ -5,7 +5,7 @@ building pydantic models for thousands of records per request would dominate its
 
 An entry point with a transaction of its own, not the request's session: ingest opens and
 commits it itself, because on SQLite it is shared with the batches queued behind the same
-writer (``metering.usage.group_commit``).
+writer (``metering.hot_path.group_commit``).
 """
 
 from __future__ import annotations

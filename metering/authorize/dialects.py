@@ -15,7 +15,7 @@ class SqliteDecisionPaths:
 
 
 class PostgresDecisionPaths:
-    """The one statement first (``metering.authorize.pg_decision``), step by step for what it leaves."""
+    """The one statement first (``metering.hot_path.pg_decision``), step by step for what it leaves."""
 
     decides_in_one_statement = True
 

@@ -2,7 +2,7 @@
 
 Statements are built once with bound parameters and run on Core, without the ORM.
 This is SQLite's path, and PostgreSQL's when a decision must create a user or grant
-credits; PostgreSQL's usual path is one statement (``metering.authorize.pg_decision``).
+credits; PostgreSQL's usual path is one statement (``metering.hot_path.pg_decision``).
 """
 
 from __future__ import annotations

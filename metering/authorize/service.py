@@ -15,7 +15,7 @@ Order of checks, the first failing one is the reason:
    SQLite: the BEGIN IMMEDIATE transaction serializes them all).
 
 On PostgreSQL the whole decision is one statement, one round trip
-(``metering.authorize.pg_decision``), except when it must create the user or grant
+(``metering.hot_path.pg_decision``), except when it must create the user or grant
 the period's credits; those decisions, and every decision on SQLite, go step by step
 (``decide_step_by_step``), the reference the statement is tested against.
 
@@ -43,7 +43,6 @@ from metering import metrics
 from metering.accounts.service import account_service, bill_to_refusal
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.dialects import postgres_decision_paths, sqlite_decision_paths
-from metering.authorize.pg_decision import DecisionArguments, OneStatementDecision, pg_decision_repository
 from metering.authorize.repository import Party, authorize_repository
 from metering.balances.repository import PeriodMoney, balances_repository
 from metering.charging.rule import Figures, money_refusal
@@ -52,6 +51,7 @@ from metering.credits.service import credits_for, credits_service
 from metering.db import Database
 from metering.holds.estimates import estimates_service
 from metering.holds.service import hold_expiry, holds_service
+from metering.hot_path.pg_decision import DecisionArguments, OneStatementDecision, pg_decision_repository
 from metering.models import Account
 from metering.periods import period_of, utcnow
 
@@ -93,14 +93,14 @@ def figures_of(row: PeriodMoney) -> Figures:
 class DecisionPaths(Protocol):
     """Which paths a decision can take on an engine (``metering.authorize.dialects``)."""
 
-    # True: a decision is tried first as one statement (``metering.authorize.pg_decision``).
+    # True: a decision is tried first as one statement (``metering.hot_path.pg_decision``).
     decides_in_one_statement: bool
 
 
 # Step-by-step decisions in flight per database, at most the pool's steady size: beyond it,
 # the pool would open and close an overflow connection per decision (a PostgreSQL backend
 # each), which costs far more than waiting here for a pooled one. The one-statement path
-# has its own cap (``metering.authorize.pg_connections``).
+# has its own cap (``metering.hot_path.pg_connections``).
 _slots: weakref.WeakKeyDictionary[Database, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 

@@ -4,7 +4,7 @@ Every writer locks rows in one order, (period, account), so none deadlocks anoth
 grants and settling (``lock_rows``, ``save_totals``), ingest's pending estimates
 (``add_pending_where_granted``), holds (``lock_keys``, ``add_held``, ``release_held``) and the
 step-by-step authorize decision (``lock_period_money``). PostgreSQL's one-statement decision
-(``metering.authorize.pg_decision``) locks and writes one row the same way inside its statement:
+(``metering.hot_path.pg_decision``) locks and writes one row the same way inside its statement:
 the fenced exception, tested against the rule it shares (``metering.charging.rule``).
 """
 

@@ -87,7 +87,7 @@ class HoldRepository:
         and to ``held_payg_only_nano_usd`` when its provider is not ``credit_eligible``.
 
         The step-by-step path; PostgreSQL's usual path does both inside the decision's
-        statement (``metering.authorize.pg_decision``).
+        statement (``metering.hot_path.pg_decision``).
         """
         params = {f"h_{name}": values[name] for name in _HOLD_COLUMNS}
         await (await session.connection()).execute(_INSERT_HOLD, params)

@@ -23,8 +23,9 @@ from metering import metrics
 from metering.accounts.service import account_service, bill_to_refusal
 from metering.config import get_settings
 from metering.db import Database
+from metering.hot_path import group_commit
 from metering.periods import utcnow
-from metering.usage import accounting, group_commit
+from metering.usage import accounting
 from metering.usage.repository import AccountTerms, Key, NewUsageRow, usage_repository
 from metering.usage.validation import Rejection, ValidRecord, check_records
 

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import text
 
 from jobs.scheduler import jobs_database
-from metering.authorize.pg_connections import decision_connections
 from metering.config import Settings
 from metering.db import STATEMENT_TIMEOUT_DETAIL, Database, server_settings, statement_timeout_of
 from metering.errors import ServiceUnavailable, StatementTimeout
+from metering.hot_path.pg_connections import decision_connections
 
 # Long enough that a checkout and a round trip fit under it, short enough that the tests are quick.
 TIMEOUT_MS = 200

@@ -11,13 +11,13 @@ import asyncpg
 import pytest
 from sqlalchemy import make_url, text
 
-from metering.authorize import pg_connections
 from metering.authorize.catalog import provider_catalog
-from metering.authorize.pg_connections import APPLICATION_NAME, decision_connections
-from metering.authorize.pg_decision import pg_decision_repository
 from metering.authorize.service import AuthorizeRequest, authorize_service, statement_arguments
 from metering.db import Database
 from metering.errors import ServiceUnavailable
+from metering.hot_path import pg_connections
+from metering.hot_path.pg_connections import APPLICATION_NAME, decision_connections
+from metering.hot_path.pg_decision import pg_decision_repository
 from metering.periods import utcnow
 from tests.metering.authorize.helpers import ESTIMATE, period_row, seed
 from tests.support.servers import free_port

@@ -1,6 +1,6 @@
 """PostgreSQL's one-statement decision equals the step-by-step decision, on random account states.
 
-The rule is written twice (SQL in ``metering.authorize.pg_decision``, Python in
+The rule is written twice (SQL in ``metering.hot_path.pg_decision``, Python in
 ``metering.authorize.service``): both run here on the same state, inside one
 transaction that is rolled back, and must agree on every field and on the hold they
 write. The scenarios are drawn so that every outcome occurs, and the test checks it does.
@@ -18,12 +18,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from metering.authorize.catalog import provider_catalog
-from metering.authorize.pg_decision import pg_decision_repository
 from metering.authorize.service import AuthorizeRequest, Decision, authorize_service, decision_of, statement_arguments
 from metering.charging.rule import Figures, money_refusal
 from metering.config import PlanTerms
 from metering.credits.service import credits_for
 from metering.db import Database
+from metering.hot_path.pg_decision import pg_decision_repository
 from metering.models import Account
 from metering.periods import period_of, utcnow
 from tests.metering.authorize.helpers import ESTIMATE, seed

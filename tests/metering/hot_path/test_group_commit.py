@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.db import Database
+from metering.hot_path import group_commit
+from metering.hot_path.group_commit import store_in_turn
 from metering.models import UsageRecord
-from metering.usage import group_commit
-from metering.usage.group_commit import store_in_turn
 from metering.usage.service import CONFLICT, CheckedBatch, IngestResult, usage_service
 from metering.usage.validation import Rejection
 from tests.factories.providers import create_provider

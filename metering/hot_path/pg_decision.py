@@ -39,9 +39,9 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metering.accounts.service import BILL_TO_PLANS
-from metering.authorize.pg_connections import decision_connections
 from metering.config import PlanTerms
 from metering.errors import ServiceUnavailable
+from metering.hot_path.pg_connections import decision_connections
 
 # $1 user, $2 bill_to (NULL: the user pays), $3 named provider ids in order, $4 model, $5 custom key,
 # $6 period, $7 now, $8 hold expiry. {plans}: the plan table, {bill_to_plans}: the plans an org may
@@ -220,7 +220,7 @@ class PgDecisionRepository:
         """``decide_on`` in autocommit on one of the decision's own connections to ``engine``'s database.
 
         Below SQLAlchemy's session, execution and pool layers, whose per-statement work
-        costs several times the driver's (``metering.authorize.pg_connections``): a
+        costs several times the driver's (``metering.hot_path.pg_connections``): a
         driver connection, the driver's cached prepared statement. A connection that
         fails other than with an error of the statement itself is dropped, never reused.
         """
