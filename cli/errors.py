@@ -56,7 +56,18 @@ def describe(exc: BaseException) -> CommandFailed | None:
     errors = sys.modules.get("metering.errors")
     if errors is not None and isinstance(exc, errors.MeteringError):
         return CommandFailed(exc.detail)
-    return _settings_error(exc) or _database_error(exc) or _os_error(exc)
+    return _settings_error(exc) or _schema_error(exc) or _database_error(exc) or _os_error(exc)
+
+
+def _schema_error(exc: BaseException) -> CommandFailed | None:
+    """The database's schema is at a revision this version does not know: a newer version migrated it."""
+    alembic_exc = sys.modules.get("alembic.util.exc")
+    if alembic_exc is None or not isinstance(exc, alembic_exc.CommandError):
+        return None
+    return CommandFailed(
+        f"the database{_where()} cannot be migrated by this version of Metering ({one_line(str(exc))}); "
+        "was it migrated by a newer one?"
+    )
 
 
 def _settings_error(exc: BaseException) -> CommandFailed | None:

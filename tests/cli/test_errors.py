@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -184,6 +185,16 @@ class TestRuntimeErrors:
         line = one_line(metering(tmp_path, *args, METERING_DATABASE_URL=UNREACHABLE_DATABASE), RUNTIME)
         assert line.startswith("Error: cannot connect to the database at 127.0.0.1:1/x: ")
         assert list(tmp_path.glob("x.csv*")) == []  # no partial export is left behind
+
+    def test_a_database_migrated_by_a_newer_version(self, tmp_path: Path) -> None:
+        database = tmp_path / "newer.db"
+        with sqlite3.connect(database) as connection:
+            connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+            connection.execute("INSERT INTO alembic_version VALUES ('9999_from_a_newer_version')")
+        line = one_line(metering(tmp_path, "verify", METERING_DATABASE_URL=f"sqlite+aiosqlite:///{database}"), RUNTIME)
+        assert line.startswith(f"Error: the database at sqlite+aiosqlite:///{database} cannot be migrated")
+        assert "9999_from_a_newer_version" in line
+        assert line.endswith("was it migrated by a newer one?")
 
     def test_an_export_file_in_a_missing_folder(self, tmp_path: Path) -> None:
         # The file is opened before the database is asked anything: the path is the error, not the database.

@@ -23,7 +23,8 @@ def wait_until_up(url: str, *, timeout: float = 20.0, process: subprocess.Popen 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+            said = process.stderr.read()[-2000:] if process.stderr is not None else ""
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}: {said}")
         try:
             if httpx.get(url, timeout=1.0).status_code < 500:
                 return
