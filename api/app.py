@@ -12,7 +12,9 @@ from api.fast_lane import AuthorizeFastLane
 from api.middleware import BodySizeLimit
 from api.routes import (
     accounts,
+    alerts,
     authorize,
+    authorize_subrequest,
     billing,
     billing_page,
     exports,
@@ -20,6 +22,7 @@ from api.routes import (
     providers,
     usage,
     usage_views,
+    webhook_endpoints,
     webhooks,
 )
 from api.routes.docs import install_docs
@@ -31,12 +34,15 @@ from metering.migrate import upgrade_on_open
 # Starlette tries routes in order: the hot-path routes come first.
 ROUTERS = [
     authorize.router,
+    authorize_subrequest.router,
     usage.router,
     health.router,
     accounts.router,
     providers.internal_router,
     providers.public_router,
     billing.router,
+    alerts.router,
+    webhook_endpoints.router,
     usage_views.router,
     exports.router,
     webhooks.router,

@@ -42,6 +42,7 @@ JOBS: dict[str, JobSpec] = {
     "close-period": JobSpec("jobs.close_period", lambda: CronTrigger(minute=15), run_at_start=True),
     "sync-stripe": JobSpec("jobs.sync_stripe", lambda: IntervalTrigger(minutes=5)),
     "fold-usage-rollups": JobSpec("jobs.fold_usage_rollups", lambda: IntervalTrigger(minutes=1)),
+    "deliver-webhooks": JobSpec("jobs.deliver_webhooks", lambda: IntervalTrigger(seconds=5), run_at_start=True),
 }
 
 
@@ -50,8 +51,9 @@ def job_function(name: str) -> Callable[..., Awaitable[str]]:
     return importlib.import_module(JOBS[name].module).run_once
 
 
-def jobs_database(database_url: str, *, pool_size: int = 10) -> Database:
-    """The jobs' ``Database``: every PostgreSQL statement under ``jobs_statement_timeout_ms``."""
+def jobs_database(database_url: str, *, pool_size: int | None = None) -> Database:
+    """The jobs' ``Database``: every PostgreSQL statement under ``jobs_statement_timeout_ms``; ``pool_size``
+    defaults to ``METERING_DATABASE_POOL_SIZE``."""
     return Database(database_url, pool_size=pool_size, statement_timeout_ms=get_settings().jobs_statement_timeout_ms)
 
 

@@ -15,6 +15,8 @@ from metering.money import NANO_PER_USD
 MAX_COST_BATCH = 10_000
 EMBEDDED_DEV_TOKEN = "metering-dev-token"
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev", EMBEDDED_DEV_TOKEN}
+MAX_ALERT_THRESHOLDS = 10
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
 class PlanTerms(BaseModel):
@@ -43,6 +45,12 @@ class Settings(BaseSettings):
     environment: Literal["embedded", "production"] = "embedded"
     data_dir: Path = Path(".metering")
     database_url: str = ""
+    # PostgreSQL connections of each process's pool (as many again may open briefly under load); an
+    # API process also keeps up to as many for authorize's decisions (``metering.hot_path.pg_connections``).
+    database_pool_size: int = Field(default=10, ge=1, le=1_000)
+    # The URL is a PgBouncer in transaction mode: no prepared statement outlives its transaction and
+    # the statement timeout is set per transaction (``metering.db``).
+    database_pgbouncer: bool = False
     service_tokens: str = ""
     secret_key: str = ""
     jwt_secret: str = ""
@@ -65,6 +73,9 @@ class Settings(BaseSettings):
     cost_lease_seconds: int = Field(default=120, ge=1)
     pending_max_age_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     period_grace_hours: int = Field(default=48, ge=0)
+    # In a month's last this many hours the grant-credits job grants next month's credits too, so the
+    # month's first requests find them granted (``metering.credits.service``); 0 grants on first use only.
+    credits_grant_ahead_hours: int = Field(default=6, ge=0, le=24 * 27)
 
     # PostgreSQL statement_timeout of each kind of process; 0 would mean none, so at least 1 ms.
     api_statement_timeout_ms: int = Field(default=5_000, ge=1)
@@ -74,6 +85,26 @@ class Settings(BaseSettings):
     usage_max_series_points: int = Field(default=24 * 400, ge=1)
 
     plans: dict[str, PlanTerms] = Field(default_factory=default_plans)
+
+    # Alert thresholds of an account that set none (``PUT /v1/accounts/{name}/billing/alerts``), in percent.
+    alert_credits_percent: list[int] = Field(default_factory=lambda: [50, 80, 100])
+    alert_spending_limit_percent: list[int] = Field(default_factory=lambda: [80, 100])
+
+    # Outbound webhooks (SPEC §11). The platform endpoint receives every event; it is the
+    # operator's own, so its URL is not held to the private-range rule of org endpoints.
+    webhook_url: str = ""
+    webhook_secret: str = Field(default="", repr=False)
+    # Lets org endpoints (and their deliveries) name loopback and private hosts: for tests and closed networks.
+    webhook_allow_private_urls: bool = False
+    # One delivery attempt, DNS to status line, is given up after this long.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # A claimed delivery whose worker died is sent again after this long; more than the timeout.
+    webhook_lease_seconds: int = Field(default=60, ge=1)
+    # Attempt n is retried after base × 2^(n-1) (capped at 6 h), for this long after the event.
+    webhook_retry_base_seconds: float = Field(default=5.0, ge=0)
+    webhook_retry_window_seconds: int = Field(default=3 * 24 * 3600, ge=0)
+    # Deliveries in flight at once in one deliverer.
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
 
     stripe_api_key: str = Field(default="", validation_alias=AliasChoices("STRIPE_API_KEY", "METERING_STRIPE_API_KEY"))
     stripe_api_base: str = Field(
@@ -89,6 +120,31 @@ class Settings(BaseSettings):
         if value > MAX_COST_BATCH:
             raise ValueError(f"cost_batch_size {value} exceeds the protocol maximum of {MAX_COST_BATCH}")
         return value
+
+    @field_validator("alert_credits_percent", "alert_spending_limit_percent")
+    @classmethod
+    def _percentages(cls, value: list[int]) -> list[int]:
+        if len(value) > MAX_ALERT_THRESHOLDS or any(not 1 <= percent <= 100 for percent in value):
+            raise ValueError(f"alert thresholds are at most {MAX_ALERT_THRESHOLDS} whole percentages from 1 to 100")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _webhooks(self) -> Settings:
+        """A platform endpoint needs a Standard Webhooks secret, and a lease that outlasts an attempt."""
+        if self.webhook_url:
+            if not self.webhook_url.startswith(("http://", "https://")):
+                raise ValueError("METERING_WEBHOOK_URL must be an http:// or https:// URL")
+            if not is_webhook_secret(self.webhook_secret):
+                raise ValueError(
+                    "METERING_WEBHOOK_SECRET must be whsec_ followed by base64 of 24 to 64 random bytes "
+                    "when METERING_WEBHOOK_URL is set"
+                )
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                f"METERING_WEBHOOK_LEASE_SECONDS ({self.webhook_lease_seconds}) must exceed "
+                f"METERING_WEBHOOK_TIMEOUT_SECONDS ({self.webhook_timeout_seconds}), or a slow attempt is sent twice"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secrets(self) -> Settings:
@@ -141,6 +197,17 @@ def _embedded_secrets(data_dir: Path) -> dict[str, str]:
         path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         path.chmod(0o600)
     return values
+
+
+def is_webhook_secret(value: str) -> bool:
+    """``whsec_`` and base64 of 24 to 64 bytes: the Standard Webhooks secret format."""
+    if not value.startswith(WEBHOOK_SECRET_PREFIX):
+        return False
+    try:
+        key = base64.b64decode(value[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except ValueError:
+        return False
+    return 24 <= len(key) <= 64
 
 
 _current: Settings | None = None

@@ -34,3 +34,20 @@ provider_errors = Counter(
 oldest_pending_seconds = Gauge(
     "metering_oldest_pending_seconds", "Age of the oldest pending request", ["provider"], registry=registry
 )
+webhook_deliveries = Counter(
+    "metering_webhook_deliveries_total",
+    "Webhook delivery attempts, by outcome (delivered, retry, failed: given up) and reason of a failure",
+    ["outcome", "reason"],
+    registry=registry,
+)
+webhook_delivery_seconds = Histogram(
+    "metering_webhook_delivery_seconds",
+    "Time from an event to its delivery to an endpoint",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+    registry=registry,
+)
+webhook_oldest_undelivered_seconds = Gauge(
+    "metering_webhook_oldest_undelivered_seconds",
+    "Age of the oldest event not yet delivered to every endpoint",
+    registry=registry,
+)

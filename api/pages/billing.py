@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.pages.chart import UsageChart, build_chart
+from metering.alerts.service import Banner, alerts_service
 from metering.analytics.service import BillingSummary, analytics_service
 from metering.auth.policy import Action, access_policy
 from metering.auth.tokens import Principal
@@ -50,6 +51,8 @@ class BillingPage:
     # None when the caller may read the billing summary but not this part (e.g. finance and usage).
     chart: UsageChart | None
     invoices: list[InvoiceView] | None
+    # The latest alert that still holds (limit reached, credits used up, delinquent), shown on top.
+    alert: Banner | None = None
 
     @property
     def in_flight_nano_usd(self) -> int:
@@ -101,4 +104,5 @@ async def gather_billing_page(
         limit=limit_gauge(summary),
         chart=chart,
         invoices=invoices,
+        alert=await alerts_service.banner(session, account=account, period=summary.period),
     )

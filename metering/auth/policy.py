@@ -2,6 +2,8 @@
 
 Rules:
 - a user reads their own account; a pro (pay-as-you-go) user sets their own spending limit;
+- a user sets their own alert thresholds; an org's admins set the org's and manage its
+  webhook endpoints and deliveries;
 - an org's ``admin`` members read the org and change its billing settings; ``write`` and
   ``read`` members may do neither;
 - ``platform_admin`` reads every account (and the finance exports) but changes nothing here;
@@ -36,13 +38,15 @@ class Action(StrEnum):
     READ_AUDIT = "read_audit"
     SET_SPENDING_LIMIT = "set_spending_limit"
     SET_DISABLED_PROVIDERS = "set_disabled_providers"
+    SET_ALERTS = "set_alerts"
+    MANAGE_WEBHOOKS = "manage_webhooks"
 
 
 READ_ACTIONS = frozenset(
     {Action.READ_BILLING, Action.READ_INVOICES, Action.READ_USAGE, Action.READ_REQUESTS, Action.READ_AUDIT}
 )
 FINANCE_READS = frozenset({Action.READ_BILLING, Action.READ_INVOICES})
-ORG_ONLY = frozenset({Action.SET_DISABLED_PROVIDERS})
+ORG_ONLY = frozenset({Action.SET_DISABLED_PROVIDERS, Action.MANAGE_WEBHOOKS})
 
 
 def _not_found(name: str) -> AccountNotFound:
@@ -85,8 +89,10 @@ class AccessPolicy:
                 return role == "admin"
             terms = get_settings().plans.get(account.plan)
             return is_self and terms is not None and terms.pay_as_you_go
-        if action is Action.SET_DISABLED_PROVIDERS:
+        if action in (Action.SET_DISABLED_PROVIDERS, Action.MANAGE_WEBHOOKS):
             return role == "admin"
+        if action is Action.SET_ALERTS:
+            return is_self or role == "admin"
         return False
 
     def authorize_export(self, principal: Principal) -> None:

@@ -1,7 +1,8 @@
 """Closing a period: each account's pay-as-you-go receivable becomes an invoice in whole cents.
 
 The sub-cent remainder is carried to the account's next invoice, so over any run of
-periods ``invoiced cents * 10^7 + carried remainder == pay-as-you-go nano-USD``.
+periods ``invoiced cents * 10^7 + carried remainder == pay-as-you-go nano-USD``. Each invoice's
+``invoice.created`` event is written in the closing transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.config import get_settings
+from metering.events.service import NewEvent, event_service
+from metering.events.types import INVOICE_CREATED
 from metering.invoicing.cents import apportion_cents
 from metering.invoicing.errors import PeriodNotEnded
 from metering.invoicing.repository import ReceivableLine, invoicing_repository
@@ -24,6 +27,15 @@ from metering.money import cents_with_remainder
 from metering.periods import parse_period, period_bounds, period_of, previous_period, utcnow
 
 log = logging.getLogger(__name__)
+
+# What an ``invoice.created`` event tells of its invoice, besides its id.
+_INVOICE_EVENT_FIELDS = (
+    "status",
+    "amount_cents",
+    "payg_nano_usd",
+    "carried_in_nano_usd",
+    "carried_out_nano_usd",
+)
 
 
 @dataclass(frozen=True)
@@ -202,6 +214,20 @@ class InvoicingService:
             for line, cents in lines_by_account[name]
         ]
         await invoicing_repository.insert_lines(session, line_rows)
+        await event_service.emit(
+            session,
+            [
+                NewEvent(
+                    INVOICE_CREATED,
+                    name,
+                    period,
+                    f"{INVOICE_CREATED}:{ids[name]}",
+                    {"invoice_id": ids[name], **{field: row[field] for field in _INVOICE_EVENT_FIELDS}},
+                )
+                for name, row in zip(names, invoice_rows, strict=True)
+            ],
+            now=now,
+        )
         for name, why in refused.items():
             log.error("not invoicing %s for %s: %s (receivable %s nano-USD)", name, period, why, owed[name])
         return CloseResult(

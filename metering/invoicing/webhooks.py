@@ -2,7 +2,8 @@
 
 Events are stored by id (a redelivery is a no-op). Stripe does not deliver in
 order, so an event older (by Stripe's ``created``) than the latest one applied to
-the same account is recorded as stale and changes nothing.
+the same account is recorded as stale and changes nothing. An event that changes the account's
+status writes ``account.delinquent`` or ``account.reinstated`` in the same transaction.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering.accounts.repository import account_repository
+from metering.events.service import NewEvent, event_service
+from metering.events.types import ACCOUNT_DELINQUENT, ACCOUNT_REINSTATED
 from metering.invoicing.errors import InvalidWebhookPayload, InvalidWebhookSignature, WebhookNotConfigured
 from metering.invoicing.repository import invoicing_repository
-from metering.periods import utcnow
+from metering.models import Invoice
+from metering.periods import current_period, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,7 @@ class WebhookService:
             return "stale"
 
         now = utcnow()
+        status_before = account.status
         if event.type in FAILED_TYPES:
             account.status = "delinquent"
             new_invoice_status = "payment_failed"
@@ -110,7 +115,24 @@ class WebhookService:
             invoice.stripe_invoice_id = invoice.stripe_invoice_id or stripe_invoice_id
             invoice.updated_at = now
         await session.flush()
+        if account.status != status_before:
+            await self._emit_status_change(
+                session, event=event, account=account.name, status=account.status, invoice=invoice
+            )
         return "applied"
+
+    async def _emit_status_change(
+        self, session: AsyncSession, *, event: WebhookEvent, account: str, status: str, invoice: Invoice | None
+    ) -> None:
+        """``account.delinquent`` or ``account.reinstated``, caused by this Stripe event (stored once by id)."""
+        kind = ACCOUNT_DELINQUENT if status == "delinquent" else ACCOUNT_REINSTATED
+        data = {
+            "invoice_id": invoice.id if invoice is not None else None,
+            "stripe_invoice_id": invoice.stripe_invoice_id if invoice is not None else None,
+            "stripe_event_id": event.id,
+        }
+        period = invoice.period if invoice is not None else current_period()
+        await event_service.emit(session, [NewEvent(kind, account, period, f"{kind}:{event.id}", data)])
 
     async def _store(
         self,

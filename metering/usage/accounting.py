@@ -5,6 +5,12 @@ caller's transaction: ingest calls ``account_for_new_usage`` with the rows it ju
 cost collection calls ``settle`` with a provider's answer. A request's cost is split
 credits first (credit-eligible providers only), then pay-as-you-go when the plan has it,
 else written off; it is posted once, keyed ``cost:<usage_record_id>``.
+
+Settling also writes the events its changes cause (``metering.events``), in the same
+transaction: the alert thresholds the postings cross, judged on the account-period totals it
+holds locked, and the quarantines. Spending-limit alerts are therefore evaluated when costs
+post, within a collection cycle, never on authorize's hot path; what is in flight then,
+holds included, counts toward the limit as authorize counts it.
 """
 
 from __future__ import annotations
@@ -19,11 +25,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import metrics
 from metering.accounts.repository import account_repository
+from metering.alerts.rules import figures_of
+from metering.alerts.service import alerts_service
 from metering.balances.repository import PendingDelta, PeriodTotals, balances_repository
 from metering.charging.split import CostSplit, split_costs
 from metering.config import get_settings
 from metering.credits.repository import credits_repository
 from metering.credits.service import PlanHolder, credits_service
+from metering.events.repository import event_repository
+from metering.events.service import NewEvent, event_service
+from metering.events.types import PROVIDER_QUARANTINE
 from metering.holds.estimates import estimates_service
 from metering.holds.service import HoldClaim, holds_service
 from metering.ledger.service import WrittenPostings, ledger_service
@@ -267,6 +278,8 @@ async def settle(
 
     if moved_priced or moved_quarantined or moved_unpriced:
         await _move_money(session, moved_priced, costs, moved_quarantined + moved_unpriced)
+    if moved_quarantined:
+        await _emit_quarantines(session, moved_quarantined, reasons)
     if moved_priced:
         # Last, as the estimator asks: after every account row this transaction locks.
         await estimates_service.observe_costs(
@@ -342,6 +355,7 @@ async def _move_money(
         written = await ledger_service.write_many(session, split.postings)
     else:
         locked, split, written = planned
+    before = {key: figures_of(locked[key]) for key in priced_keys}
     split.apply_to(locked)
     payg_only = {provider_id for provider_id, credit_eligible in eligible.items() if not credit_eligible}
     for row in all_rows:
@@ -353,6 +367,34 @@ async def _move_money(
         state.pending_payg_only_nano_usd = min(state.pending_payg_only_nano_usd, state.pending_estimate_nano_usd)
     await ledger_service.move_balances(session, written)
     await balances_repository.save_totals(session, list(locked.values()))
+    # The alerts these postings fire, judged on the totals still locked (once per cause: unique keys).
+    await alerts_service.after_postings(session, before=before, after={key: locked[key] for key in priced_keys})
+
+
+# A quarantine event names at most this many of its requests (and counts them all).
+_QUARANTINE_EVENT_REQUESTS = 100
+
+
+async def _emit_quarantines(session: AsyncSession, rows: list[SettledRow], reasons: Mapping[int, str]) -> None:
+    """One ``provider.quarantine`` event per provider, account and period of the records just quarantined.
+
+    A record leaves ``pending`` once, so the lowest record id of a group names its cause.
+    """
+    groups: dict[tuple[str, str, str], list[SettledRow]] = defaultdict(list)
+    for row in sorted(rows, key=lambda row: row.id):
+        groups[(row.provider_id, row.billing_account, row.period)].append(row)
+    named = [row.id for group in groups.values() for row in group[:_QUARANTINE_EVENT_REQUESTS]]
+    request_ids = await event_repository.request_ids(session, named)
+    events = []
+    for (provider_id, account, period), group in sorted(groups.items()):
+        requests = [
+            {"request_id": request_ids.get(row.id), "reason": reasons.get(row.id)}
+            for row in group[:_QUARANTINE_EVENT_REQUESTS]
+        ]
+        data = {"provider": provider_id, "count": len(group), "requests": requests}
+        key = f"{PROVIDER_QUARANTINE}:{provider_id}:{group[0].id}"
+        events.append(NewEvent(PROVIDER_QUARANTINE, account, period, key, data))
+    await event_service.emit(session, events)
 
 
 async def _write_split_then_lock(

@@ -28,8 +28,11 @@ from schemathesis.checks import (
 from schemathesis.python import asgi
 
 from api.app import create_app
-from metering.config import set_settings
+from metering.config import get_settings, set_settings
 from metering.db import Database
+from metering.events.service import NewEvent, event_service
+from metering.webhooks.delivery import delivery_service
+from metering.webhooks.service import webhook_service
 from tests.conftest import SERVICE_TOKEN, make_settings
 from tests.factories.accounts import add_member, create_account
 from tests.factories.billing_data import insert_usage, make_token, seed_world
@@ -76,8 +79,20 @@ async def _seed(database_url: str) -> None:
                 },
             ],
         )
+        await _seed_webhooks(db)
     finally:
         await db.dispose()
+
+
+async def _seed_webhooks(db: Database) -> None:
+    """acme's webhook endpoint 1 and its delivery 1 of one event, for the routes that name them."""
+    url = await webhook_service.check_endpoint_url("https://93.184.215.14/metering")
+    async with db.session_scope() as session:
+        await webhook_service.register_endpoint(session, account_name="acme", url=url, description=None, actor=OPERATOR)
+        event = NewEvent("credits.threshold", "acme", "2026-12", "credits.threshold:acme:2026-12:50", {"percent": 50})
+        await event_service.emit(session, [event])
+    async with db.session_scope() as session:
+        await delivery_service.fan_out(session, settings=get_settings())
 
 
 @pytest.fixture(scope="module")

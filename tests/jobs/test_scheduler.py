@@ -30,6 +30,7 @@ class TestRegistry:
             "close-period",
             "sync-stripe",
             "fold-usage-rollups",
+            "deliver-webhooks",
         }
 
     def test_every_job_module_has_an_async_run_once_taking_the_database(self) -> None:

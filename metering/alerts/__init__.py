@@ -1,0 +1,1 @@
+"""Alerts: the thresholds accounts choose, the events their postings cross, and the billing page's banner."""

@@ -1,0 +1,89 @@
+"""Which alert events a posting of costs fires, as a pure function of the totals before and after it.
+
+- ``credits.threshold`` (each ``percent`` of the account's credit thresholds) and
+  ``credits.exhausted``: the period's included credits *used* crossed that share of those
+  granted in this posting. Credits used only grow as costs post, so a crossing is seen by the
+  one posting that makes it.
+- ``spending_limit.threshold`` (each ``percent``) and ``spending_limit.reached``: the
+  pay-as-you-go *committed* (charged plus in flight, ``Figures.payg_committed``, the amount
+  authorize refuses on) is at or above that share of the limit after the posting. Holds placed
+  by authorize move this figure between postings without being seen here, so it is judged by
+  level, not by crossing; the event's unique cause keeps it to one per period. A limit of 0
+  allows no pay-as-you-go at all and has no shares to alert on.
+
+Each fires at most once per account, period and percent: its ``dedupe_key`` is unique.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from metering.balances.repository import PeriodTotals
+from metering.charging.rule import Figures
+from metering.events.service import NewEvent
+from metering.events.types import (
+    CREDITS_EXHAUSTED,
+    CREDITS_THRESHOLD,
+    SPENDING_LIMIT_REACHED,
+    SPENDING_LIMIT_THRESHOLD,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTerms:
+    """What an account's alerts are judged against."""
+
+    spending_limit_nano_usd: int | None
+    credits_percent: tuple[int, ...]
+    spending_limit_percent: tuple[int, ...]
+
+
+def figures_of(totals: PeriodTotals) -> Figures:
+    """An account period's totals as the money rule reads them."""
+    return Figures(
+        granted=totals.credits_granted_nano_usd,
+        used=totals.credits_used_nano_usd,
+        payg=totals.payg_nano_usd,
+        in_flight=totals.pending_estimate_nano_usd + totals.held_nano_usd,
+        in_flight_payg_only=totals.pending_payg_only_nano_usd + totals.held_payg_only_nano_usd,
+    )
+
+
+def may_fire(before: Figures, after: Figures) -> bool:
+    """Whether any thresholds could fire for this change: credits used crossed a whole percent, or
+    pay-as-you-go is committed (a spending limit may apply). Lets a posting skip reading the
+    account's thresholds when none could (thresholds are whole percentages)."""
+    granted = after.granted
+    if granted > 0 and before.used < granted and before.used * 100 // granted < after.used * 100 // granted:
+        return True
+    return after.payg_committed > 0
+
+
+def posting_events(account: str, period: str, *, before: Figures, after: Figures, terms: AlertTerms) -> list[NewEvent]:
+    """The alert events of one account period whose totals went from ``before`` to ``after``."""
+    events: list[NewEvent] = []
+    granted = after.granted
+    if granted > 0 and after.used > before.used:
+        credits = {"credits_granted_nano_usd": granted, "credits_used_nano_usd": after.used}
+        for percent in terms.credits_percent:
+            if before.used * 100 < percent * granted <= after.used * 100:
+                key = f"{CREDITS_THRESHOLD}:{account}:{period}:{percent}"
+                events.append(NewEvent(CREDITS_THRESHOLD, account, period, key, {"percent": percent, **credits}))
+        if before.used < granted <= after.used:
+            events.append(
+                NewEvent(CREDITS_EXHAUSTED, account, period, f"{CREDITS_EXHAUSTED}:{account}:{period}", credits)
+            )
+    limit = terms.spending_limit_nano_usd
+    if limit is not None and limit > 0:
+        committed = after.payg_committed
+        spending = {"spending_limit_nano_usd": limit, "committed_nano_usd": committed, "payg_nano_usd": after.payg}
+        for percent in terms.spending_limit_percent:
+            if committed * 100 >= percent * limit:
+                key = f"{SPENDING_LIMIT_THRESHOLD}:{account}:{period}:{percent}"
+                events.append(
+                    NewEvent(SPENDING_LIMIT_THRESHOLD, account, period, key, {"percent": percent, **spending})
+                )
+        if committed >= limit:
+            key = f"{SPENDING_LIMIT_REACHED}:{account}:{period}"
+            events.append(NewEvent(SPENDING_LIMIT_REACHED, account, period, key, spending))
+    return events
