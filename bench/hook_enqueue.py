@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metering.hook import Spool, build_record
+from metering_hook import Spool, build_record
 
 TARGET_MEDIAN_US = 100.0
 STARTED = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)

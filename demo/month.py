@@ -23,8 +23,8 @@ from demo.providers import FaultPlan
 from demo.scenario import Traffic
 from jobs.scheduler import run_job
 from metering.db import Database
-from metering.hook import UsageSender
 from metering.periods import period_bounds, set_clock_offset
+from metering_hook import UsageSender
 
 COLLECT_HOURS = (12, 20)
 # Requests are sent on the first 28 days only, which every month has: the bill does not depend on

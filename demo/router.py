@@ -11,7 +11,7 @@ model, in the router's order. ``GET /v1/models`` lists what the providers serve.
 2. when refused, answers 402/403/400 with an OpenAI-style error; else forwards the body (the
    provider suffix and field removed) to the first allowed provider, with the platform's
    provider key (or the user's own, for a custom-key request) and ``X-HF-Bill-To`` passed on;
-3. records usage through ``metering.hook``: the httpx event hook spools a record per provider
+3. records usage through ``metering_hook``: the httpx event hook spools a record per provider
    response (request id from the provider's header, the hold id, the start time) and the
    background sender delivers the spool to Metering.
 
@@ -43,8 +43,8 @@ from fastapi import FastAPI, Request, Response
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from metering.hook import BILL_TO_HEADER, MeteringHook, Spool, UsageSender, fetch_request_id_headers
 from metering.periods import utcnow
+from metering_hook import BILL_TO_HEADER, MeteringHook, Spool, UsageSender, fetch_request_id_headers
 
 logger = logging.getLogger("demo.router")
 

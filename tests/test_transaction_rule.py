@@ -21,6 +21,7 @@ TRANSACTION_CALLS = frozenset({"session_scope", "sessionmaker", "commit"})
 API_ALLOWED = {"api/deps.py"}
 ROUTE_ENTRY_POINTS = {
     "api/routes/authorize.py",  # each decision its own transaction; the fast lane runs before the framework
+    "api/routes/authorize_subrequest.py",  # the same decision for a proxy's auth subrequest: its own transaction
     "api/routes/exports.py",  # streamed after the route has returned
     "api/routes/usage.py",  # ingest's group commit
 }

@@ -22,11 +22,16 @@ AUTHORIZE_PATH = "/internal/v1/authorize"
 
 async def decide(db: Database, body: AuthorizeCreate) -> bytes:
     """The decision as the ``AuthorizeRead`` body: the route's and the fast lane's one path to it."""
+    return encode_decision(await decision_for(db, body))
+
+
+async def decision_for(db: Database, body: AuthorizeCreate) -> Decision:
+    """The decision on ``body``, however it was sent (a JSON body, a proxy's subrequest headers)."""
     request = AuthorizeRequest(
         user=body.user, bill_to=body.bill_to, provider=body.provider, model=body.model, custom_key=body.custom_key
     )
     try:
-        decision = await authorize_service.authorize(db, request=request)
+        return await authorize_service.authorize(db, request=request)
     except Exception as error:
         # The one-statement decision runs on driver connections, below ``session_scope``, which
         # translates a cancelled statement itself: here it becomes the same refusal (503).
@@ -34,10 +39,9 @@ async def decide(db: Database, body: AuthorizeCreate) -> bytes:
         if timeout is None:
             raise
         raise timeout from error
-    return _encode(decision)
 
 
-def _encode(decision: Decision) -> bytes:
+def encode_decision(decision: Decision) -> bytes:
     """The ``AuthorizeRead`` body, built by hand rather than through the response model (hot path)."""
     return orjson.dumps(
         {

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.hook import MissingRequestId, build_record
-from metering.hook.records import header_value
+from metering_hook import MissingRequestId, build_record
+from metering_hook.records import header_value
 
 STARTED = datetime(2026, 11, 30, 23, 59, 59, 500000, tzinfo=UTC)
 

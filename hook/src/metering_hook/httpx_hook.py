@@ -36,9 +36,9 @@ from typing import Any
 
 import httpx
 
-from metering.hook.records import DEFAULT_REQUEST_ID_HEADER, MissingRequestId, build_record
-from metering.hook.sender import UsageSender
-from metering.hook.spool import Spool
+from metering_hook.records import DEFAULT_REQUEST_ID_HEADER, MissingRequestId, build_record
+from metering_hook.sender import UsageSender
+from metering_hook.spool import Spool
 
 logger = logging.getLogger("metering.hook")
 

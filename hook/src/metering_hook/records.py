@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from metering.errors import InvalidInput
+from metering_hook.errors import HookError
 
 DEFAULT_REQUEST_ID_HEADER = "Inference-Id"
 BILL_TO_HEADER = "X-HF-Bill-To"
@@ -15,7 +15,7 @@ MAX_REQUEST_ID_LENGTH = 256
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
-class MissingRequestId(InvalidInput):
+class MissingRequestId(HookError):
     """The provider's response carries no usable request-id header, so the request cannot be priced.
 
     ``record`` holds everything else that was known, so the caller can dead-letter it instead of
@@ -23,7 +23,7 @@ class MissingRequestId(InvalidInput):
     """
 
     def __init__(self, detail: str, *, record: dict[str, Any]) -> None:
-        super().__init__(detail, record=record)
+        super().__init__(detail)
         self.record = record
 
 

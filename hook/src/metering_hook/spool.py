@@ -19,17 +19,14 @@ one sender per file is expected (two would only cause duplicates, which the serv
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import orjson
-
-from metering.sql import chunks
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS spool (
@@ -45,6 +42,18 @@ _SCHEMA = (
 )
 # Deleting ids in chunks keeps each statement under SQLite's bound-parameter limit.
 _CHUNK = 500
+# Compact, ASCII-only JSON: a string the service must refuse (a lone surrogate, say) is still
+# spooled, and reaches the dead-letter table with the service's reason.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _dumps(record: dict[str, Any]) -> bytes:
+    return _encode(record).encode("ascii")
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +66,7 @@ class SpooledRecord:
 
     @property
     def record(self) -> dict[str, Any]:
-        record: dict[str, Any] = orjson.loads(self.body)
+        record: dict[str, Any] = json.loads(self.body)
         return record
 
 
@@ -106,7 +115,7 @@ class Spool:
 
     def append(self, record: dict[str, Any]) -> int:
         """Store one record durably (see the module docstring for exactly how); returns its id."""
-        body = orjson.dumps(record)
+        body = _dumps(record)
         with self._lock:
             cursor = self._db.execute("INSERT INTO spool (body, enqueued_at) VALUES (?, ?)", (body, time.time()))
             return cursor.lastrowid  # type: ignore[return-value]
@@ -114,7 +123,7 @@ class Spool:
     def append_many(self, records: Iterable[dict[str, Any]]) -> int:
         """Store several records in one transaction (one commit, so cheaper per record); returns the count."""
         now = time.time()
-        rows = [(orjson.dumps(record), now) for record in records]
+        rows = [(_dumps(record), now) for record in records]
         with self._lock, self._transaction():
             self._db.executemany("INSERT INTO spool (body, enqueued_at) VALUES (?, ?)", rows)
         return len(rows)
@@ -125,7 +134,7 @@ class Spool:
         with self._lock:
             cursor = self._db.execute(
                 "INSERT INTO dead_letters (body, reason, enqueued_at, failed_at) VALUES (?, ?, ?, ?)",
-                (orjson.dumps(record), reason, now, now),
+                (_dumps(record), reason, now, now),
             )
             return cursor.lastrowid  # type: ignore[return-value]
 
@@ -157,7 +166,7 @@ class Spool:
                     "SELECT body, ?, enqueued_at, ? FROM spool WHERE id = ?",
                     [(reason, now, spool_id) for spool_id, reason in rejected],
                 )
-            for chunk in chunks(delivered + [spool_id for spool_id, _ in rejected], _CHUNK):
+            for chunk in _chunks(delivered + [spool_id for spool_id, _ in rejected], _CHUNK):
                 placeholders = ",".join("?" * len(chunk))
                 self._db.execute(f"DELETE FROM spool WHERE id IN ({placeholders})", chunk)
 
@@ -180,7 +189,7 @@ class Spool:
                 "SELECT id, body, reason, enqueued_at, failed_at FROM dead_letters ORDER BY id LIMIT ?", (limit,)
             ).fetchall()
         return [
-            DeadLetter(id=row[0], record=orjson.loads(row[1]), reason=row[2], enqueued_at=row[3], failed_at=row[4])
+            DeadLetter(id=row[0], record=json.loads(row[1]), reason=row[2], enqueued_at=row[3], failed_at=row[4])
             for row in rows
         ]
 
@@ -197,7 +206,7 @@ class Spool:
             else:
                 selected = list(ids)
             moved = 0
-            for chunk in chunks(selected, _CHUNK):
+            for chunk in _chunks(selected, _CHUNK):
                 placeholders = ",".join("?" * len(chunk))
                 self._db.execute(
                     "INSERT INTO spool (body, enqueued_at) SELECT body, enqueued_at FROM dead_letters "

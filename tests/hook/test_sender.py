@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from metering.hook import Spool, UsageSender
-from tests.metering.hook.usage_stub import TOKEN, Scripted, UsageStub, usage_stub_server
+from metering_hook import Spool, UsageSender
+from tests.hook.usage_stub import TOKEN, Scripted, UsageStub, usage_stub_server
 from tests.support.servers import free_port
 
 

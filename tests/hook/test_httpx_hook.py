@@ -12,7 +12,7 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from metering.hook import MeteringHook, Spool, UsageSender
+from metering_hook import MeteringHook, Spool, UsageSender
 
 
 class ProviderHandler(BaseHTTPRequestHandler):

@@ -1,7 +1,7 @@
 """A stand-in router process for the end-to-end tests: spools records through the hook while its
 sender delivers in the background, printing each confirmed append, until it is killed.
 
-    python -m tests.metering.hook.router_process SPOOL BASE_URL TOKEN COUNT PAUSE_SECONDS
+    python -m tests.hook.router_process SPOOL BASE_URL TOKEN COUNT PAUSE_SECONDS
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import sys
 from datetime import UTC, datetime
 
-from metering.hook import Spool, UsageSender, build_record
+from metering_hook import Spool, UsageSender, build_record
 
 
 def routed_record(n: int) -> dict:

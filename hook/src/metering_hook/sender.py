@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -28,10 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import orjson
 
-from metering.errors import ServiceUnavailable
-from metering.hook.spool import Spool, SpooledRecord
+from metering_hook.errors import HookError
+from metering_hook.spool import Spool, SpooledRecord
 
 logger = logging.getLogger("metering.hook")
 
@@ -53,7 +53,7 @@ class SenderStats:
     last_error: str | None = None
 
 
-class DeliveryDeferred(ServiceUnavailable):
+class DeliveryDeferred(HookError):
     """The batch stays in the spool; retry after ``delay`` seconds (``None``: the backoff schedule)."""
 
     def __init__(self, reason: str, delay: float | None = None) -> None:
@@ -267,8 +267,8 @@ class UsageSender:
 
 def _json(response: httpx.Response) -> Any:
     try:
-        return orjson.loads(response.content) if response.content else None
-    except orjson.JSONDecodeError:
+        return json.loads(response.content) if response.content else None
+    except ValueError:  # not JSON, or not UTF-8
         return None
 
 

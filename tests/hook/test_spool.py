@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.hook import Spool
+from metering_hook import Spool
 
 
 def rec(n: int) -> dict:
@@ -42,7 +42,12 @@ class TestAppendAndPeek:
 
     def test_body_is_the_json_sent(self, spool: Spool) -> None:
         spool.append({"request_id": "é", "n": 1})
-        assert spool.peek(1)[0].body == '{"request_id":"é","n":1}'.encode()
+        assert spool.peek(1)[0].body == b'{"request_id":"\\u00e9","n":1}'
+
+    def test_a_string_no_encoding_can_hold_is_spooled_all_the_same(self, spool: Spool) -> None:
+        """A lone surrogate (from a badly decoded header, say) is escaped, not raised into the router."""
+        spool.append({"request_id": "req-\udc80"})
+        assert spool.peek(1)[0].record == {"request_id": "req-\udc80"}
 
     def test_records_survive_reopening(self, tmp_path: Path) -> None:
         with Spool(tmp_path / "s.db") as first:
@@ -89,7 +94,7 @@ class TestSettle:
 APPENDER = textwrap.dedent(
     """
     import sys
-    from metering.hook import Spool
+    from metering_hook import Spool
     spool = Spool(sys.argv[1])
     n = 0
     while True:

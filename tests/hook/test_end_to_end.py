@@ -15,10 +15,10 @@ import httpx
 from sqlalchemy import func, select
 
 from metering.db import Database
-from metering.hook import Spool, UsageSender, fetch_request_id_headers
 from metering.models import UsageRecord
+from metering_hook import Spool, UsageSender, fetch_request_id_headers
 from tests.conftest import SERVICE_TOKEN, TEST_JWT_SECRET, TEST_SECRET_KEY
-from tests.metering.hook.router_process import routed_record
+from tests.hook.router_process import routed_record
 from tests.support.servers import free_port, metering_server
 
 PROVIDER = {
@@ -57,7 +57,7 @@ def start_router(spool_path: Path, base_url: str, count: int, pause: float = 0.0
     command = [
         sys.executable,
         "-m",
-        "tests.metering.hook.router_process",
+        "tests.hook.router_process",
         str(spool_path),
         base_url,
         SERVICE_TOKEN,
