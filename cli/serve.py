@@ -40,6 +40,8 @@ def serve(
     if settings.service_tokens == EMBEDDED_DEV_TOKEN:
         console.print(f"[yellow]embedded mode[/yellow]: service token is {EMBEDDED_DEV_TOKEN!r}")
     console.print(f"Metering on http://{host}:{port} (docs at /docs), database {settings.database_url.split('@')[-1]}")
+    if not settings.migrates_on_open:
+        console.print(connection_budget(workers, settings.database_pool_size, pgbouncer=settings.database_pgbouncer))
     if settings.environment == "embedded":
         print_token_hint(console, settings, f"http://{_reachable(host)}:{port}")
     # httptools and uvloop when installed (uvicorn[standard]); no access log line per request, which
@@ -54,6 +56,17 @@ def serve(
         http="auto",
         loop="auto",
         access_log=False,
+    )
+
+
+def connection_budget(workers: int, pool_size: int, *, pgbouncer: bool) -> str:
+    """What the API's processes may open to PostgreSQL: per process, the engine's pool and as many again
+    under load, and authorize's own connections (``metering.hot_path.pg_connections``), each ``pool_size``."""
+    each = 3 * pool_size
+    to = "PgBouncer (transaction mode)" if pgbouncer else "PostgreSQL"
+    return (
+        f"{workers} worker process(es), each with its own pools: at most {each} connections to {to} per process, "
+        f"{workers * each} in all (METERING_DATABASE_POOL_SIZE={pool_size})"
     )
 
 

@@ -1,8 +1,13 @@
-"""Grant the current period's credits to every account (idempotent; safe with racing schedulers).
+"""Grant the current period's credits to every account, and next period's ahead of it (idempotent;
+safe with racing schedulers).
 
-Each page of accounts is one transaction through ``credits_service.lock_periods``: the
-rows are locked in name order, so a second scheduler waits and then finds them granted.
-A page that fails is logged and skipped; the next run (or the account's first request,
+In the last ``METERING_CREDITS_GRANT_AHEAD_HOURS`` of a month each run also grants the next month,
+so the month's first requests find their credits granted (``metering.credits.service``); its first
+run in the new month sets those grants to the plans accounts have then.
+
+Each page of accounts is one transaction through ``credits_service.grant_period``, which locks,
+in name order, only the rows with something to do: a second scheduler waits and then finds them
+granted. A page that fails is logged and skipped; the next run (or the account's first request,
 which grants lazily) catches it up.
 """
 
@@ -12,10 +17,10 @@ import logging
 
 from metering.accounts.repository import account_repository
 from metering.credits.repository import credits_repository
-from metering.credits.service import credits_service
+from metering.credits.service import credits_service, periods_to_grant
 from metering.db import Database
 from metering.money import format_usd
-from metering.periods import current_period, parse_period
+from metering.periods import current_period, parse_period, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +28,14 @@ ACCOUNTS_PER_TRANSACTION = 500
 
 
 async def run_once(database: Database, *, period: str | None = None) -> str:
-    """Grant ``period`` (default: the current one) to every account; returns a one-line summary."""
-    period = parse_period(period) if period else current_period()
+    """Grant ``period`` (default: the current one, and the next one in the current one's last hours)
+    to every account; returns a summary line per period."""
+    periods = [parse_period(period)] if period else periods_to_grant(utcnow())
+    return "\n".join([await grant_every_account(database, p) for p in periods])
+
+
+async def grant_every_account(database: Database, period: str) -> str:
+    """Grant ``period`` to every account, a page per transaction; returns a one-line summary."""
     after: str | None = None
     accounts = granted = failed = 0
     while True:
@@ -42,5 +53,6 @@ async def run_once(database: Database, *, period: str | None = None) -> str:
             failed += len(names)
             continue
         accounts += len(names)
-    summary = f"grant-credits {period}: {accounts} account(s) checked, {format_usd(granted)} granted now"
+    ahead = " (ahead)" if period > current_period() else ""
+    summary = f"grant-credits {period}{ahead}: {accounts} account(s) checked, {format_usd(granted)} granted now"
     return summary + (f", {failed} failed" if failed else "")

@@ -1,4 +1,11 @@
-"""Engine and session factories; ``session_scope`` is the one place a use case commits."""
+"""Engine and session factories; ``session_scope`` is the one place a use case commits.
+
+Behind PgBouncer in transaction mode (``METERING_DATABASE_PGBOUNCER=true``) each transaction
+may run on another server connection, so nothing may outlive one: no prepared statement is
+kept (each is unnamed and sent again with its arguments, as asyncpg does with its statement
+cache off) and the statement timeout is set at the start of each transaction rather than
+once per connection (PgBouncer refuses settings in the startup message).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from metering.config import get_settings
 from metering.errors import StatementTimeout
 from metering.models.base import Base
 
@@ -49,14 +57,29 @@ STATEMENT_TIMEOUT_DETAIL = (
 # The settings each PostgreSQL engine's connections open with, for connections opened beside
 # its pool (``metering.hot_path.pg_connections``), which must run under the same ones.
 _server_settings: weakref.WeakKeyDictionary[Engine, dict[str, str]] = weakref.WeakKeyDictionary()
+# The same settings of each engine behind PgBouncer, set at the start of each transaction instead.
+_transaction_settings: weakref.WeakKeyDictionary[Engine, dict[str, str]] = weakref.WeakKeyDictionary()
+# What asyncpg and SQLAlchemy's adapter are told behind PgBouncer: no statement cache, unnamed statements.
+PGBOUNCER_CONNECT_ARGS = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
 
 
-def create_engine(database_url: str, *, pool_size: int = 10, statement_timeout_ms: int | None = None) -> AsyncEngine:
+def _unnamed_statement() -> str:
+    """The name of each statement SQLAlchemy prepares behind PgBouncer: none. An unnamed statement lives
+    until the next one on its server connection, and with the cache off asyncpg sends it again at
+    execution, so it runs on whichever server connection PgBouncer picks."""
+    return ""
+
+
+def create_engine(
+    database_url: str, *, pool_size: int = 10, statement_timeout_ms: int | None = None, pgbouncer: bool = False
+) -> AsyncEngine:
     """An engine for SQLite (WAL, serialized writers) or PostgreSQL (asyncpg).
 
     On PostgreSQL every connection opens with ``statement_timeout`` set to
-    ``statement_timeout_ms`` (None: the server's own, usually none). SQLite has no such
-    setting; its statements are bounded by what the callers may ask for.
+    ``statement_timeout_ms`` (None: the server's own, usually none); with ``pgbouncer``, every
+    transaction starts with ``SET LOCAL statement_timeout`` instead, and no statement is prepared
+    beyond its transaction. SQLite has no such setting; its statements are bounded by what the
+    callers may ask for.
     """
     if statement_timeout_ms is not None and statement_timeout_ms < 1:
         # PostgreSQL reads 0 as "no timeout": None says that, 0 is a mistake.
@@ -70,14 +93,17 @@ def create_engine(database_url: str, *, pool_size: int = 10, statement_timeout_m
         return engine
     # Sent in the connection's startup message: no round trip of its own, and set before any statement.
     settings = {} if statement_timeout_ms is None else {"statement_timeout": str(statement_timeout_ms)}
+    connect_args: dict[str, object] = {"server_settings": settings} if settings else {}
+    if pgbouncer:
+        connect_args = {**PGBOUNCER_CONNECT_ARGS, "prepared_statement_name_func": _unnamed_statement}
     engine = create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_recycle=POOL_RECYCLE_SECONDS,
-        connect_args={"server_settings": settings} if settings else {},
+        url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=POOL_RECYCLE_SECONDS, connect_args=connect_args
     )
-    _server_settings[engine.sync_engine] = settings
+    if pgbouncer:
+        _transaction_settings[engine.sync_engine] = settings
+        _set_locally_in_each_transaction(engine, settings)
+    else:
+        _server_settings[engine.sync_engine] = settings
     _skip_closed_connections(engine)
     return engine
 
@@ -86,6 +112,29 @@ def server_settings(engine: AsyncEngine | Engine) -> dict[str, str]:
     """The PostgreSQL settings (e.g. ``statement_timeout``) that ``engine``'s connections open with."""
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     return dict(_server_settings.get(sync_engine, {}))
+
+
+def pgbouncer_settings(engine: AsyncEngine | Engine) -> dict[str, str] | None:
+    """Behind PgBouncer, the settings each transaction of ``engine`` sets locally (``SET LOCAL``); else None."""
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    settings = _transaction_settings.get(sync_engine)
+    return None if settings is None else dict(settings)
+
+
+def set_local_statement(settings: dict[str, str]) -> str:
+    """``SET LOCAL`` of each of ``settings`` (names and values from this module, never from a caller)."""
+    return "; ".join(f"SET LOCAL {name} = {int(value)}" for name, value in settings.items())
+
+
+def _set_locally_in_each_transaction(engine: AsyncEngine, settings: dict[str, str]) -> None:
+    """Behind PgBouncer: ``settings`` set at the start of each transaction, where they end with it."""
+    if not settings:
+        return
+    statement = set_local_statement(settings)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql(statement)
 
 
 def statement_timeout_of(error: BaseException) -> StatementTimeout | None:
@@ -190,14 +239,28 @@ class Database:
     """Holds the engine and the session factory of one process; built at startup, never at import.
 
     ``statement_timeout_ms`` bounds every PostgreSQL statement of the process (the API, the
-    jobs and exports each have their own setting in ``metering.config``).
+    jobs and exports each have their own setting in ``metering.config``). ``pool_size`` and
+    ``pgbouncer`` default to the settings' ``database_pool_size`` and ``database_pgbouncer``.
     """
 
-    def __init__(self, database_url: str, *, pool_size: int = 10, statement_timeout_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        pool_size: int | None = None,
+        statement_timeout_ms: int | None = None,
+        pgbouncer: bool | None = None,
+    ) -> None:
+        if pool_size is None or pgbouncer is None:
+            settings = get_settings()
+            pool_size = settings.database_pool_size if pool_size is None else pool_size
+            pgbouncer = settings.database_pgbouncer if pgbouncer is None else pgbouncer
         self.url = database_url
         self.pool_size = pool_size
         self.statement_timeout_ms = statement_timeout_ms
-        self.engine = create_engine(database_url, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms)
+        self.engine = create_engine(
+            database_url, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms, pgbouncer=pgbouncer
+        )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         # Set by ``with_statement_timeout``: each transaction of ``session_scope`` runs under it.
         self._transaction_timeout_ms: int | None = None

@@ -15,12 +15,16 @@ Order of checks, the first failing one is the reason:
    SQLite: the BEGIN IMMEDIATE transaction serializes them all).
 
 On PostgreSQL the whole decision is one statement, one round trip
-(``metering.hot_path.pg_decision``), except when it must create the user or grant
-the period's credits; those decisions, and every decision on SQLite, go step by step
-(``decide_step_by_step``), the reference the statement is tested against.
+(``metering.hot_path.pg_decision``). When the payer's period is not granted yet (its row
+missing, below its plan's credits, or granted ahead for a plan since changed), the payer is
+granted in a batch with the others waiting (``metering.hot_path.grant_batches``) and the
+statement asked again. Decisions that must create the user, those the batch could not
+serve, and every decision on SQLite go step by step (``decide_step_by_step``), the
+reference the statement is tested against.
 
 ``authorize`` is an own-transaction entry point: it is called outside any request's transaction
-(the API's fast lane), so each decision and its hold commit in a transaction of its own.
+(the API's fast lane), so each decision and its hold commit in a transaction of its own, and a
+batch of grants in another.
 
 The money rule is ``metering.charging.rule``: one pure function of the locked row's
 totals, the same rule the settle split and ``metering verify`` read. Allowed → a hold of
@@ -37,9 +41,10 @@ from datetime import datetime
 from typing import Protocol, cast
 
 from prometheus_client import Counter
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import metrics
+from metering.accounts.repository import account_repository
 from metering.accounts.service import account_service, bill_to_refusal
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.dialects import postgres_decision_paths, sqlite_decision_paths
@@ -51,12 +56,17 @@ from metering.credits.service import credits_for, credits_service
 from metering.db import Database
 from metering.holds.estimates import estimates_service
 from metering.holds.service import hold_expiry, holds_service
+from metering.hot_path.grant_batches import granted_in_batch
 from metering.hot_path.pg_decision import DecisionArguments, OneStatementDecision, pg_decision_repository
 from metering.models import Account
 from metering.periods import period_of, utcnow
 
 # Refusals settled before a payer is: no billing account in the answer.
 _PAYERLESS = frozenset({"unknown_account", "bill_to_not_eligible", "not_a_member"})
+# The statement's answer when the payer's period must be granted first (``metering.hot_path.pg_decision``).
+UNGRANTED = "ungranted"
+# Its answers that leave the decision to the step-by-step path: a user to create, a period to grant.
+_STEP_BY_STEP = frozenset({"slow", UNGRANTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,16 +143,22 @@ class AuthorizeService:
         decision = None
         paths = database.by_dialect(sqlite=sqlite_decision_paths, postgresql=postgres_decision_paths)
         if paths.decides_in_one_statement:
-            decision = await self._decide_in_one_statement(database.engine, request)
+            decision = await self._decide_in_one_statement(database, request)
         if decision is None:
             async with _step_by_step_slots(database), database.session_scope() as session:
                 decision = await self.decide_step_by_step(session, request=request)
         _decisions_counter(decision.reason or "allowed").inc()
         return decision
 
-    async def _decide_in_one_statement(self, engine: AsyncEngine, request: AuthorizeRequest) -> Decision | None:
-        """PostgreSQL: the decision and its hold in one statement; None when it must go step by step."""
-        answer = await pg_decision_repository.decide(engine, **statement_arguments(request, utcnow()))
+    async def _decide_in_one_statement(self, database: Database, request: AuthorizeRequest) -> Decision | None:
+        """PostgreSQL: the decision and its hold in one statement, asked again once the payer's period is
+        granted when it was not; None when it must go step by step."""
+        arguments = statement_arguments(request, utcnow())
+        answer = await pg_decision_repository.decide(database.engine, **arguments)
+        if answer.outcome == UNGRANTED and answer.payer is not None:
+            grant = functools.partial(_grant_in_own_transaction, database)
+            if await granted_in_batch(database, account=answer.payer, period=arguments["period"], grant=grant):
+                answer = await pg_decision_repository.decide(database.engine, **statement_arguments(request, utcnow()))
         return decision_of(answer)
 
     async def decide_step_by_step(self, session: AsyncSession, *, request: AuthorizeRequest) -> Decision:
@@ -196,8 +212,13 @@ class AuthorizeService:
         now = utcnow()
         period = period_of(now)
         row = await balances_repository.lock_period_money(session, account=payer.name, period=period)
-        if row is None or row.credits_granted_nano_usd < credits_for(payer):
-            # Credits to grant (a ledger posting) or a row to create.
+        due = credits_for(payer)
+        if (
+            row is None
+            or row.credits_granted_nano_usd < due
+            or (row.credits_granted_ahead and row.credits_granted_nano_usd != due)
+        ):
+            # Credits to grant (a ledger posting), a row to create, or a grant made ahead to set to the plan.
             account = await session.get(Account, payer.name)
             if account is None:
                 raise RuntimeError(f"account {payer.name!r} missing, though its parties were just read")
@@ -233,6 +254,15 @@ class AuthorizeService:
         )
 
 
+async def _grant_in_own_transaction(database: Database, names: list[str], period: str) -> None:
+    """A batch of ``metering.hot_path.grant_batches``: ``period`` granted to ``names`` in one transaction."""
+    async with database.session_scope() as session:
+        accounts = await account_repository.get_many(session, names)
+        await credits_service.lock_account_periods(
+            session, keys=[(name, period) for name in accounts], accounts=accounts
+        )
+
+
 def statement_arguments(request: AuthorizeRequest, now: datetime) -> DecisionArguments:
     """The arguments of ``pg_decision_repository.decide`` for ``request`` decided at ``now``."""
     settings = get_settings()
@@ -250,9 +280,10 @@ def statement_arguments(request: AuthorizeRequest, now: datetime) -> DecisionArg
 
 
 def decision_of(answer: OneStatementDecision) -> Decision | None:
-    """The ``Decision`` of the statement's answer (None for ``slow``), figures as the step-by-step path gives them."""
+    """The ``Decision`` of the statement's answer (None for ``slow`` and ``ungranted``), figures as the
+    step-by-step path gives them."""
     outcome = answer.outcome
-    if outcome == "slow":
+    if outcome in _STEP_BY_STEP:
         return None
     if outcome in _PAYERLESS:
         return _refused(outcome, None)

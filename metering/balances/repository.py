@@ -25,7 +25,7 @@ from metering.db import by_dialect
 from metering.models import AccountPeriod, Hold, Provider, UsageRecord
 from metering.sql import chunks
 
-# The totals this package keeps; ``held_nano_usd`` belongs to holds, which move it by deltas.
+# The columns this package keeps; ``held_nano_usd`` belongs to holds, which move it by deltas.
 TOTALS = (
     "granted_seats",
     "credits_granted_nano_usd",
@@ -34,6 +34,7 @@ TOTALS = (
     "written_off_nano_usd",
     "pending_estimate_nano_usd",
     "pending_payg_only_nano_usd",
+    "credits_granted_ahead",
 )
 
 
@@ -53,6 +54,7 @@ class PeriodTotals:
     held_nano_usd: int
     pending_payg_only_nano_usd: int
     held_payg_only_nano_usd: int
+    credits_granted_ahead: bool = False
 
 
 @dataclass(slots=True)
@@ -77,6 +79,8 @@ _ADD_HELD = (
     .values(
         held_nano_usd=AccountPeriod.held_nano_usd + bindparam("h_amount_nano_usd"),
         held_payg_only_nano_usd=AccountPeriod.held_payg_only_nano_usd + bindparam("h_payg_only_nano_usd"),
+        # A hold on credits granted ahead that still match the plan confirms them (``metering.credits.service``).
+        credits_granted_ahead=False,
     )
 )
 
@@ -94,6 +98,8 @@ class PeriodMoney:
     held_nano_usd: int
     pending_payg_only_nano_usd: int
     held_payg_only_nano_usd: int
+    # The credits were granted before the period began and are not yet checked against the plan.
+    credits_granted_ahead: bool = False
 
     @classmethod
     def of(cls, row: AccountPeriod) -> PeriodMoney:
@@ -107,6 +113,7 @@ class PeriodMoney:
             row.held_nano_usd,
             row.pending_payg_only_nano_usd,
             row.held_payg_only_nano_usd,
+            row.credits_granted_ahead,
         )
 
 
@@ -120,6 +127,7 @@ _PERIOD_COLUMNS = (
     AccountPeriod.held_nano_usd,
     AccountPeriod.pending_payg_only_nano_usd,
     AccountPeriod.held_payg_only_nano_usd,
+    AccountPeriod.credits_granted_ahead,
 )
 _LOCK_PERIOD = (
     select(*_PERIOD_COLUMNS)
@@ -240,7 +248,8 @@ class BalancesRepository:
         self, session: AsyncSession, *, account: str, period: str, amount: int, credit_eligible: bool
     ) -> None:
         """A hold placed on a row the caller holds locked: ``held_nano_usd += amount``, and
-        ``held_payg_only_nano_usd`` too when its provider is not ``credit_eligible``."""
+        ``held_payg_only_nano_usd`` too when its provider is not ``credit_eligible``; credits granted
+        ahead that the caller found matching the plan are confirmed."""
         await (await session.connection()).execute(
             _ADD_HELD,
             {
@@ -278,10 +287,11 @@ class BalancesRepository:
         """The account's period row, locked, when it exists: the step-by-step decision's fast path.
 
         One statement where ``credits_service.lock_period`` needs three (create, lock, closed-period
-        check); the caller falls back to that when the row is missing or its credits are not granted.
+        check); the caller falls back to that when the row is missing, its credits are not granted,
+        or they were granted ahead and are not yet checked against the plan.
         """
         row = (await (await session.connection()).execute(_LOCK_PERIOD, {"account": account, "period": period})).first()
-        return None if row is None else PeriodMoney(*row)
+        return None if row is None else PeriodMoney(**row._mapping)
 
     async def recount_payg_only(self, session: AsyncSession, *, provider_id: str) -> None:
         """Recompute the payg-only in-flight totals of every account period with a hold or a pending

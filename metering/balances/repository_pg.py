@@ -39,6 +39,8 @@ _PG_ADD_PENDING = (
     " ON u.account_name = b.account_name AND u.period = b.period WHERE u.account_name IS NULL"
 )
 _PG_KEYS_PER_UPDATE = 20_000
+# The array type each total travels in to ``save_totals``; amounts and counts are BIGINT[].
+_PG_ARRAY_TYPES = {"credits_granted_ahead": "BOOLEAN[]"}
 
 
 class PostgresBalancesSql:
@@ -92,7 +94,7 @@ class PostgresBalancesSql:
         self, session: AsyncSession, rows: Sequence[AccountPeriod | PeriodTotals], totals: Sequence[str]
     ) -> None:
         assignments = ", ".join(f"{name} = v.{name}" for name in totals)
-        arrays = ", ".join(f"CAST(:{name} AS BIGINT[])" for name in totals)
+        arrays = ", ".join(f"CAST(:{name} AS {_PG_ARRAY_TYPES.get(name, 'BIGINT[]')})" for name in totals)
         await session.execute(
             text(
                 f"UPDATE account_periods AS t SET {assignments} "

@@ -1,15 +1,26 @@
-"""Period credits: each account's ``account_periods`` row, locked, with its credits granted lazily.
+"""Period credits: each account's ``account_periods`` row, locked, with its credits granted.
 
 Credits are granted once per account and period (SPEC §3) by a ledger transaction keyed
 ``grant:<account>:<period>``; when an org's seats (or its plan) rise mid-period the
 difference is topped up by another keyed transaction. A decrease claws nothing back, and a
 month that has ended is never topped up (its credits expired with it): a late record of it
 sees the credits it had.
+
+Grants are made ahead: in the last ``credits_grant_ahead_hours`` of a month the grant-credits
+job grants next month's, so no request at the month's start waits for a grant (each would
+otherwise post one, all at once). A grant made before its period began is marked
+(``credits_granted_ahead``) and follows the plan the account has once the period has begun,
+as a grant made at the start would: the first thing that locks the row in the period (a
+decision, a posting, the job's first run in it) sets the credits to that plan's, topping up
+or taking back the difference (``grant:<account>:<period>:at-start:to:<target>``), and
+clears the mark; from then on the rules above apply. Anything else is still granted on first
+use, as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Protocol, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +31,7 @@ from metering.credits.repository import credits_repository
 from metering.ledger import codes
 from metering.ledger.service import Posting, ledger_service
 from metering.models import Account, AccountPeriod
-from metering.periods import current_period
+from metering.periods import current_period, next_period, period_bounds, period_of
 
 
 class PlanHolder(Protocol):
@@ -45,6 +56,27 @@ def credits_for(account: PlanHolder, plans: Mapping[str, PlanTerms] | None = Non
 def pays_as_you_go(account: PlanHolder) -> bool:
     terms = get_settings().plans.get(account.plan)
     return bool(terms and terms.pay_as_you_go)
+
+
+def periods_to_grant(now: datetime) -> list[str]:
+    """The periods the grant-credits job grants at ``now``: the current one, and the next one
+    in the current one's last ``credits_grant_ahead_hours``."""
+    period = period_of(now)
+    ahead = timedelta(hours=get_settings().credits_grant_ahead_hours)
+    if ahead and period_bounds(period)[1] - now <= ahead:
+        return [period, next_period(period)]
+    return [period]
+
+
+def _needs_grant(row: PeriodTotals | None, target: int, today: str) -> bool:
+    """Whether ``_grant`` would change the row: missing, granted ahead in a period that has begun, or below
+    its plan's credits in a period still open to top-ups. Read without a lock; ``_grant`` decides under it."""
+    if row is None:
+        return True
+    if row.credits_granted_ahead and row.period <= today:
+        return True
+    granted = row.credits_granted_nano_usd
+    return target > granted and not (granted > 0 and row.period < today)
 
 
 class CreditsService:
@@ -100,10 +132,20 @@ class CreditsService:
         await balances_repository.save_totals(session, [rows[key] for key in rest])
 
     async def grant_period(self, session: AsyncSession, *, accounts: Sequence[Account], period: str) -> int:
-        """Lock and grant ``period`` for ``accounts``; returns the nano-USD granted by this call."""
-        _, granted = await self._lock_and_grant(
-            session, keys=[(a.name, period) for a in accounts], accounts={a.name: a for a in accounts}
-        )
+        """Grant ``period`` to ``accounts`` (ahead of it when it has not begun); returns the nano-USD this
+        call granted, less what it took back from grants made ahead (plans lowered before the period began).
+
+        The rows are read first without a lock and only those with something to do are locked and
+        granted, so a pass that finds everything granted (every hourly run but the first) holds no
+        row that authorize waits for.
+        """
+        plans = get_settings().plans
+        today = current_period()
+        by_name = {a.name: a for a in accounts}
+        keys = [(name, period) for name in by_name]
+        existing = await balances_repository.read_totals(session, keys)
+        due = [key for key in keys if _needs_grant(existing.get(key), credits_for(by_name[key[0]], plans), today)]
+        _, granted = await self._lock_and_grant(session, keys=due, accounts=by_name, plain=True)
         return granted
 
     async def _lock_and_grant(
@@ -129,34 +171,54 @@ class CreditsService:
         for row in rows:
             account = accounts[row.account_name]
             target = credits_for(account, plans)
-            if target <= row.credits_granted_nano_usd:
+            granted = row.credits_granted_nano_usd
+            if row.credits_granted_ahead and row.period <= today:
+                changed.append(row)
+                row.credits_granted_ahead = False
+                # Never below what was used already (a record may start up to a day ahead of its period).
+                target = max(target, row.credits_used_nano_usd)
+                if row.period < today or target == granted:
+                    continue  # an ended month keeps what it was granted; a plan unchanged keeps its grant
+                key = f"grant:{row.account_name}:{row.period}:at-start:to:{target}"
+                postings.append(_grant_posting(row, account, target - granted, key, "at the period's start"))
+                row.credits_granted_nano_usd = target
+                row.granted_seats = account.seats
                 continue
-            if row.credits_granted_nano_usd > 0 and row.period < today:
+            if target <= granted:
+                continue
+            if granted > 0 and row.period < today:
                 continue  # an ended month keeps the credits it was granted
-            amount = target - row.credits_granted_nano_usd
-            first = row.credits_granted_nano_usd == 0
-            key = f"grant:{row.account_name}:{row.period}" + ("" if first else f":to:{target}")
-            postings.append(
-                Posting(
-                    kind=codes.GRANT,
-                    idempotency_key=key,
-                    period=row.period,
-                    account_name=row.account_name,
-                    entries=(
-                        (codes.credits_expense(row.period), amount),
-                        (codes.credits(row.account_name, row.period), -amount),
-                    ),
-                    memo=f"{account.plan} plan, {account.seats} seat(s)",
-                )
-            )
+            key = f"grant:{row.account_name}:{row.period}" + ("" if granted == 0 else f":to:{target}")
+            postings.append(_grant_posting(row, account, target - granted, key, "ahead" if row.period > today else ""))
             row.credits_granted_nano_usd = target
             row.granted_seats = max(row.granted_seats, account.seats)
+            # Granted before its period began: checked against the plan once it has.
+            row.credits_granted_ahead = row.period > today
             changed.append(row)
-        if not postings:
+        written = await ledger_service.write_many(session, postings) if postings else None
+        if changed:
+            await balances_repository.save_totals(session, changed)
+        if written is None:
             return 0
-        fresh = await ledger_service.post_many(session, postings)
-        await balances_repository.save_totals(session, changed)
-        return sum(-p.entries[1][1] for p, posted in zip(postings, fresh, strict=True) if posted)
+        # Last of the grant: every grant of the period moves the one balance of ``credits_expense:<period>``,
+        # whose row stays locked from here to the commit, so as little as possible follows it.
+        await ledger_service.move_balances(session, written)
+        return sum(-p.entries[1][1] for p, posted in zip(postings, written.fresh, strict=True) if posted)
+
+
+def _grant_posting(row: AccountPeriod | PeriodTotals, account: PlanHolder, amount: int, key: str, when: str) -> Posting:
+    """The credits of ``row``'s period moved by ``amount`` (negative: taken back), keyed ``key``."""
+    return Posting(
+        kind=codes.GRANT,
+        idempotency_key=key,
+        period=row.period,
+        account_name=row.account_name,
+        entries=(
+            (codes.credits_expense(row.period), amount),
+            (codes.credits(row.account_name, row.period), -amount),
+        ),
+        memo=f"{account.plan} plan, {account.seats} seat(s)" + (f", {when}" if when else ""),
+    )
 
 
 credits_service = CreditsService()

@@ -13,7 +13,13 @@ the general machinery. Nothing else in the code takes a shortcut; a new one join
   (``metering.charging.rule``) over random totals by ``tests/metering/hot_path/test_pg_decision.py``.
 - ``pg_connections.py``: that statement runs on a small pool of asyncpg connections of its own,
   without SQLAlchemy's session and connection layers, under the same timeouts and settings as the
-  engine's (``tests/metering/hot_path/test_pg_connections.py``).
+  engine's, behind PgBouncer too (``tests/metering/hot_path/test_pg_connections.py``,
+  ``tests/deploy/test_pgbouncer.py``).
+- ``grant_batches.py``: on PostgreSQL, the decisions that find their payer's period not granted
+  yet (no grant made ahead by the grant-credits job) wait for one transaction that grants them
+  all, instead of each posting its grant in its own transaction, all queued on the period's one
+  platform-side balance. Held to granting one by one (the same grants, postings and balances,
+  once per account) by ``tests/metering/hot_path/test_grant_batches.py``.
 - ``group_commit.py``: on SQLite, usage batches that arrive together are written in one
   transaction, one after the other in arrival order, so SQLite's single writer commits once per
   group instead of once per batch (``tests/metering/hot_path/test_group_commit.py``: the same

@@ -14,6 +14,8 @@ autocommit, so none of that is needed: a list of idle connections and a cap.
 - a connection whose use failed other than by its statement is dropped, never reused;
 - they open with the engine's own server settings (``metering.db.server_settings``), so the
   decision runs under the same ``statement_timeout`` as every other statement of the process;
+  behind PgBouncer (``metering.db.pgbouncer_settings``) they keep no prepared statement and the
+  decision runs in a transaction that sets them locally first (``begin``);
 - all are closed when the engine is disposed, and a new set opens if it is used again.
 """
 
@@ -30,7 +32,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util.concurrency import await_, in_greenlet
 
-from metering.db import POOL_RECYCLE_SECONDS, server_settings
+from metering.db import (
+    PGBOUNCER_CONNECT_ARGS,
+    POOL_RECYCLE_SECONDS,
+    pgbouncer_settings,
+    server_settings,
+    set_local_statement,
+)
 from metering.errors import ServiceUnavailable
 
 # Keyword arguments of SQLAlchemy's asyncpg adapter that asyncpg.connect does not take.
@@ -52,8 +60,12 @@ _UNREACHABLE = (
 
 
 class DecisionConnections:
-    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], size: int) -> None:
+    def __init__(
+        self, connect: Callable[[], Awaitable[asyncpg.Connection]], size: int, *, begin: str | None = None
+    ) -> None:
         self._connect = connect
+        # Behind PgBouncer: what opens the decision's transaction (settings can only be set in one); else None.
+        self.begin = begin
         self._slots = asyncio.Semaphore(size)
         self._idle: list[asyncpg.Connection] = []
         self._opened_at: dict[asyncpg.Connection, float] = {}
@@ -129,15 +141,25 @@ def _open(sync_engine: Engine) -> DecisionConnections:
     _args, options = sync_engine.dialect.create_connect_args(sync_engine.url)
     for name in _ADAPTER_ONLY:
         options.pop(name, None)
+    size = getattr(sync_engine.pool, "size", lambda: 10)()
+    if not event.contains(sync_engine, "engine_disposed", _close_on_dispose):
+        event.listen(sync_engine, "engine_disposed", _close_on_dispose)
+    local = pgbouncer_settings(sync_engine)
+    if local is not None:
+        # PgBouncer takes only a few settings at start-up (the application's name among them); the
+        # generic plan needs a statement kept prepared, which nothing is behind it.
+        settings = {"application_name": APPLICATION_NAME, **options.pop("server_settings", {})}
+        options.update(statement_cache_size=PGBOUNCER_CONNECT_ARGS["statement_cache_size"])
+        begin = "; ".join(["BEGIN", set_local_statement(local)]) if local else "BEGIN"
+        return DecisionConnections(
+            lambda: asyncpg.connect(**options, server_settings=settings), max(1, size), begin=begin
+        )
     settings = {
         "application_name": APPLICATION_NAME,
         **options.pop("server_settings", {}),
         **server_settings(sync_engine),
         **_SERVER_SETTINGS,
     }
-    size = getattr(sync_engine.pool, "size", lambda: 10)()
-    if not event.contains(sync_engine, "engine_disposed", _close_on_dispose):
-        event.listen(sync_engine, "engine_disposed", _close_on_dispose)
     return DecisionConnections(lambda: asyncpg.connect(**options, server_settings=settings), max(1, size))
 
 

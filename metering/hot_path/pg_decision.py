@@ -10,11 +10,14 @@ lock lasts from its acquisition to the statement's commit, so concurrent decisio
 on one account are serialized exactly as in the step-by-step path (which SQLite,
 and the rare cases below, keep using).
 
-The statement does nothing and answers ``slow`` when the decision needs writes the
-step-by-step path knows how to make: an unknown user to create, or a period row to
-create or grant credits to (a ledger posting). The tests run every outcome on both
-paths (``tests/metering/authorize/test_pg_decision.py`` compares them on random
-states), since the rule is written twice: here in SQL, there in Python.
+The statement does nothing when the decision needs writes the step-by-step path knows
+how to make: it answers ``slow`` for an unknown user to create, and ``ungranted`` for a
+period row to create or credits to grant (a ledger posting), including credits granted
+ahead of the period that the plan no longer matches (``metering.credits.service``). The
+tests run every outcome on both paths (``tests/metering/hot_path/test_pg_decision.py``
+compares them on random states), since the rule is written twice: here in SQL, there in
+Python. A hold placed on a row granted ahead whose plan still matches confirms that grant
+(the mark is cleared), as the step-by-step path's hold does.
 
 A decision that holds an estimate does not wait for the WAL flush at commit
 (``set_config`` in the ``held_nano_usd`` update; refusals write nothing): a decision
@@ -91,7 +94,8 @@ offered AS (
     WHERE NOT n.disabled AND (n.credit_eligible OR s.pays_as_you_go OR s.stage <> 'money')
 ),
 locked AS (
-    SELECT ap.credits_granted_nano_usd AS granted, ap.credits_used_nano_usd AS used, ap.payg_nano_usd AS payg,
+    SELECT ap.credits_granted_nano_usd AS granted, ap.credits_granted_ahead AS ahead,
+           ap.credits_used_nano_usd AS used, ap.payg_nano_usd AS payg,
            ap.pending_estimate_nano_usd + ap.held_nano_usd AS in_flight,
            ap.pending_payg_only_nano_usd + ap.held_payg_only_nano_usd AS in_flight_payg_only
     FROM account_periods ap, staged s
@@ -99,7 +103,7 @@ locked AS (
     FOR UPDATE OF ap
 ),
 figures AS (
-    SELECT s.stage, s.payer, s.pays_as_you_go, s.spending_limit, s.credits_due, l.granted, l.used, l.payg,
+    SELECT s.stage, s.payer, s.pays_as_you_go, s.spending_limit, s.credits_due, l.granted, l.ahead, l.used, l.payg,
            l.in_flight, l.in_flight_payg_only, o.id AS provider, o.credit_eligible, coalesce(o.estimate, 0) AS estimate,
            greatest(0, l.granted - l.used - (l.in_flight - l.in_flight_payg_only)) AS credits_remaining,
            l.payg + l.in_flight_payg_only
@@ -111,7 +115,8 @@ figures AS (
 verdict AS (
     SELECT f.*, CASE
         WHEN f.stage <> 'money' THEN f.stage
-        WHEN f.granted IS NULL OR f.granted < f.credits_due THEN 'slow'
+        WHEN f.granted IS NULL OR f.granted < f.credits_due OR (f.ahead AND f.granted <> f.credits_due)
+            THEN 'ungranted'
         WHEN f.provider IS NULL THEN 'credits_exhausted'
         WHEN f.credit_eligible AND f.credits_remaining > 0 AND f.estimate <= f.credits_remaining THEN 'allowed'
         WHEN NOT f.pays_as_you_go THEN 'credits_exhausted'
@@ -135,7 +140,8 @@ new_hold AS (
 held AS (
     UPDATE account_periods ap SET held_nano_usd = ap.held_nano_usd + h.amount_nano_usd,
         held_payg_only_nano_usd = ap.held_payg_only_nano_usd
-            + CASE WHEN v.credit_eligible THEN 0 ELSE h.amount_nano_usd END
+            + CASE WHEN v.credit_eligible THEN 0 ELSE h.amount_nano_usd END,
+        credits_granted_ahead = false
     FROM new_hold h, verdict v
     WHERE ap.account_name = v.payer AND ap.period = $6::text
     RETURNING h.id, set_config('synchronous_commit', 'off', true) AS commit_mode
@@ -153,7 +159,8 @@ _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSE
 
 @dataclass(frozen=True, slots=True)
 class OneStatementDecision:
-    """The statement's answer. ``outcome`` is a refusal reason, ``allowed``, ``custom_key`` or ``slow``;
+    """The statement's answer. ``outcome`` is a refusal reason, ``allowed``, ``custom_key``, ``slow`` (a user to
+    create) or ``ungranted`` (a period row to create or grant, ``payer`` named);
     the money columns are those of the locked row before the hold (None when no row was locked)."""
 
     outcome: str
@@ -227,7 +234,10 @@ class PgDecisionRepository:
         connections = decision_connections(engine)
         driver = await connections.acquire()
         try:
-            answer = await self.decide_on(driver, **decision)
+            if connections.begin is None:
+                answer = await self.decide_on(driver, **decision)
+            else:
+                answer = await self._decide_in_transaction(driver, connections.begin, decision)
         except _CONNECTION_LOST as error:
             connections.discard(driver)
             raise ServiceUnavailable("the database connection was lost; ask again") from error
@@ -238,6 +248,20 @@ class PgDecisionRepository:
             connections.discard(driver)
             raise
         connections.release(driver)
+        return answer
+
+    async def _decide_in_transaction(
+        self, driver: asyncpg.Connection, begin: str, decision: DecisionArguments
+    ) -> OneStatementDecision:
+        """Behind PgBouncer: ``decide_on`` in a transaction opened by ``begin``, which sets the timeout
+        the connection could not be opened with; one more round trip each side of the statement."""
+        await driver.execute(begin)
+        try:
+            answer = await self.decide_on(driver, **decision)
+        except asyncpg.PostgresError:
+            await driver.execute("ROLLBACK")
+            raise
+        await driver.execute("COMMIT")
         return answer
 
     async def decide_on(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from metering.models.base import Base, UTCDateTime
@@ -46,6 +46,11 @@ class AccountPeriod(Base):
     # credits can never pay them, so authorize counts them toward pay-as-you-go in full.
     pending_payg_only_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     held_payg_only_nano_usd: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # True while the credits were granted before the period began (the grant-credits job grants
+    # next month's in the last hours of a month) and not yet checked against the plan the account
+    # has once it began: its first decision, any posting, or the job's first run in the period
+    # sets them to that plan's credits and clears it (``metering.credits.service``).
+    credits_granted_ahead: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Hold(Base):

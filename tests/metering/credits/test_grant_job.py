@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from jobs.grant_credits import run_once
 from metering.db import Database
 from metering.ledger import codes
-from metering.periods import current_period
+from metering.periods import current_period, period_bounds, set_clock_offset
 from tests.factories.accounts import create_account
 from tests.metering.ledger.helpers import balance, period_row, transactions
 
 SEAT = 2_000_000_000
 FREE = 100_000_000
+
+
+@pytest.fixture(autouse=True)
+def mid_period() -> Iterator[None]:
+    """Away from a month's last hours, where a run grants the next month too (``test_grant_ahead.py``)."""
+    start, _ = period_bounds(current_period())
+    set_clock_offset(start + timedelta(days=10) - datetime.now(UTC))
+    yield
+    set_clock_offset(timedelta(0))
 
 
 def _granted_nano_usd(summary: str) -> int:
