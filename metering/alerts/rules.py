@@ -1,4 +1,5 @@
-"""Which alert events a posting of costs fires, as a pure function of the totals before and after it.
+"""Which alert events a posting of costs or an authorize decision fires, as pure functions of the figures
+before and after it.
 
 - ``credits.threshold`` (each ``percent`` of the account's credit thresholds) and
   ``credits.exhausted``: the period's included credits *used* crossed that share of those
@@ -6,9 +7,10 @@
   one posting that makes it.
 - ``spending_limit.threshold`` (each ``percent``) and ``spending_limit.reached``: the
   pay-as-you-go *committed* (charged plus in flight, ``Figures.payg_committed``, the amount
-  authorize refuses on) is at or above that share of the limit after the posting. Holds placed
-  by authorize move this figure between postings without being seen here, so it is judged by
-  level, not by crossing; the event's unique cause keeps it to one per period. A limit of 0
+  authorize refuses on) is at or above that share of the limit. Authorize's holds move this
+  figure between postings; the decision that crosses a share writes the event
+  (``decision_events``), and a posting judges by level, catching what actual costs above
+  their estimates commit; the event's unique cause keeps it to one per period. A limit of 0
   allows no pay-as-you-go at all and has no shares to alert on.
 
 Each fires at most once per account, period and percent: its ``dedupe_key`` is unique.
@@ -86,4 +88,38 @@ def posting_events(account: str, period: str, *, before: Figures, after: Figures
         if committed >= limit:
             key = f"{SPENDING_LIMIT_REACHED}:{account}:{period}"
             events.append(NewEvent(SPENDING_LIMIT_REACHED, account, period, key, spending))
+    return events
+
+
+def decision_events(
+    account: str, period: str, *, before: Figures, after: Figures, terms: AlertTerms, refused: bool
+) -> list[NewEvent]:
+    """The spending-limit events of one authorize decision, written in its transaction (SPEC §11).
+
+    ``before``: the locked figures; ``after``: the same with the decision's hold (equal when
+    refused). A threshold fires when the hold takes the committed pay-as-you-go across it;
+    ``spending_limit.reached`` when the hold takes it to the limit, or when the decision is
+    refused for the limit (``refused``). Judged by crossing, so a decision that crosses nothing
+    writes nothing; postings judge by level (``posting_events``) and the unique cause keeps
+    the two to one event.
+    """
+    limit = terms.spending_limit_nano_usd
+    if limit is None or limit <= 0:
+        return []
+    was, now = before.payg_committed, after.payg_committed
+    spending = {"spending_limit_nano_usd": limit, "committed_nano_usd": now, "payg_nano_usd": after.payg}
+    events = [
+        NewEvent(
+            SPENDING_LIMIT_THRESHOLD,
+            account,
+            period,
+            f"{SPENDING_LIMIT_THRESHOLD}:{account}:{period}:{percent}",
+            {"percent": percent, **spending},
+        )
+        for percent in terms.spending_limit_percent
+        if was * 100 < percent * limit <= now * 100
+    ]
+    if refused or was < limit <= now:
+        key = f"{SPENDING_LIMIT_REACHED}:{account}:{period}"
+        events.append(NewEvent(SPENDING_LIMIT_REACHED, account, period, key, spending))
     return events

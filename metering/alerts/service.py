@@ -1,10 +1,12 @@
 """Alert thresholds per account (audited like the other billing settings), the alert events a posting
 of costs fires, and the billing page's banner.
 
-Alerts are judged when costs post (``metering.usage.accounting`` calls ``after_postings`` with the
-account-period totals it holds locked), that is within a collection cycle, and never on
-authorize's hot path: what is in flight at that moment, holds included, counts toward the
-spending limit as authorize counts it.
+Alerts are judged where the money they watch changes, in that change's transaction: when costs
+post (``metering.usage.accounting`` calls ``after_postings`` with the account-period totals it
+holds locked), and, for the spending limit, when authorize holds an estimate or refuses for the
+limit (``after_decision``, with the period row locked). On PostgreSQL the one-statement decision
+leaves to the step-by-step path exactly the decisions that write an event
+(``metering.hot_path.pg_decision``), so the hot path writes nothing more.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering.accounts.repository import account_repository
 from metering.alerts.errors import InvalidAlertThresholds
 from metering.alerts.repository import alert_repository
-from metering.alerts.rules import AlertTerms, figures_of, may_fire, posting_events
+from metering.alerts.rules import AlertTerms, decision_events, figures_of, may_fire, posting_events
 from metering.balances.repository import PeriodTotals, balances_repository
 from metering.charging.rule import Figures
 from metering.config import MAX_ALERT_THRESHOLDS, get_settings
@@ -142,6 +144,37 @@ class AlertService:
                 ),
             )
             events.extend(posting_events(account, period, before=figures, after=now_figures, terms=terms))
+        return await event_service.emit(session, events)
+
+    async def after_decision(
+        self,
+        session: AsyncSession,
+        *,
+        account: str,
+        period: str,
+        limit: int | None,
+        before: Figures,
+        after: Figures,
+        refused: bool,
+    ) -> int:
+        """Write the spending-limit events of one decision on ``account``'s locked period row
+        (``rules.decision_events``); returns how many were new. Reads the account's thresholds
+        only when a whole percent of the limit was crossed, or the decision was refused."""
+        if limit is None or limit <= 0:
+            return 0
+        was, now = before.payg_committed * 100 // limit, after.payg_committed * 100 // limit
+        if not refused and was == now:
+            return 0  # thresholds are whole percentages: none lies between
+        stored = await alert_repository.terms(session, [account])
+        _, _, limit_percent = stored.get(account, (None, None, None))
+        terms = AlertTerms(
+            spending_limit_nano_usd=limit,
+            credits_percent=(),
+            spending_limit_percent=tuple(
+                get_settings().alert_spending_limit_percent if limit_percent is None else limit_percent
+            ),
+        )
+        events = decision_events(account, period, before=before, after=after, terms=terms, refused=refused)
         return await event_service.emit(session, events)
 
     async def banner(self, session: AsyncSession, *, account: Account, period: str) -> Banner | None:

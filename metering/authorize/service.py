@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from metering import metrics
 from metering.accounts.repository import account_repository
 from metering.accounts.service import account_service, bill_to_refusal
+from metering.alerts.service import alerts_service
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.dialects import postgres_decision_paths, sqlite_decision_paths
 from metering.authorize.repository import Party, authorize_repository
@@ -65,8 +66,9 @@ from metering.periods import period_of, utcnow
 _PAYERLESS = frozenset({"unknown_account", "bill_to_not_eligible", "not_a_member"})
 # The statement's answer when the payer's period must be granted first (``metering.hot_path.pg_decision``).
 UNGRANTED = "ungranted"
-# Its answers that leave the decision to the step-by-step path: a user to create, a period to grant.
-_STEP_BY_STEP = frozenset({"slow", UNGRANTED})
+# Its answers that leave the decision to the step-by-step path: a user to create, a period to grant,
+# an alert event to write.
+_STEP_BY_STEP = frozenset({"slow", UNGRANTED, "alert"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,10 @@ class AuthorizeService:
             )
         )
         if refusal is not None:
+            if refusal == "spending_limit_reached":
+                await alerts_service.after_decision(
+                    session, account=payer.name, period=period, limit=limit, before=figures, after=figures, refused=True
+                )
             return _money_decision(figures, limit, billing_account=payer.name, reason=refusal)
         hold_id = await holds_service.place_hold(
             session,
@@ -245,13 +251,11 @@ class AuthorizeService:
             credit_eligible=credit_eligible,
             now=now,
         )
-        return _money_decision(
-            figures.with_hold(estimate, credit_eligible=credit_eligible),
-            limit,
-            billing_account=payer.name,
-            providers=allowed,
-            hold_id=hold_id,
+        held = figures.with_hold(estimate, credit_eligible=credit_eligible)
+        await alerts_service.after_decision(
+            session, account=payer.name, period=period, limit=limit, before=figures, after=held, refused=False
         )
+        return _money_decision(held, limit, billing_account=payer.name, providers=allowed, hold_id=hold_id)
 
 
 async def _grant_in_own_transaction(database: Database, names: list[str], period: str) -> None:
@@ -276,11 +280,12 @@ def statement_arguments(request: AuthorizeRequest, now: datetime) -> DecisionArg
         "now": now,
         "expires_at": hold_expiry(now, settings.hold_ttl_seconds),
         "plans": settings.plans,
+        "alert_limit_percent": settings.alert_spending_limit_percent,
     }
 
 
 def decision_of(answer: OneStatementDecision) -> Decision | None:
-    """The ``Decision`` of the statement's answer (None for ``slow`` and ``ungranted``), figures as the
+    """The ``Decision`` of the statement's answer (None for ``slow``, ``ungranted`` and ``alert``), figures as the
     step-by-step path gives them."""
     outcome = answer.outcome
     if outcome in _STEP_BY_STEP:

@@ -11,9 +11,13 @@ on one account are serialized exactly as in the step-by-step path (which SQLite,
 and the rare cases below, keep using).
 
 The statement does nothing when the decision needs writes the step-by-step path knows
-how to make: it answers ``slow`` for an unknown user to create, and ``ungranted`` for a
+how to make: it answers ``slow`` for an unknown user to create, ``ungranted`` for a
 period row to create or credits to grant (a ledger posting), including credits granted
-ahead of the period that the plan no longer matches (``metering.credits.service``). The
+ahead of the period that the plan no longer matches (``metering.credits.service``), and
+``alert`` for a decision that writes a spending-limit event (SPEC §11: its hold takes the
+committed pay-as-you-go across one of the account's thresholds or to the limit, or it is
+refused for the limit while no ``spending_limit.reached`` of the period exists yet). Those
+are a few decisions per account and period, so the statement stays read, lock, hold. The
 tests run every outcome on both paths (``tests/metering/hot_path/test_pg_decision.py``
 compares them on random states), since the rule is written twice: here in SQL, there in
 Python. A hold placed on a row granted ahead whose plan still matches confirms that grant
@@ -112,7 +116,7 @@ figures AS (
     LEFT JOIN locked l ON true
     LEFT JOIN LATERAL (SELECT * FROM offered ORDER BY ord LIMIT 1) o ON true
 ),
-verdict AS (
+ruled AS (
     SELECT f.*, CASE
         WHEN f.stage <> 'money' THEN f.stage
         WHEN f.granted IS NULL OR f.granted < f.credits_due OR (f.ahead AND f.granted <> f.credits_due)
@@ -126,8 +130,37 @@ verdict AS (
                  - CASE WHEN f.credit_eligible THEN least(f.estimate, f.credits_remaining) ELSE 0 END
                  <= f.spending_limit THEN 'allowed'
         ELSE 'spending_limit_reached'
-    END AS outcome
+    END AS ruled_outcome
     FROM figures f
+),
+after_hold AS (
+    SELECT r.*, CASE WHEN r.ruled_outcome = 'allowed' AND r.spending_limit > 0 THEN
+        r.payg + r.in_flight_payg_only + CASE WHEN r.credit_eligible
+            THEN greatest(0, r.used + (r.in_flight - r.in_flight_payg_only) + r.estimate - r.granted)
+            ELSE r.estimate + greatest(0, r.used + (r.in_flight - r.in_flight_payg_only) - r.granted) END
+    END AS committed_after
+    FROM ruled r
+),
+verdict AS (
+    SELECT a.*, CASE
+        WHEN a.committed_after IS NOT NULL
+             AND floor(a.payg_committed::numeric * 100 / a.spending_limit)
+                 <> floor(a.committed_after::numeric * 100 / a.spending_limit)
+             AND (a.payg_committed < a.spending_limit AND a.spending_limit <= a.committed_after
+                  OR EXISTS (
+                      SELECT 1 FROM json_array_elements_text(coalesce(
+                          (SELECT al.spending_limit_percent FROM alert_settings al WHERE al.account_name = a.payer),
+                          '{limit_percent}'::json)) AS t(percent)
+                      WHERE a.payg_committed::numeric * 100 < t.percent::numeric * a.spending_limit
+                        AND t.percent::numeric * a.spending_limit <= a.committed_after::numeric * 100))
+            THEN 'alert'
+        WHEN a.ruled_outcome = 'spending_limit_reached' AND a.spending_limit > 0
+             AND NOT EXISTS (SELECT 1 FROM events e
+                             WHERE e.dedupe_key = 'spending_limit.reached:' || a.payer || ':' || $6::text)
+            THEN 'alert'
+        ELSE a.ruled_outcome
+    END AS outcome
+    FROM after_hold a
 ),
 new_hold AS (
     INSERT INTO holds (id, account_name, user_name, provider_id, model, period, amount_nano_usd, status,
@@ -160,7 +193,8 @@ _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSE
 @dataclass(frozen=True, slots=True)
 class OneStatementDecision:
     """The statement's answer. ``outcome`` is a refusal reason, ``allowed``, ``custom_key``, ``slow`` (a user to
-    create) or ``ungranted`` (a period row to create or grant, ``payer`` named);
+    create), ``ungranted`` (a period row to create or grant, ``payer`` named) or ``alert`` (a decision that
+    writes a spending-limit event, ``metering.alerts.service.after_decision``);
     the money columns are those of the locked row before the hold (None when no row was locked)."""
 
     outcome: str
@@ -178,15 +212,17 @@ class OneStatementDecision:
     credit_eligible: bool | None
 
 
-def decide_statement(plans: dict[str, PlanTerms]) -> str:
-    """``DECIDE`` for the plan table ``plans`` (one text per table, so one prepared statement)."""
+def decide_statement(plans: dict[str, PlanTerms], limit_percent: Sequence[int] = ()) -> str:
+    """``DECIDE`` for the plan table ``plans`` and the default spending-limit alert thresholds
+    ``limit_percent`` (one text per pair, so one prepared statement)."""
     return _decide_statement(
-        tuple((name, terms.pay_as_you_go, terms.credits_nano_usd, terms.per_seat) for name, terms in plans.items())
+        tuple((name, terms.pay_as_you_go, terms.credits_nano_usd, terms.per_seat) for name, terms in plans.items()),
+        tuple(int(percent) for percent in limit_percent),
     )
 
 
 @functools.lru_cache(maxsize=16)
-def _decide_statement(plans: tuple[tuple[str, bool, int, bool], ...]) -> str:
+def _decide_statement(plans: tuple[tuple[str, bool, int, bool], ...], limit_percent: tuple[int, ...]) -> str:
     rows = [
         f"({_text(name)}, {_boolean(pays_as_you_go)}, {int(credits)}::bigint, {_boolean(per_seat)})"
         for name, pays_as_you_go, credits, per_seat in plans
@@ -194,7 +230,12 @@ def _decide_statement(plans: tuple[tuple[str, bool, int, bool], ...]) -> str:
     no_plans = "SELECT NULL::text, NULL::boolean, NULL::bigint, NULL::boolean WHERE false"
     table = f"VALUES {', '.join(rows)}" if rows else no_plans
     bill_to_plans = f"ARRAY[{', '.join(_text(name) for name in BILL_TO_PLANS)}]::text[]"
-    return DECIDE.replace("{plans}", table).replace("{bill_to_plans}", bill_to_plans)
+    thresholds = "[" + ", ".join(str(percent) for percent in limit_percent) + "]"
+    return (
+        DECIDE.replace("{plans}", table)
+        .replace("{bill_to_plans}", bill_to_plans)
+        .replace("{limit_percent}", thresholds)
+    )
 
 
 def _text(value: str) -> str:
@@ -220,6 +261,8 @@ class DecisionArguments(TypedDict):
     now: datetime
     expires_at: datetime
     plans: dict[str, PlanTerms]
+    # The spending-limit alert thresholds of an account that chose none (``Settings.alert_spending_limit_percent``).
+    alert_limit_percent: Sequence[int]
 
 
 class PgDecisionRepository:
@@ -277,10 +320,19 @@ class PgDecisionRepository:
         now: datetime,
         expires_at: datetime,
         plans: dict[str, PlanTerms],
+        alert_limit_percent: Sequence[int] = (),
     ) -> OneStatementDecision:
         """Run ``DECIDE`` on an asyncpg connection: its own transaction, or the caller's when one is open."""
         row = await driver.fetchrow(
-            decide_statement(plans), user, bill_to, list(provider_ids), model, custom_key, period, now, expires_at
+            decide_statement(plans, alert_limit_percent),
+            user,
+            bill_to,
+            list(provider_ids),
+            model,
+            custom_key,
+            period,
+            now,
+            expires_at,
         )
         if row is None:
             raise RuntimeError("DECIDE answered no row; it answers one for every request")

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from metering.alerts.rules import AlertTerms, decision_events
 from metering.authorize.catalog import provider_catalog
 from metering.authorize.service import AuthorizeRequest, Decision, authorize_service, decision_of, statement_arguments
 from metering.charging.rule import Figures, money_refusal
-from metering.config import PlanTerms
+from metering.config import PlanTerms, get_settings
 from metering.credits.service import credits_for
 from metering.db import Database
 from metering.hot_path.pg_decision import pg_decision_repository
@@ -45,6 +46,7 @@ EVERY_OUTCOME = {
     "credits_exhausted",
     "spending_limit_reached",
     "account_delinquent",
+    "alert",
 }
 
 
@@ -97,10 +99,18 @@ async def apply_state(connection: AsyncConnection, rng: random.Random, payer: st
             text("INSERT INTO cost_estimates VALUES (:p, :m, :samples, :mean, now())"),
             {"p": rng.choice(PROVIDERS[:3]), "m": model, "samples": rng.choice([0, 1, 20]), "mean": amount(rng)},
         )
+    if rng.random() < 0.5:  # the period's limit already reached once: a refusal for it writes nothing more
+        await connection.execute(
+            text(
+                "INSERT INTO events (webhook_id, type, account_name, period, dedupe_key, audience, body, created_at)"
+                " VALUES ('evt_seeded', 'spending_limit.reached', :a, :p, :k, 'account', '{}', now())"
+            ),
+            {"a": payer, "p": period, "k": f"spending_limit.reached:{payer}:{period}"},
+        )
 
 
 async def written(connection: AsyncConnection, period: str) -> tuple:
-    """The holds, held totals and marks of credits granted ahead a decision left (ids aside)."""
+    """The holds, held totals, marks of credits granted ahead and events a decision left (ids aside)."""
     held = await connection.execute(
         text(
             "SELECT account_name, held_nano_usd, held_payg_only_nano_usd, credits_granted_ahead FROM account_periods"
@@ -113,7 +123,8 @@ async def written(connection: AsyncConnection, period: str) -> tuple:
             "SELECT account_name, user_name, provider_id, model, period, amount_nano_usd, status FROM holds ORDER BY 1, 6"
         )
     )
-    return list(held), list(holds)
+    events = await connection.execute(text("SELECT dedupe_key FROM events ORDER BY 1"))
+    return list(held), list(holds), list(events)
 
 
 def without_hold_id(decision: Decision) -> Decision:
@@ -153,7 +164,10 @@ async def test_one_statement_equals_step_by_step(db: Database, backend: str) -> 
             await connection.rollback()
         seen.add(answer.outcome if answer.outcome in EVERY_OUTCOME else "?")
         if fast is None:
-            continue  # left to the step-by-step path, which created the user or granted the credits first
+            # Left to the step-by-step path, which created the user, granted the credits or wrote an alert first.
+            if answer.outcome == "alert":
+                assert step_writes[2] != fast_writes[2], f"scenario {index}: {request}: an alert with no event"
+            continue
         context = f"scenario {index}: {request} → {answer}"
         assert without_hold_id(fast) == without_hold_id(step), context
         assert (fast.hold_id is None) == (step.hold_id is None), context
@@ -302,7 +316,18 @@ class TestStatementIsTheRule:
                 )
                 or "allowed"
             )
+        before_events = figures
+        if expected in ("allowed", "spending_limit_reached") and pays_as_you_go:
+            after = figures.with_hold(estimate, credit_eligible=eligible) if expected == "allowed" else figures
+            terms = AlertTerms(limit, (), tuple(get_settings().alert_spending_limit_percent))
+            refused = expected != "allowed"
+            if decision_events(user, period, before=before_events, after=after, terms=terms, refused=refused):
+                expected = "alert"  # the step-by-step path writes the event with the decision
         assert answer.outcome == expected
+        if expected == "alert":
+            assert decision_of(answer) is None
+            assert held_after == (held_eligible + held_payg_only, held_payg_only)
+            return
         decision = decision_of(answer)
         after_figures = figures.with_hold(estimate, credit_eligible=eligible) if expected == "allowed" else figures
         assert decision.credits_remaining_nano_usd == after_figures.credits_remaining
