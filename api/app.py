@@ -12,14 +12,18 @@ from api.fast_lane import AuthorizeFastLane
 from api.middleware import BodySizeLimit
 from api.routes import (
     accounts,
+    adjustments,
     alerts,
     authorize,
     authorize_subrequest,
     billing,
     billing_page,
+    credit_grants,
     exports,
+    finance_reconciliations,
     health,
     providers,
+    top_ups,
     usage,
     usage_views,
     webhook_endpoints,
@@ -42,9 +46,13 @@ ROUTERS = [
     providers.public_router,
     billing.router,
     alerts.router,
+    credit_grants.router,
+    adjustments.router,
+    top_ups.router,
     webhook_endpoints.router,
     usage_views.router,
     exports.router,
+    finance_reconciliations.router,
     webhooks.router,
     billing_page.router,
 ]
@@ -87,7 +95,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     for router in ROUTERS:
         app.include_router(router)
     install_docs(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, larger=finance_reconciliations.LARGE_BODIES)
     if settings.authorize_fast_lane:
         # Added last, so it runs first: inside only the framework's outermost error layer.
         app.add_middleware(AuthorizeFastLane, max_bytes=settings.max_body_bytes)

@@ -14,6 +14,8 @@ from api.responses import OrjsonResponse
 from metering import errors
 from metering.db import statement_timeout_of
 from metering.invoicing.errors import InvalidWebhookSignature
+from metering.reconciliation.errors import StatementTooLarge
+from metering.top_ups.errors import StripeRefused
 
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS_BY_ERROR: list[tuple[type[errors.MeteringError], int]] = [
@@ -21,10 +23,12 @@ STATUS_BY_ERROR: list[tuple[type[errors.MeteringError], int]] = [
     (InvalidWebhookSignature, 400),
     (errors.NotFound, 404),
     (errors.Forbidden, 403),
+    (StatementTooLarge, 413),
     (errors.InvalidInput, 422),
     (errors.Conflict, 409),
     (errors.StatementTimeout, 503),
     (errors.ServiceUnavailable, 503),
+    (StripeRefused, 502),
 ]
 
 

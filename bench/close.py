@@ -93,7 +93,7 @@ async def populate(dsn: str, accounts: int, rng: random.Random) -> int:
             for code, amount in lines:
                 account_id = ledger_account(code)
                 ledger_rows[account_id - 1][5] += amount
-                entries.append((len(entries) + 1, tx, account_id, amount))
+                entries.append((len(entries) + 1, tx, account_id, amount, PERIOD))
 
         for name in names:
             post(
@@ -184,7 +184,9 @@ async def populate(dsn: str, accounts: int, rng: random.Random) -> int:
             records=transactions,
         )
         await connection.copy_records_to_table(
-            "ledger_entries", columns=["id", "transaction_id", "ledger_account_id", "amount_nano_usd"], records=entries
+            "ledger_entries",
+            columns=["id", "transaction_id", "ledger_account_id", "amount_nano_usd", "period"],
+            records=entries,
         )
         for table in ("usage_records", "ledger_accounts", "ledger_transactions", "ledger_entries"):
             await connection.execute(

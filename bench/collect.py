@@ -213,8 +213,8 @@ async def raw_baseline(url: str, connections: int, batches: int) -> float:
                         record_ids,
                     )
                     await connection.execute(
-                        "INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd) "
-                        "SELECT t, a, v FROM unnest($1::bigint[], $2::bigint[]) AS x(t, c), "
+                        "INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd, period) "
+                        "SELECT t, a, v, '0000-00' FROM unnest($1::bigint[], $2::bigint[]) AS x(t, c), "
                         "LATERAL (VALUES ($3::bigint, x.c), ($4::bigint, -x.c)) AS e(a, v)",
                         [row["id"] for row in transactions],
                         costs,

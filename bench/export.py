@@ -84,10 +84,10 @@ async def fill_ledger(dsn: str, entries: int) -> None:
         )
         await connection.execute(
             f"""
-            INSERT INTO ledger_entries (id, transaction_id, ledger_account_id, amount_nano_usd)
-            SELECT 2 * i - 1, i, 1 + i % {PROVIDERS}, -(1000 + i) FROM generate_series(1, {transactions}) AS i
+            INSERT INTO ledger_entries (id, transaction_id, ledger_account_id, amount_nano_usd, period)
+            SELECT 2 * i - 1, i, 1 + i % {PROVIDERS}, -(1000 + i), '{PERIOD}' FROM generate_series(1, {transactions}) AS i
             UNION ALL
-            SELECT 2 * i, i, {PROVIDERS} + 1 + i % {ACCOUNTS}, 1000 + i FROM generate_series(1, {transactions}) AS i
+            SELECT 2 * i, i, {PROVIDERS} + 1 + i % {ACCOUNTS}, 1000 + i, '{PERIOD}' FROM generate_series(1, {transactions}) AS i
             """
         )
         # A closed period's rows are long settled (see ``settle``).

@@ -212,6 +212,9 @@ async def raw_unnest_rate(dsn: str, records: list[dict], args: argparse.Namespac
         )
         for (definition,) in foreign_keys:
             await admin.execute(f"ALTER TABLE usage_records_raw ADD {definition}")
+        # usage_records is partitioned on PostgreSQL, its (provider, request_id) kept unique by
+        # usage_request_keys: the plain copy gets the unique index the bare INSERT … ON CONFLICT needs.
+        await admin.execute("CREATE UNIQUE INDEX ON usage_records_raw (provider_id, request_id)")
     finally:
         await admin.close()
     sql = _raw_insert_sql("usage_records_raw")

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("cli.serve", "serve"),
     "export": ("cli.export", "export"),
     "verify": ("cli.verify", "verify"),
+    "archive": ("cli.archive", "archive"),
     "token": ("cli.token", "token"),
     "simulate-provider": ("cli.simulate", "simulate_provider"),
     "demo": ("cli.demo", "demo"),

@@ -3,7 +3,8 @@ safe with racing schedulers).
 
 In the last ``METERING_CREDITS_GRANT_AHEAD_HOURS`` of a month each run also grants the next month,
 so the month's first requests find their credits granted (``metering.credits.service``); its first
-run in the new month sets those grants to the plans accounts have then.
+run in the new month sets those grants to the plans accounts have then. Each run also expires what
+is left of credit grants and prepaid credits whose last period has ended (``metering.credit_grants``).
 
 Each page of accounts is one transaction through ``credits_service.grant_period``, which locks,
 in name order, only the rows with something to do: a second scheduler waits and then finds them
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 
 from metering.accounts.repository import account_repository
+from metering.credit_grants.service import credit_grant_service
 from metering.credits.repository import credits_repository
 from metering.credits.service import credits_service, periods_to_grant
 from metering.db import Database
@@ -31,7 +33,22 @@ async def run_once(database: Database, *, period: str | None = None) -> str:
     """Grant ``period`` (default: the current one, and the next one in the current one's last hours)
     to every account; returns a summary line per period."""
     periods = [parse_period(period)] if period else periods_to_grant(utcnow())
-    return "\n".join([await grant_every_account(database, p) for p in periods])
+    lines = [await grant_every_account(database, p) for p in periods]
+    expired = await expire_credit_grants(database)
+    return "\n".join([*lines, expired] if expired else lines)
+
+
+async def expire_credit_grants(database: Database) -> str:
+    """Post the expiry of what is left of grants and prepaid credits whose last period has ended,
+    a bounded pass per transaction; returns a one-line summary, or "" when nothing expired."""
+    expired = 0
+    while True:
+        async with database.session_scope() as session:
+            now = await credit_grant_service.expire(session)
+        if not now:
+            break
+        expired += now
+    return f"credit grants: {format_usd(expired)} expired now" if expired else ""
 
 
 async def grant_every_account(database: Database, period: str) -> str:

@@ -43,6 +43,7 @@ JOBS: dict[str, JobSpec] = {
     "sync-stripe": JobSpec("jobs.sync_stripe", lambda: IntervalTrigger(minutes=5)),
     "fold-usage-rollups": JobSpec("jobs.fold_usage_rollups", lambda: IntervalTrigger(minutes=1)),
     "deliver-webhooks": JobSpec("jobs.deliver_webhooks", lambda: IntervalTrigger(seconds=5), run_at_start=True),
+    "create-partitions": JobSpec("jobs.create_partitions", lambda: CronTrigger(minute=25), run_at_start=True),
 }
 
 

@@ -27,14 +27,17 @@ ROUTE_ENTRY_POINTS = {
 }
 METERING_ALLOWED = {"metering/db.py"}
 METERING_ENTRY_POINTS = {
+    "metering/archive/service.py",
     "metering/authorize/service.py",
     "metering/collection/batch_scope.py",
     "metering/exports/copy_repository.py",
     "metering/exports/repository.py",
     "metering/invoicing/stripe_sync.py",
     "metering/ledger/verify.py",
+    "metering/reconciliation/service.py",  # a statement staged in one transaction per batch of lines, then compared
     "metering/sample_data.py",
     "metering/hot_path/group_commit.py",
+    "metering/top_ups/service.py",
     "metering/usage/service.py",
 }
 

@@ -16,6 +16,7 @@ from metering.alerts.service import Banner, alerts_service
 from metering.analytics.service import BillingSummary, analytics_service
 from metering.auth.policy import Action, access_policy
 from metering.auth.tokens import Principal
+from metering.credit_grants.service import CreditGrantView, credit_grant_service
 from metering.errors import Forbidden
 from metering.invoicing.service import InvoiceView, invoicing_service
 from metering.models import Account
@@ -41,6 +42,10 @@ class LimitGauge:
         return f"{self.permille // 10}.{self.permille % 10}%"
 
 
+# The page lists at most this many grants; the API lists them all.
+_GRANTS_SHOWN = 50
+
+
 @dataclass(frozen=True)
 class BillingPage:
     viewer: str
@@ -53,6 +58,8 @@ class BillingPage:
     invoices: list[InvoiceView] | None
     # The latest alert that still holds (limit reached, credits used up, delinquent), shown on top.
     alert: Banner | None = None
+    # Credit grants and prepaid credits, newest first (None when the caller may not read them).
+    grants: list[CreditGrantView] | None = None
 
     @property
     def in_flight_nano_usd(self) -> int:
@@ -96,6 +103,9 @@ async def gather_billing_page(
     invoices = None
     if await _may(session, principal, account, Action.READ_INVOICES):
         invoices = await invoicing_service.list_invoices(session, account=account.name)
+    grants = None
+    if await _may(session, principal, account, Action.READ_CREDIT_GRANTS):
+        grants = await credit_grant_service.list_grants(session, account_name=account.name, limit=_GRANTS_SHOWN)
     return BillingPage(
         viewer=principal.user,
         summary=summary,
@@ -105,4 +115,5 @@ async def gather_billing_page(
         chart=chart,
         invoices=invoices,
         alert=await alerts_service.banner(session, account=account, period=summary.period),
+        grants=grants,
     )

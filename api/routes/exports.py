@@ -22,7 +22,7 @@ from metering.periods import current_period
 
 router = APIRouter(prefix="/v1/finance", tags=["finance"])
 
-ReportName = Literal["ledger", "provider-payables", "receivables", "credits", "unpriced", "drift"]
+ReportName = Literal["ledger", "provider-payables", "receivables", "credits", "unpriced", "drift", "reconciliation"]
 _CSV_EXAMPLE = (
     "provider_id,period,payable_nano_usd,entries\r\nfireworks-ai,2026-11,98000000,40\r\ntogether,2026-11,1200000,3\r\n"
 )
@@ -56,7 +56,8 @@ async def export_report(
     period: Period = None,
     format: Annotated[Literal["csv", "jsonl", "parquet"], Query(description="Output format.")] = "csv",  # noqa: A002
 ) -> StreamingResponse:
-    """ledger, provider-payables, receivables, credits, unpriced or drift, for finance. CSV cells are formula-safe."""
+    """ledger, provider-payables, receivables, credits, unpriced, drift or reconciliation, for finance. CSV cells
+    are formula-safe."""
     access_policy.authorize_export(principal)
     period = period or current_period()
     _, media_type, filename = export_service.prepare(report=report, period=period, fmt=format)

@@ -76,6 +76,9 @@ class BillingRead(BaseModel):
                     "pending_requests": 42,
                     "pending_estimate_nano_usd": 4_200_000,
                     "held_nano_usd": 300_000,
+                    "prepaid_balance_nano_usd": 20_000_000_000,
+                    "credit_grants_remaining_nano_usd": 0,
+                    "adjustments_nano_usd": -500_000_000,
                     "estimate_drift": [
                         {
                             "provider": "together",
@@ -110,6 +113,17 @@ class BillingRead(BaseModel):
     held_nano_usd: int = Field(description="Estimates reserved by authorized requests not yet recorded.")
     estimate_drift: list[EstimateDriftRead] = Field(
         description="Per provider and model, the account's estimates against the prices of the period's priced requests."
+    )
+    prepaid_balance_nano_usd: int = Field(
+        default=0, description="What is left now of the prepaid credits the account bought (any period)."
+    )
+    credit_grants_remaining_nano_usd: int = Field(
+        default=0, description="What is left now of the credit finance granted the account (any period)."
+    )
+    adjustments_nano_usd: int = Field(
+        default=0,
+        description="Adjustments posted to the period, invoiced with it (carried credit included; < 0: in the "
+        "account's favour).",
     )
 
 

@@ -40,14 +40,15 @@ class AlertTerms:
     spending_limit_percent: tuple[int, ...]
 
 
-def figures_of(totals: PeriodTotals) -> Figures:
-    """An account period's totals as the money rule reads them."""
+def figures_of(totals: PeriodTotals, extra: int = 0) -> Figures:
+    """An account period's totals, and the account's spendable grants ``extra``, as the money rule reads them."""
     return Figures(
         granted=totals.credits_granted_nano_usd,
         used=totals.credits_used_nano_usd,
         payg=totals.payg_nano_usd,
         in_flight=totals.pending_estimate_nano_usd + totals.held_nano_usd,
         in_flight_payg_only=totals.pending_payg_only_nano_usd + totals.held_payg_only_nano_usd,
+        extra=extra,
     )
 
 

@@ -121,13 +121,16 @@ class AlertService:
         *,
         before: Mapping[tuple[str, str], Figures],
         after: Mapping[tuple[str, str], PeriodTotals],
+        extra: Mapping[tuple[str, str], int] | None = None,
     ) -> int:
         """Write the alert events of the account periods whose costs just posted; returns how many were new.
 
         ``before``: each (account, period)'s figures when its totals were locked; ``after``:
-        the same totals once the postings and released estimates are applied.
+        the same totals once the postings and released estimates are applied; ``extra``: what
+        the account's grants can pay in the period after the postings (none when missing).
         """
-        changed = {key: (figures, figures_of(after[key])) for key, figures in before.items()}
+        extra = extra or {}
+        changed = {key: (figures, figures_of(after[key], extra.get(key, 0))) for key, figures in before.items()}
         candidates = {key: pair for key, pair in changed.items() if may_fire(*pair)}
         if not candidates:
             return 0

@@ -1,4 +1,5 @@
-"""Folding the hourly usage totals: the triggers' differences of a key become one row.
+"""Folding the hourly usage totals: the triggers' differences of a key become one row, and are added
+to the key's daily total (migration 0015).
 
 Every statement that writes usage records appends one row per key it changed (migrations
 0005 and 0006), so without folding the totals would grow about as fast as the records themselves.

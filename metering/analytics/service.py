@@ -15,11 +15,13 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.adjustments.repository import adjustment_repository
 from metering.analytics.bounds import EARLIEST_DAY, LATEST_DAY, in_range
 from metering.analytics.drift import ModelDrift, drift_service
 from metering.analytics.errors import InvalidCursor, InvalidTimeRange
 from metering.analytics.repository import UsageBucketRow, analytics_repository
 from metering.config import get_settings
+from metering.credit_grants.service import credit_grant_service
 from metering.limits.service import AuditRecord, limits_service
 from metering.models import Account, UsageRecord
 from metering.periods import current_period, period_bounds, utcnow
@@ -49,6 +51,11 @@ class BillingSummary:
     held_nano_usd: int
     # Per (provider, model): the account's estimates against the prices of the period.
     estimate_drift: list[ModelDrift] = field(default_factory=list)
+    # What is left, now, of the account's prepaid credits and of finance's credit grants.
+    prepaid_balance_nano_usd: int = 0
+    credit_grants_remaining_nano_usd: int = 0
+    # Finance's adjustments posted to the period (carried credit included): > 0 owed, < 0 in the account's favour.
+    adjustments_nano_usd: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ class AnalyticsService:
         for a past period, when nothing was granted.
         """
         period = period or current_period()
+        extra = await credit_grant_service.remaining(session, account_name=account.name)  # now, whatever ``period``
         row = await analytics_repository.account_period(session, account=account.name, period=period)
         if row is not None:
             granted, used = row.credits_granted_nano_usd, row.credits_used_nano_usd
@@ -190,6 +198,9 @@ class AnalyticsService:
             pending_estimate_nano_usd=pending_estimate,
             held_nano_usd=held,
             estimate_drift=await drift_service.estimate_drift(session, period=period, account=account.name),
+            prepaid_balance_nano_usd=extra.get("prepaid", 0),
+            credit_grants_remaining_nano_usd=extra.get("grant", 0),
+            adjustments_nano_usd=await adjustment_repository.posted_to(session, account=account.name, period=period),
         )
 
     def resolve_range(

@@ -40,12 +40,21 @@ class Action(StrEnum):
     SET_DISABLED_PROVIDERS = "set_disabled_providers"
     SET_ALERTS = "set_alerts"
     MANAGE_WEBHOOKS = "manage_webhooks"
+    READ_CREDIT_GRANTS = "read_credit_grants"
+    BUY_PREPAID_CREDITS = "buy_prepaid_credits"
 
 
 READ_ACTIONS = frozenset(
-    {Action.READ_BILLING, Action.READ_INVOICES, Action.READ_USAGE, Action.READ_REQUESTS, Action.READ_AUDIT}
+    {
+        Action.READ_BILLING,
+        Action.READ_INVOICES,
+        Action.READ_USAGE,
+        Action.READ_REQUESTS,
+        Action.READ_AUDIT,
+        Action.READ_CREDIT_GRANTS,
+    }
 )
-FINANCE_READS = frozenset({Action.READ_BILLING, Action.READ_INVOICES})
+FINANCE_READS = frozenset({Action.READ_BILLING, Action.READ_INVOICES, Action.READ_CREDIT_GRANTS})
 ORG_ONLY = frozenset({Action.SET_DISABLED_PROVIDERS, Action.MANAGE_WEBHOOKS})
 
 
@@ -91,9 +100,14 @@ class AccessPolicy:
             return is_self and terms is not None and terms.pay_as_you_go
         if action in (Action.SET_DISABLED_PROVIDERS, Action.MANAGE_WEBHOOKS):
             return role == "admin"
-        if action is Action.SET_ALERTS:
+        if action in (Action.SET_ALERTS, Action.BUY_PREPAID_CREDITS):
             return is_self or role == "admin"
         return False
+
+    def authorize_finance_operation(self, principal: Principal) -> None:
+        """Changing money (credit grants, adjustments, reconciliations): the ``finance`` role only."""
+        if not principal.is_finance:
+            raise NotPermitted("finance operations need the finance role")
 
     def authorize_export(self, principal: Principal) -> None:
         """Finance exports: the ``finance`` role, or ``platform_admin`` who reads everything."""

@@ -53,6 +53,7 @@ from metering.authorize.repository import Party, authorize_repository
 from metering.balances.repository import PeriodMoney, balances_repository
 from metering.charging.rule import Figures, money_refusal
 from metering.config import get_settings
+from metering.credit_grants.service import credit_grant_service
 from metering.credits.service import credits_for, credits_service
 from metering.db import Database
 from metering.holds.estimates import estimates_service
@@ -67,8 +68,8 @@ _PAYERLESS = frozenset({"unknown_account", "bill_to_not_eligible", "not_a_member
 # The statement's answer when the payer's period must be granted first (``metering.hot_path.pg_decision``).
 UNGRANTED = "ungranted"
 # Its answers that leave the decision to the step-by-step path: a user to create, a period to grant,
-# an alert event to write.
-_STEP_BY_STEP = frozenset({"slow", UNGRANTED, "alert"})
+# an alert event to write, grants to read under the lock.
+_STEP_BY_STEP = frozenset({"slow", UNGRANTED, "alert", "extra_credit"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +92,15 @@ class Decision:
     spending_limit_remaining_nano_usd: int | None = None
 
 
-def figures_of(row: PeriodMoney) -> Figures:
-    """The rule's figures of a locked period row."""
+def figures_of(row: PeriodMoney, extra: int = 0) -> Figures:
+    """The rule's figures of a locked period row and the payer's spendable grants ``extra``."""
     return Figures(
         granted=row.credits_granted_nano_usd,
         used=row.credits_used_nano_usd,
         payg=row.payg_nano_usd,
         in_flight=row.pending_estimate_nano_usd + row.held_nano_usd,
         in_flight_payg_only=row.pending_payg_only_nano_usd + row.held_payg_only_nano_usd,
+        extra=extra,
     )
 
 
@@ -203,16 +205,18 @@ class AuthorizeService:
             return _refused("account_delinquent", payer.name)
         terms = get_settings().plans.get(payer.plan)
         pays_as_you_go = bool(terms and terms.pay_as_you_go)
-        if not pays_as_you_go:
-            # Without pay-as-you-go only credits can pay, and only credit-eligible providers use them.
+        # Grants and prepaid credits pay for any provider; read again under the lock when there are some.
+        now = utcnow()
+        period = period_of(now)
+        extra = await credit_grant_service.spendable(session, account_name=payer.name, period=period)
+        if not pays_as_you_go and not extra:
+            # Without pay-as-you-go only credits can pay, and only credit-eligible providers use plan credits.
             allowed = [pid for pid in allowed if registered[pid].credit_eligible]
         limit = payer.spending_limit_nano_usd if pays_as_you_go else None
 
         first = allowed[0] if allowed else named[0]
         # Estimated before the lock, so a cache miss is not paid while the row is locked.
         estimate = await estimates_service.estimate_for(session, first, request.model) if allowed else 0
-        now = utcnow()
-        period = period_of(now)
         row = await balances_repository.lock_period_money(session, account=payer.name, period=period)
         due = credits_for(payer)
         if (
@@ -225,7 +229,9 @@ class AuthorizeService:
             if account is None:
                 raise RuntimeError(f"account {payer.name!r} missing, though its parties were just read")
             row = PeriodMoney.of(await credits_service.lock_period(session, account=account, period=period))
-        figures = figures_of(row)
+        if extra:
+            extra = await credit_grant_service.spendable(session, account_name=payer.name, period=period)
+        figures = figures_of(row, extra)
         credit_eligible = bool(allowed) and registered[first].credit_eligible
         refusal = (
             "credits_exhausted"

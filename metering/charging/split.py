@@ -33,9 +33,25 @@ class KeyShare:
 
 
 @dataclass(slots=True)
+class SpendableCredit:
+    """What is left of one grant or prepaid credit (``metering.credit_grants``), as the split spends it."""
+
+    grant_id: int
+    code: str  # its ledger account
+    expires_period: str | None  # the last period it pays for; None: never expires
+    remaining_nano_usd: int
+
+    def pays_for(self, period: str) -> bool:
+        return self.remaining_nano_usd > 0 and (self.expires_period is None or period <= self.expires_period)
+
+
+@dataclass(slots=True)
 class CostSplit:
     postings: list[Posting]
     shares: dict[Key, KeyShare] = field(default_factory=dict)
+    # Per grant id: what the batch took from it, and its account.
+    taken_from_grants: dict[int, int] = field(default_factory=dict)
+    grant_accounts: dict[int, str] = field(default_factory=dict)
 
     def holds_for(self, totals: Mapping[Key, PeriodTotals]) -> bool:
         """True when ``totals`` split the batch exactly as planned.
@@ -73,13 +89,16 @@ def split_costs(
     plans: Mapping[str, str],
     payg_plans: Collection[str],
     posting_period: Callable[[SettledRow], str],
+    pools: Mapping[str, Sequence[SpendableCredit]] | None = None,
 ) -> CostSplit:
-    """Each request's cost: credits first (credit-eligible providers only), then pay-as-you-go
-    when its account's plan has it, else written off; posted once, keyed ``cost:<usage_record_id>``,
-    with the plan it was split under.
+    """Each request's cost: the period's plan credits first (credit-eligible providers only), then the
+    account's grants and prepaid credits that pay for the request's period, soonest expiry first (any
+    billable request), then pay-as-you-go when its account's plan has it, else written off; posted
+    once, keyed ``cost:<usage_record_id>``, with the plan it was split under.
 
     ``eligible``: per provider; ``plans``: per billing account; ``payg_plans``: the plans with
-    pay-as-you-go; a key missing from ``totals`` has no credits. ``totals`` are not changed.
+    pay-as-you-go; a key missing from ``totals`` has no credits; ``pools``: per account, its locked
+    grants in spending order (their ``remaining_nano_usd`` is spent here). ``totals`` are not changed.
     """
     split = CostSplit([])
     shares = split.shares
@@ -101,6 +120,18 @@ def split_costs(
             from_credits = min(cost, max(0, share.available - share.from_credits_nano_usd))
         rest = cost - from_credits
         share.from_credits_nano_usd += from_credits
+        from_grants: list[tuple[str, int]] = []
+        if rest and pools:
+            for grant in pools.get(account, ()):
+                if grant.pays_for(row.period):
+                    take = min(rest, grant.remaining_nano_usd)
+                    grant.remaining_nano_usd -= take
+                    split.taken_from_grants[grant.grant_id] = split.taken_from_grants.get(grant.grant_id, 0) + take
+                    split.grant_accounts[grant.grant_id] = account
+                    from_grants.append((grant.code, take))
+                    rest -= take
+                    if not rest:
+                        break
         plan = plans[account]
         if plan in payg_plans:
             payg_part, written_off = rest, 0
@@ -122,6 +153,7 @@ def split_costs(
                 plan=plan,
                 entries=(
                     (account_codes[0], from_credits),
+                    *from_grants,
                     (account_codes[1], payg_part),
                     (account_codes[2], written_off),
                     (codes.payable(row.provider_id, period), -cost),

@@ -86,6 +86,16 @@ REPORTS: dict[str, Report] = {
                 "mean_price_nano_usd:int mean_error_nano_usd:int p95_abs_error_nano_usd:int"
             ),
         ),
+        Report(
+            "reconciliation",
+            "Every discrepancy of the latest complete reconciliation of each provider's statement for the period: "
+            "kind amount_mismatch (both amounts), only_provider (no ledger amount) or only_ledger (no provider "
+            "amount); a provider whose latest reconciliation matched in full, or that has none, has no rows.",
+            _cols(
+                "item_id:int reconciliation_id:int provider_id:str period:str kind:str request_id:str "
+                "ledger_nano_usd:int provider_nano_usd:int reconciled_at:datetime"
+            ),
+        ),
     )
 }
 

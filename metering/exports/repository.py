@@ -24,7 +24,8 @@ from metering.db import Database
 from metering.exports.dialects import postgres_export_reads, sqlite_export_reads
 from metering.ledger import codes
 from metering.ledger.repository import select_entries
-from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, UsageRecord
+from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, ReconciliationItem, UsageRecord
+from metering.reconciliation.repository import export_statement as reconciliation_statement
 
 if TYPE_CHECKING:
     # A report's SELECT, and the id column that orders and pages it (None: a summary, read in one go).
@@ -58,7 +59,8 @@ def _ledger(period: str) -> ReportQuery:
         LedgerAccount.owner,
         LedgerEntry.amount_nano_usd,
         usage_records=True,
-    ).where(LedgerTransaction.period == period)
+    ).where(LedgerTransaction.period == period, LedgerEntry.period == period)
+    # The entries' own period (their transaction's, always) reads one partition of ledger_entries on PostgreSQL.
     return statement, LedgerEntry.id
 
 
@@ -120,6 +122,10 @@ def _drift(period: str) -> ReportQuery:
     return drift_statement(period=period), None
 
 
+def _reconciliation(period: str) -> ReportQuery:
+    return reconciliation_statement(period), ReconciliationItem.id
+
+
 STATEMENTS: dict[str, Callable[[str], ReportQuery]] = {
     "ledger": _ledger,
     "provider-payables": _provider_payables,
@@ -127,6 +133,7 @@ STATEMENTS: dict[str, Callable[[str], ReportQuery]] = {
     "credits": _credits,
     "unpriced": _unpriced,
     "drift": _drift,
+    "reconciliation": _reconciliation,
 }
 
 

@@ -14,6 +14,8 @@ The statement does nothing when the decision needs writes the step-by-step path 
 how to make: it answers ``slow`` for an unknown user to create, ``ungranted`` for a
 period row to create or credits to grant (a ledger posting), including credits granted
 ahead of the period that the plan no longer matches (``metering.credits.service``), and
+``extra_credit`` for a payer with grants or prepaid credits to spend (read under the period
+row's lock, which one statement's snapshot cannot do: ``metering.credit_grants``), and
 ``alert`` for a decision that writes a spending-limit event (SPEC §11: its hold takes the
 committed pay-as-you-go across one of the account's thresholds or to the limit, or it is
 refused for the limit while no ``spending_limit.reached`` of the period exists yet). Those
@@ -72,7 +74,9 @@ facts AS (
            b.status AS payer_status, coalesce(pl.pays_as_you_go, false) AS pays_as_you_go,
            CASE WHEN pl.pays_as_you_go THEN b.spending_limit_nano_usd END AS spending_limit,
            coalesce(pl.credits_nano_usd * CASE WHEN pl.per_seat THEN b.seats ELSE 1 END, 0) AS credits_due,
-           EXISTS (SELECT 1 FROM memberships m WHERE m.org_name = $2::text AND m.user_name = $1::text) AS is_member
+           EXISTS (SELECT 1 FROM memberships m WHERE m.org_name = $2::text AND m.user_name = $1::text) AS is_member,
+           EXISTS (SELECT 1 FROM credit_balances cb WHERE cb.account_name = b.name AND cb.available_nano_usd > 0)
+             AS has_extra_credit
     FROM (SELECT 1) AS one
     LEFT JOIN accounts u ON u.name = $1::text
     LEFT JOIN accounts b ON b.name = coalesce($2::text, $1::text)
@@ -89,6 +93,7 @@ staged AS (
         WHEN NOT EXISTS (SELECT 1 FROM named WHERE NOT disabled) THEN 'provider_disabled'
         WHEN $5::boolean THEN 'custom_key'
         WHEN f.payer_status = 'delinquent' THEN 'account_delinquent'
+        WHEN f.has_extra_credit THEN 'extra_credit'
         ELSE 'money'
     END AS stage
     FROM facts f
@@ -193,7 +198,8 @@ _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSE
 @dataclass(frozen=True, slots=True)
 class OneStatementDecision:
     """The statement's answer. ``outcome`` is a refusal reason, ``allowed``, ``custom_key``, ``slow`` (a user to
-    create), ``ungranted`` (a period row to create or grant, ``payer`` named) or ``alert`` (a decision that
+    create), ``ungranted`` (a period row to create or grant, ``payer`` named), ``extra_credit`` (a payer with
+    grants to spend) or ``alert`` (a decision that
     writes a spending-limit event, ``metering.alerts.service.after_decision``);
     the money columns are those of the locked row before the hold (None when no row was locked)."""
 

@@ -198,14 +198,18 @@ class InvoicingRepository:
                 found[line.invoice_id].append(line)
         return found
 
-    async def line_request_ids(self, session: AsyncSession, line_id: int) -> list[str]:
-        """Request ids behind a line: its provider's cost postings to the invoice's receivable."""
+    async def line_with_invoice(self, session: AsyncSession, line_id: int) -> tuple[InvoiceLine, Invoice]:
         line = await session.get(InvoiceLine, line_id)
         if line is None:
             raise NotFound(f"no invoice line {line_id}")
         invoice = await session.get(Invoice, line.invoice_id)
         if invoice is None:  # the line's foreign key
             raise RuntimeError(f"invoice {line.invoice_id} of line {line_id} is missing")
+        return line, invoice
+
+    async def line_request_ids(self, session: AsyncSession, line_id: int) -> list[str]:
+        """Request ids behind a line: its provider's cost postings to the invoice's receivable."""
+        line, invoice = await self.line_with_invoice(session, line_id)
         provider_matches = (
             LedgerTransaction.provider_id.is_(None)
             if line.provider_id is None

@@ -300,8 +300,9 @@ def _metadata(obj: stripe.StripeObject) -> dict[str, Any]:
 
 
 def _describe(invoice: InvoiceWork, line: LineWork) -> str:
-    provider = line.provider_id or "adjustments"
-    return f"{provider}: {line.requests_count} requests, {invoice.period}"
+    if line.provider_id is None:  # the adjustments' line; a negative amount is a credit item
+        return f"adjustments, {invoice.period}"
+    return f"{line.provider_id}: {line.requests_count} requests, {invoice.period}"
 
 
 stripe_sync = StripeSync()

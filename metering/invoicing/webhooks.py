@@ -4,6 +4,11 @@ Events are stored by id (a redelivery is a no-op). Stripe does not deliver in
 order, so an event older (by Stripe's ``created``) than the latest one applied to
 the same account is recorded as stale and changes nothing. An event that changes the account's
 status writes ``account.delinquent`` or ``account.reinstated`` in the same transaction.
+
+``payment_intent.succeeded`` and ``charge.refunded`` credit prepaid top-ups and take refunds back
+(``metering.top_ups.payments``). Their order does not matter (a PaymentIntent is credited once, a
+refund's amount is cumulative), so they are stored without an account: that column orders the
+invoice events, and a payment event must never make an invoice event stale.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from metering.invoicing.errors import InvalidWebhookPayload, InvalidWebhookSigna
 from metering.invoicing.repository import invoicing_repository
 from metering.models import Invoice
 from metering.periods import current_period, utcnow
+from metering.top_ups.payments import top_up_payments
 
 log = logging.getLogger(__name__)
 
 TOLERANCE_SECONDS = 300
 PAID_TYPES = ("invoice.paid", "invoice.payment_succeeded")
 FAILED_TYPES = ("invoice.payment_failed",)
+TOP_UP_PAID = "payment_intent.succeeded"
+TOP_UP_REFUNDED = "charge.refunded"
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,8 @@ def verify_event(payload: bytes, signature: str | None, *, secret: str) -> Webho
 class WebhookService:
     async def handle_event(self, session: AsyncSession, *, event: WebhookEvent) -> str:
         """Apply a verified event; returns ``applied``, ``stale``, ``ignored`` or ``duplicate``."""
+        if event.type in (TOP_UP_PAID, TOP_UP_REFUNDED):
+            return await self._handle_top_up_event(session, event=event)
         if event.type not in PAID_TYPES + FAILED_TYPES:
             stored = await self._store(session, event, account=None, outcome="ignored")
             return "ignored" if stored else "duplicate"
@@ -120,6 +130,18 @@ class WebhookService:
                 session, event=event, account=account.name, status=account.status, invoice=invoice
             )
         return "applied"
+
+    async def _handle_top_up_event(self, session: AsyncSession, *, event: WebhookEvent) -> str:
+        """A top-up's payment or refund: ``applied``, ``ignored`` (not a top-up we can place) or ``duplicate``."""
+        if not await self._store(session, event, account=None, outcome="applied"):
+            return "duplicate"
+        if event.type == TOP_UP_PAID:
+            outcome = await top_up_payments.payment_succeeded(session, intent=event.data_object)
+        else:
+            outcome = await top_up_payments.charge_refunded(session, charge=event.data_object)
+        if outcome != "applied":
+            await invoicing_repository.set_event_outcome(session, event.id, outcome)
+        return outcome
 
     async def _emit_status_change(
         self, session: AsyncSession, *, event: WebhookEvent, account: str, status: str, invoice: Invoice | None

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 # PostgreSQL writes a batch of postings in one statement: the transactions and their entries
 # travel as two JSON documents (one ``orjson.dumps`` each instead of encoding arrays value by
 # value), the entries join the transactions inserted now by key, and the answer is the keys
-# left out (already posted). ``batch`` is MATERIALIZED so the document is parsed once.
+# left out (already posted). ``batch`` is MATERIALIZED so the document is parsed once. Each entry
+# takes its transaction's period, the month ``ledger_entries`` is partitioned by.
 _PG_INSERT_POSTINGS = (
     "WITH batch AS MATERIALIZED ("
     " SELECT * FROM json_to_recordset($1::json) AS v(kind varchar, idempotency_key varchar, account_name varchar,"
@@ -28,10 +29,10 @@ _PG_INSERT_POSTINGS = (
     " usage_record_id, memo, plan, created_at)"
     " SELECT kind, idempotency_key, account_name, provider_id, period, original_period, usage_record_id, memo, plan,"
     " $3"
-    " FROM batch ON CONFLICT DO NOTHING RETURNING id, idempotency_key"
+    " FROM batch ON CONFLICT DO NOTHING RETURNING id, idempotency_key, period"
     "), entries AS ("
-    " INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd)"
-    " SELECT i.id, e.a, e.m FROM json_to_recordset($2::json) AS e(n bigint, k varchar, a bigint, m bigint)"
+    " INSERT INTO ledger_entries (transaction_id, ledger_account_id, amount_nano_usd, period)"
+    " SELECT i.id, e.a, e.m, i.period FROM json_to_recordset($2::json) AS e(n bigint, k varchar, a bigint, m bigint)"
     " JOIN inserted AS i ON i.idempotency_key = e.k ORDER BY e.n"
     ") "
     "SELECT b.idempotency_key FROM batch AS b"

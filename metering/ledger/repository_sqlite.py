@@ -50,8 +50,15 @@ class SqliteLedgerSql:
             [{name: getattr(p, name) for name in _TRANSACTION_COLUMNS} | {"created_at": created_at} for p in postings],
         )
         inserted = {key: id_ for key, id_ in result}
+        # Each entry takes its transaction's period (``LedgerEntry.period``).
+        periods = {p.idempotency_key: p.period for p in postings}
         rows = [
-            {"transaction_id": inserted[key], "ledger_account_id": account_id, "amount_nano_usd": amount}
+            {
+                "transaction_id": inserted[key],
+                "ledger_account_id": account_id,
+                "amount_nano_usd": amount,
+                "period": periods[key],
+            }
             for key, account_id, amount in entries
             if key in inserted
         ]

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from metering.adjustments.repository import adjustment_repository
 from metering.analytics.rollups import rollup_mismatches
 from metering.config import get_settings
+from metering.credit_grants.repository import credit_grant_repository
 from metering.db import Database
 from metering.ledger import codes
 from metering.ledger.repository import ledger_repository
@@ -94,6 +96,8 @@ async def verify_session(session: AsyncSession) -> VerifyReport:
             await _period_caches(session),
             await _spending_limits(session),
             await _usage_rollups(session),
+            await _credit_grants(session),
+            await _adjustments(session),
         ]
     )
 
@@ -114,6 +118,8 @@ async def _balances(session: AsyncSession) -> Check:
 
 async def _priced_once(session: AsyncSession) -> Check:
     check = Check("priced_once", "each priced request has exactly one cost transaction, for its cost")
+    for provider, request_id, records in await verify_repository.duplicate_requests(session):
+        check.breach(f"request {request_id!r} of {provider} is stored {records} times")
     for record_id in await verify_repository.priced_without_cost_transaction(session):
         check.breach(f"usage record {record_id} is priced but has no cost transaction")
     for record_id, status in await verify_repository.cost_transactions_of_unpriced(session):
@@ -214,9 +220,55 @@ async def _spending_limits(session: AsyncSession) -> Check:
     return check
 
 
+async def _credit_grants(session: AsyncSession) -> Check:
+    """What is left of grants and prepaid credits is what their ledger accounts hold, and what authorize
+    reads of them (``credit_balances``) is their sum."""
+    check = Check(
+        "credit_grants", "grants' remaining amounts equal their ledger accounts and the balances authorize reads"
+    )
+    remaining = await credit_grant_repository.remaining_by_account(session)
+    ledger = await verify_repository.extra_credit_balances(session)
+    for key in sorted(set(remaining) | set(ledger)):
+        if remaining.get(key, 0) != ledger.get(key, 0):
+            check.breach(
+                f"{key[0]} {key[1]}: grants hold {remaining.get(key, 0)} nano-USD, their ledger accounts {ledger.get(key, 0)}"
+            )
+    cached = await credit_grant_repository.balances(session)
+    summed: dict[str, int] = {}
+    for (account, _), amount in remaining.items():
+        summed[account] = summed.get(account, 0) + amount
+    for account in sorted(set(cached) | set(summed)):
+        if cached.get(account, 0) != summed.get(account, 0):
+            check.breach(
+                f"{account}: credit balance cached {cached.get(account, 0)}, grants sum to {summed.get(account, 0)}"
+            )
+    return check
+
+
+async def _adjustments(session: AsyncSession) -> Check:
+    """Each period's adjustment ledger account holds the adjustments posted to it, less the credit carried
+    out of it; and none is owed while the account's plan had no pay-as-you-go (it would be invoiced)."""
+    check = Check("adjustments", "adjustments equal their ledger accounts; none owed on a plan without pay-as-you-go")
+    rows = await adjustment_repository.sums_by_account_period(session)
+    ledger = await adjustment_repository.all_ledger_balances(session)
+    for account, period in sorted(set(rows) | set(ledger)):
+        if rows.get((account, period), 0) != ledger.get((account, period), 0):
+            check.breach(
+                f"{account} {period}: adjustments sum to {rows.get((account, period), 0)} nano-USD, "
+                f"their ledger account holds {ledger.get((account, period), 0)}"
+            )
+    payg_plans = [name for name, terms in get_settings().plans.items() if terms.pay_as_you_go]
+    for owed in await adjustment_repository.owed_under_plans_without_payg(session, payg_plans):
+        check.breach(
+            f"{owed.account_name} {owed.period}: {owed.idempotency_key} owes {format_usd(owed.amount_nano_usd)} "
+            f"on plan {owed.plan!r}, which has no pay-as-you-go"
+        )
+    return check
+
+
 async def _usage_rollups(session: AsyncSession) -> Check:
     """The usage series reads these totals: a difference would show usage that never was."""
-    check = Check("usage_rollups", "the hourly usage totals equal the usage records (PostgreSQL)")
+    check = Check("usage_rollups", "the hourly and daily usage totals equal the usage records (PostgreSQL)")
     for m in await rollup_mismatches(session):
         check.breach(
             f"{m.billing_account} {m.span} {m.starts_at:%Y-%m-%d %H:00} {m.dimension} {m.key}: "

@@ -2,6 +2,10 @@
 
 Each query aggregates in the database and returns only what disagrees (or small per-group
 sums), so a verify of a large ledger streams little to Python.
+
+A month ``metering archive`` moved to Parquet is checked through the sums it recorded then
+(``archived_ledger_sums``, ``archived_account_sums``), never through its rows: from the moment
+it is recorded its rows are left out (``_live``), whether or not they are gone yet.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import ColumnElement, and_, case, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from metering.ledger import codes
 from metering.ledger.repository import select_entries
@@ -19,6 +24,9 @@ from metering.limits.service import SPENDING_LIMIT_ACTION
 from metering.models import (
     Account,
     AccountPeriod,
+    ArchivedAccountSum,
+    ArchivedLedgerSum,
+    ArchivedPeriod,
     AuditEvent,
     Hold,
     LedgerAccount,
@@ -31,12 +39,18 @@ from metering.models import (
 LIMIT = 50  # breaches listed per check; the count is always exact
 
 
+def _live(period: ColumnElement[str] | InstrumentedAttribute[str]) -> ColumnElement[bool]:
+    """Rows of a month not archived (an archived month is checked against its recorded sums)."""
+    return period.not_in(select(ArchivedPeriod.period))
+
+
 class VerifyRepository:
     async def unbalanced_transactions(self, session: AsyncSession) -> list[tuple[str, int]]:
         total = func.sum(LedgerEntry.amount_nano_usd)
         rows = await session.execute(
             select(LedgerTransaction.idempotency_key, total)
             .join(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
+            .where(_live(LedgerTransaction.period))
             .group_by(LedgerTransaction.id, LedgerTransaction.idempotency_key)
             .having(total != 0)
             .order_by(LedgerTransaction.id)
@@ -44,22 +58,47 @@ class VerifyRepository:
         return [(key, int(amount)) for key, amount in rows]
 
     async def balance_mismatches(self, session: AsyncSession) -> list[tuple[str, int, int]]:
-        """(code, cached balance, sum of entries) where they differ."""
-        total = func.coalesce(func.sum(LedgerEntry.amount_nano_usd), 0)
+        """(code, cached balance, sum of entries) where they differ; an archived month's entries count
+        as the sums recorded when it was archived."""
+        live = (
+            select(LedgerEntry.ledger_account_id.label("id"), func.sum(LedgerEntry.amount_nano_usd).label("total"))
+            .where(_live(LedgerEntry.period))
+            .group_by(LedgerEntry.ledger_account_id)
+            .subquery()
+        )
+        archived = (
+            select(
+                ArchivedLedgerSum.ledger_account_id.label("id"),
+                func.sum(ArchivedLedgerSum.amount_nano_usd).label("total"),
+            )
+            .group_by(ArchivedLedgerSum.ledger_account_id)
+            .subquery()
+        )
+        total = func.coalesce(live.c.total, 0) + func.coalesce(archived.c.total, 0)
         rows = await session.execute(
             select(LedgerAccount.code, LedgerAccount.balance_nano_usd, total)
-            .outerjoin(LedgerEntry, LedgerEntry.ledger_account_id == LedgerAccount.id)
-            .group_by(LedgerAccount.id, LedgerAccount.code, LedgerAccount.balance_nano_usd)
-            .having(LedgerAccount.balance_nano_usd != total)
+            .outerjoin(live, live.c.id == LedgerAccount.id)
+            .outerjoin(archived, archived.c.id == LedgerAccount.id)
+            .where(LedgerAccount.balance_nano_usd != total)
             .order_by(LedgerAccount.code)
         )
         return [(code, int(cached), int(summed)) for code, cached, summed in rows]
+
+    async def extra_credit_balances(self, session: AsyncSession) -> dict[tuple[str, str], int]:
+        """Per (account, source "grant" | "prepaid"): what its grant ledger accounts hold (minus their balance)."""
+        kinds = {codes.GRANTED_CREDITS: "grant", codes.PREPAID_CREDITS: "prepaid"}
+        rows = await session.execute(
+            select(LedgerAccount.owner, LedgerAccount.kind, func.sum(LedgerAccount.balance_nano_usd))
+            .where(LedgerAccount.kind.in_(sorted(kinds)))
+            .group_by(LedgerAccount.owner, LedgerAccount.kind)
+        )
+        return {(str(owner), kinds[kind]): -int(total or 0) for owner, kind, total in rows}
 
     async def priced_without_cost_transaction(self, session: AsyncSession) -> list[int]:
         rows = await session.scalars(
             select(UsageRecord.id)
             .outerjoin(LedgerTransaction, LedgerTransaction.usage_record_id == UsageRecord.id)
-            .where(UsageRecord.status == "priced", LedgerTransaction.id.is_(None))
+            .where(UsageRecord.status == "priced", LedgerTransaction.id.is_(None), _live(UsageRecord.period))
             .order_by(UsageRecord.id)
         )
         return list(rows)
@@ -69,7 +108,7 @@ class VerifyRepository:
         rows = await session.execute(
             select(UsageRecord.id, UsageRecord.status)
             .join(LedgerTransaction, LedgerTransaction.usage_record_id == UsageRecord.id)
-            .where(UsageRecord.status != "priced")
+            .where(UsageRecord.status != "priced", _live(UsageRecord.period))
             .order_by(UsageRecord.id)
         )
         return [(id_, status) for id_, status in rows]
@@ -84,15 +123,33 @@ class VerifyRepository:
             .join(LedgerTransaction, LedgerTransaction.usage_record_id == UsageRecord.id)
             .outerjoin(LedgerEntry, LedgerEntry.transaction_id == LedgerTransaction.id)
             .outerjoin(LedgerAccount, LedgerAccount.id == LedgerEntry.ledger_account_id)
-            .where(UsageRecord.status == "priced")
+            .where(UsageRecord.status == "priced", _live(UsageRecord.period))
             .group_by(UsageRecord.id, UsageRecord.cost_nano_usd)
             .having(UsageRecord.cost_nano_usd != owed)
             .order_by(UsageRecord.id)
         )
         return [(id_, int(cost), int(paid)) for id_, cost, paid in rows]
 
-    async def ledger_sums_by_account_period(self, session: AsyncSession) -> dict[tuple[str, str], dict[str, int]]:
-        """Per (account, period): credits granted/used, payg and written-off as the ledger has them."""
+    async def duplicate_requests(self, session: AsyncSession) -> list[tuple[str, str, int]]:
+        """(provider, request_id, records) stored more than once: a request that could be priced twice.
+
+        SQLite's unique constraint and PostgreSQL's ``usage_request_keys`` forbid it; this reads the
+        records themselves, whatever wrote them.
+        """
+        count = func.count()
+        rows = await session.execute(
+            select(UsageRecord.provider_id, UsageRecord.request_id, count)
+            .group_by(UsageRecord.provider_id, UsageRecord.request_id)
+            .having(count > 1)
+            .order_by(UsageRecord.provider_id, UsageRecord.request_id)
+        )
+        return [(provider, request_id, int(n)) for provider, request_id, n in rows]
+
+    async def ledger_sums_by_account_period(
+        self, session: AsyncSession, *, period: str | None = None
+    ) -> dict[tuple[str, str], dict[str, int]]:
+        """Per (account, period): credits granted/used, payg and written-off as the ledger has them; of one
+        ``period`` (the archive records them so), or of all."""
         is_grant = LedgerTransaction.kind == codes.GRANT
         is_cost = LedgerTransaction.kind.in_(codes.COST_KINDS)
         amount = LedgerEntry.amount_nano_usd
@@ -112,10 +169,12 @@ class VerifyRepository:
             .where(
                 LedgerTransaction.account_name.is_not(None),
                 LedgerTransaction.kind.in_((codes.GRANT, *codes.COST_KINDS)),
+                _live(LedgerTransaction.period),
+                LedgerTransaction.period == period if period is not None else true(),
             )
             .group_by(LedgerTransaction.account_name, LedgerTransaction.period)
         )
-        return {
+        sums = {
             (account, period): {
                 "credits_granted_nano_usd": int(granted),
                 "credits_used_nano_usd": int(used),
@@ -124,6 +183,15 @@ class VerifyRepository:
             }
             for account, period, granted, used, payg, written_off in rows
         }
+        # An archived month's sums, as they were computed from its entries when it was archived.
+        archived_sums = select(ArchivedAccountSum)
+        if period is not None:
+            archived_sums = archived_sums.where(ArchivedAccountSum.period == period)
+        for archived in await session.scalars(archived_sums):
+            sums.setdefault((archived.account_name, archived.period), {}).update(
+                {name: int(amount) for name, amount in archived.sums.items()}
+            )
+        return sums
 
     async def pending_estimates(self, session: AsyncSession) -> dict[tuple[str, str], tuple[int, int]]:
         """(account, period) → (pending estimates, the part of them for providers not credit-eligible)."""
@@ -173,6 +241,8 @@ class VerifyRepository:
             .where(
                 Account.spending_limit_nano_usd.is_not(None),
                 AccountPeriod.payg_nano_usd > Account.spending_limit_nano_usd,
+                # Judged before it was archived (the archive runs verify first); its postings are gone.
+                _live(AccountPeriod.period),
             )
             .order_by(AccountPeriod.period, AccountPeriod.account_name)
         )

@@ -1,7 +1,7 @@
 """Invoices made when a period closes, their per-provider lines, and the Stripe webhook events seen.
 
-An invoice turns an account's pay-as-you-go amount of one period into whole cents:
-``amount_cents * 10^7 + carried_out == payg + carried_in``. The sub-cent
+An invoice turns an account's pay-as-you-go amount of one period, plus the adjustments posted
+to it, into whole cents: ``amount_cents * 10^7 + carried_out == total + carried_in``. The sub-cent
 ``carried_out_nano_usd`` is the next invoice's ``carried_in_nano_usd``, so the
 latest invoice of an account is where its carried remainder lives.
 """
@@ -47,7 +47,10 @@ class Invoice(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     account_name: Mapped[str] = mapped_column(ForeignKey("accounts.name"))
     period: Mapped[str] = mapped_column(String(7))
-    # The receivable balance of the period (the sum of its entries) when it closed.
+    # The invoice's total before rounding: the receivable balance of the period (the sum of its entries)
+    # when it closed, plus the period's adjustments (the line without a provider). Always > 0: a total
+    # at or below zero makes no invoice (a credit is carried as an adjustment). The name predates
+    # adjustments; the API shows the two parts as ``payg_nano_usd`` and ``adjustments_nano_usd``.
     payg_nano_usd: Mapped[int] = mapped_column(BigInteger)
     # Sub-cent remainder brought from the account's previous invoice.
     carried_in_nano_usd: Mapped[int] = mapped_column(BigInteger)
@@ -65,10 +68,11 @@ class Invoice(Base):
 
 
 class InvoiceLine(Base):
-    """An invoice's charges for one provider, traceable through the ledger to request ids.
+    """An invoice's charges for one provider, or its adjustments, traceable to request ids.
 
     The request ids are those of the cost transactions (``ledger_transactions.usage_record_id``)
-    with this line's ``provider_id`` that touched the account's receivable of the period.
+    with this line's ``provider_id`` that touched the account's receivable of the period; for the
+    adjustments' line, those its adjustments name.
     Line cents are apportioned by largest remainder so that they sum to the invoice's cents.
     """
 
@@ -81,7 +85,8 @@ class InvoiceLine(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id", ondelete="CASCADE"), index=True)
-    # NULL gathers postings that name no provider (e.g. a manual correction).
+    # NULL: the line of the period's adjustments (``metering.adjustments``), which name no provider;
+    # every receivable posting names one. Its amount may be negative (a Stripe credit item).
     provider_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     requests_count: Mapped[int] = mapped_column(BigInteger)
     amount_nano_usd: Mapped[int] = mapped_column(BigInteger)

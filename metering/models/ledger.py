@@ -8,6 +8,15 @@ transaction sum to zero. Ledger accounts are scoped by owner and period:
 - ``payable:<provider>:<period>``    credit balance is what the platform owes the provider
 - ``credits_expense:<period>``       debit balance is credits granted (platform side)
 - ``write_off:<period>``             debit balance is cost no one will be invoiced for
+- ``granted_credits:<account>:<period>`` / ``prepaid_credits:<account>:<period>``
+                                     credit balance is what is left of the grants / prepaid credits
+                                     given in that period (they pay in later periods too)
+- ``grants_expense:<period>``        debit balance is credit granted by finance in the period
+- ``prepaid_cash:<period>``          debit balance is prepaid credit paid for, less refunds
+- ``expired_credits:<period>``       credit balance is grants and prepaid credits that expired unused
+- ``adjustment:<account>:<period>``  debit balance is what finance adjusted the period's invoice by
+                                     (negative: in the account's favour)
+- ``adjustments:<period>``           the platform's side of those adjustments
 """
 
 from __future__ import annotations
@@ -38,7 +47,9 @@ class LedgerTransaction(Base):
     """A balanced posting. ``idempotency_key`` makes every posting happen at most once.
 
     ``usage_record_id`` is unique: a request's cost is posted by exactly one
-    transaction (its corrections are other kinds with no usage_record_id).
+    transaction (its corrections are other kinds with no usage_record_id). On PostgreSQL it
+    has no foreign key: ``usage_records`` is partitioned there, keyed ``(id, period)``, and a
+    late cost posted to an open period outlives its record once the record's month is archived.
     """
 
     __tablename__ = "ledger_transactions"
@@ -59,7 +70,13 @@ class LedgerTransaction(Base):
 
 
 class LedgerEntry(Base):
-    """One signed line of a transaction (debit > 0, credit < 0)."""
+    """One signed line of a transaction (debit > 0, credit < 0).
+
+    ``period`` is its transaction's period, copied when the entry is written (the ledger's
+    repositories do it in the insert itself). On PostgreSQL it is the partition key: the table
+    is partitioned by month (migration 0014) with primary key ``(id, period)``, so a closed
+    month's entries are read, archived and dropped as one partition.
+    """
 
     __tablename__ = "ledger_entries"
 
@@ -67,3 +84,4 @@ class LedgerEntry(Base):
     transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"), index=True)
     ledger_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"), index=True)
     amount_nano_usd: Mapped[int] = mapped_column(BigInteger)
+    period: Mapped[str] = mapped_column(String(7))

@@ -1,4 +1,12 @@
-"""Usage records: one row per routed request, keyed by (provider, request_id)."""
+"""Usage records: one row per routed request, keyed by (provider, request_id).
+
+On PostgreSQL ``usage_records`` is partitioned by month (``LIST (period)``, migration 0014):
+one partition per period plus a DEFAULT one, created ahead by the ``create-partitions`` job
+(``metering.partitions``) and dropped whole by ``metering archive``. A partitioned table's
+unique keys must hold its partition key, so there the primary key is ``(id, period)`` and the
+uniqueness of ``(provider_id, request_id)`` across every month is kept by ``usage_request_keys``.
+SQLite keeps one table, with the unique constraint below.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,10 @@ class UsageRecord(Base):
     ``quarantined`` (the provider's answer was invalid; never charged), or
     ``unpriced`` (no answer past the maximum age). ``custom_key`` requests are
     recorded for usage views and never priced.
+
+    PostgreSQL: partitioned by ``period``, primary key ``(id, period)``; ``id`` is still unique
+    (one sequence), and ``(provider_id, request_id)`` is unique through ``usage_request_keys``
+    rather than the constraint below, which only SQLite has.
     """
 
     __tablename__ = "usage_records"
@@ -56,7 +68,7 @@ class UsageRecord(Base):
     task: Mapped[str | None] = mapped_column(String(64), nullable=True)
     custom_key: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    # YYYY-MM of started_at, stored so period queries use an index.
+    # YYYY-MM of started_at, stored so period queries use an index; on PostgreSQL the partition key.
     period: Mapped[str] = mapped_column(String(7))
     duration_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     hardware: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -81,3 +93,27 @@ class UsageRecord(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class UsageRequestKey(Base):
+    """Each (provider, request_id) stored, with the record that holds it: the global unique key of
+    usage records on PostgreSQL, where ``usage_records`` is partitioned by month.
+
+    Ingest writes a record's key in the same statement as the record (``metering.usage.repository_pg``):
+    the key is inserted first, ON CONFLICT DO NOTHING, and only the records whose key was inserted
+    now are stored, so a replay, or fifty concurrent ones, stores each request once, as the
+    unique constraint did before partitioning. A statement-level trigger on ``usage_records``
+    (migration 0014) adds the key of a record written any other way and fails with a unique
+    violation when its key names another record, so no writer can store a request twice.
+    Unpartitioned on purpose (a key must be unique across months); its rows are narrow, and
+    ``metering archive`` deletes those of archived months, which no record can arrive for any more.
+    SQLite keeps the unique constraint of ``usage_records``; there this table stays empty.
+    """
+
+    __tablename__ = "usage_request_keys"
+
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    # The period of the record holding the key: where to find it, and when the key may go.
+    period: Mapped[str] = mapped_column(String(7))
+    usage_record_id: Mapped[int] = mapped_column(BigInteger)

@@ -3,14 +3,13 @@
 Both entry points are batched (a few statements per batch, not per row) and run inside the
 caller's transaction: ingest calls ``account_for_new_usage`` with the rows it just inserted,
 cost collection calls ``settle`` with a provider's answer. A request's cost is split
-credits first (credit-eligible providers only), then pay-as-you-go when the plan has it,
-else written off; it is posted once, keyed ``cost:<usage_record_id>``.
+the period's plan credits first (credit-eligible providers only), then grants and prepaid
+credits, then pay-as-you-go when the plan has it, else written off
+(``metering.charging.split``); it is posted once, keyed ``cost:<usage_record_id>``.
 
 Settling also writes the events its changes cause (``metering.events``), in the same
 transaction: the alert thresholds the postings cross, judged on the account-period totals it
-holds locked, and the quarantines. Spending-limit alerts are therefore evaluated when costs
-post, within a collection cycle, never on authorize's hot path; what is in flight then,
-holds included, counts toward the limit as authorize counts it.
+holds locked, and the quarantines (authorize writes the spending-limit events its holds cause).
 """
 
 from __future__ import annotations
@@ -28,8 +27,9 @@ from metering.accounts.repository import account_repository
 from metering.alerts.rules import figures_of
 from metering.alerts.service import alerts_service
 from metering.balances.repository import PendingDelta, PeriodTotals, balances_repository
-from metering.charging.split import CostSplit, split_costs
+from metering.charging.split import CostSplit, SpendableCredit, split_costs
 from metering.config import get_settings
+from metering.credit_grants.service import credit_grant_service
 from metering.credits.repository import credits_repository
 from metering.credits.service import PlanHolder, credits_service
 from metering.events.repository import event_repository
@@ -328,7 +328,9 @@ async def _move_money(
     plans = {name: terms.plan for name, terms in accounts.items()}
     payg_plans = {name for name, terms in get_settings().plans.items() if terms.pay_as_you_go}
 
-    def split_from(totals: Mapping[tuple[str, str], PeriodTotals]) -> CostSplit:
+    def split_from(
+        totals: Mapping[tuple[str, str], PeriodTotals], pools: Mapping[str, list[SpendableCredit]] | None = None
+    ) -> CostSplit:
         return split_costs(
             priced_rows,
             costs,
@@ -337,10 +339,14 @@ async def _move_money(
             plans=plans,
             payg_plans=payg_plans,
             posting_period=posting_period,
+            pools=pools,
         )
 
+    # Accounts with grants or prepaid credits to spend are split under the lock: their grants are
+    # locked after the totals, as authorize locks them.
+    with_grants = await credit_grant_service.accounts_with_credit(session, {row.billing_account for row in priced_rows})
     planned = None
-    for _ in range(_PLANS_BEFORE_LOCKING if priced_rows else 0):
+    for _ in range(_PLANS_BEFORE_LOCKING if priced_rows and not with_grants else 0):
         try:
             planned = await _write_split_then_lock(session, keys=keys, accounts=accounts, split_from=split_from)
             break
@@ -348,14 +354,19 @@ async def _move_money(
             continue
         except _CannotPlan:
             break
+    pools: dict[str, list[SpendableCredit]] = {}
+    spendable_before: dict[tuple[str, str], int] = {}
     if planned is None:
         # Nothing priced, rows or accounts to create, or credits kept changing: lock, then split.
         locked = await credits_service.lock_account_periods(session, keys=keys, accounts=accounts)
-        split = split_from(locked)
+        pools = await credit_grant_service.lock_for_settling(session, with_grants)
+        spendable_before = _spendable(pools, priced_keys)
+        split = split_from(locked, pools)
         written = await ledger_service.write_many(session, split.postings)
     else:
         locked, split, written = planned
-    before = {key: figures_of(locked[key]) for key in priced_keys}
+    await credit_grant_service.record_spending(session, taken=split.taken_from_grants, accounts=split.grant_accounts)
+    before = {key: figures_of(locked[key], spendable_before.get(key, 0)) for key in priced_keys}
     split.apply_to(locked)
     payg_only = {provider_id for provider_id, credit_eligible in eligible.items() if not credit_eligible}
     for row in all_rows:
@@ -368,7 +379,20 @@ async def _move_money(
     await ledger_service.move_balances(session, written)
     await balances_repository.save_totals(session, list(locked.values()))
     # The alerts these postings fire, judged on the totals still locked (once per cause: unique keys).
-    await alerts_service.after_postings(session, before=before, after={key: locked[key] for key in priced_keys})
+    await alerts_service.after_postings(
+        session, before=before, after={key: locked[key] for key in priced_keys}, extra=_spendable(pools, priced_keys)
+    )
+
+
+def _spendable(
+    pools: Mapping[str, list[SpendableCredit]], keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """Per (account, period) of ``keys``: what its locked grants can pay in that period (the rule's X)."""
+    return {
+        (account, period): sum(grant.remaining_nano_usd for grant in pools[account] if grant.pays_for(period))
+        for account, period in keys
+        if account in pools
+    }
 
 
 # A quarantine event names at most this many of its requests (and counts them all).

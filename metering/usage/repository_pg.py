@@ -35,14 +35,28 @@ _TYPES = {
 
 
 def _insert_sql() -> str:
+    """Each row's key into ``usage_request_keys`` first, then the records of the keys inserted now.
+
+    ``usage_records`` is partitioned by month, and a partitioned table's unique keys must hold
+    the partition key, so ``(provider_id, request_id)`` is kept unique across months by
+    ``usage_request_keys``: a key that exists (a replay, or a concurrent batch's, which is
+    waited for) is left out by ON CONFLICT DO NOTHING, and its record with it. The record's id
+    is drawn with its key, so the key names its record. One statement, as the INSERT … ON
+    CONFLICT on the table's own unique index was before partitioning.
+    """
     columns = ", ".join(INSERT_COLUMNS)
     record = ", ".join(f"{c} {_TYPES.get(c, 'varchar')}" for c in INSERT_COLUMNS)
     return (
-        f"INSERT INTO usage_records ({columns}, {', '.join(FIXED_COLUMNS)}) "
-        f"SELECT {columns}, bill_to_flag_reason IS NOT NULL, "
-        "CASE WHEN custom_key THEN 'custom_key' ELSE 'pending' END, $2, 0, $2 "
-        f"FROM json_to_recordset($1::json) AS batch({record}) "
-        "ON CONFLICT (provider_id, request_id) DO NOTHING "
+        f"WITH batch AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json) AS batch({record})), "
+        "keys AS ("
+        " INSERT INTO usage_request_keys (provider_id, request_id, period, usage_record_id)"
+        " SELECT provider_id, request_id, period, nextval('usage_records_id_seq') FROM batch"
+        " ON CONFLICT DO NOTHING RETURNING provider_id, request_id, usage_record_id"
+        ") "
+        f"INSERT INTO usage_records (id, {columns}, {', '.join(FIXED_COLUMNS)}) "
+        f"SELECT k.usage_record_id, {', '.join(f'b.{c}' for c in INSERT_COLUMNS)}, b.bill_to_flag_reason IS NOT NULL, "
+        "CASE WHEN b.custom_key THEN 'custom_key' ELSE 'pending' END, $2, 0, $2 "
+        "FROM batch AS b JOIN keys AS k ON k.provider_id = b.provider_id AND k.request_id = b.request_id "
         "RETURNING id, provider_id, request_id"
     )
 
@@ -72,10 +86,12 @@ _MEMBERSHIPS = text(
     "JOIN unnest(CAST(:orgs AS varchar[]), CAST(:users AS varchar[])) AS p(org_name, user_name) "
     "ON m.org_name = p.org_name AND m.user_name = p.user_name"
 )
+# Through the keys: they name each record's id and month, so one partition is read per key.
 _STORED_HASHES = text(
-    "SELECT u.provider_id, u.request_id, u.content_hash FROM usage_records AS u "
-    "JOIN unnest(CAST(:provider_ids AS varchar[]), CAST(:request_ids AS varchar[])) AS k(provider_id, request_id) "
-    "ON u.provider_id = k.provider_id AND u.request_id = k.request_id"
+    "SELECT k.provider_id, k.request_id, u.content_hash FROM usage_request_keys AS k "
+    "JOIN unnest(CAST(:provider_ids AS varchar[]), CAST(:request_ids AS varchar[])) AS q(provider_id, request_id) "
+    "ON k.provider_id = q.provider_id AND k.request_id = q.request_id "
+    "JOIN usage_records AS u ON u.id = k.usage_record_id AND u.period = k.period"
 )
 _RETURNING = "u.id, u.billing_account, u.provider_id, u.model, u.period, u.estimate_nano_usd"
 

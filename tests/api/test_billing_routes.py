@@ -80,6 +80,9 @@ class TestBillingSummary:
                     "p95_abs_error_nano_usd": 2_999_900_000,
                 },
             ],
+            "prepaid_balance_nano_usd": 0,
+            "credit_grants_remaining_nano_usd": 0,
+            "adjustments_nano_usd": 0,
         }
 
     async def test_without_a_period_row_the_plan_grant_shows_for_current_period_only(

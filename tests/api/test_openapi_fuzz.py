@@ -36,7 +36,7 @@ from metering.webhooks.service import webhook_service
 from tests.conftest import SERVICE_TOKEN, make_settings
 from tests.factories.accounts import add_member, create_account
 from tests.factories.billing_data import insert_usage, make_token, seed_world
-from tests.support import databases
+from tests.support import databases, localstripe
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # The test suite draws the same examples every run, so a failure is a change of the code, not
@@ -99,16 +99,24 @@ async def _seed_webhooks(db: Database) -> None:
 def fuzz_schema(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
     directory = tmp_path_factory.mktemp("fuzz")
     database_url = databases.copy_sqlite(sqlite_template, directory)
-    # With a webhook secret the Stripe route checks signatures (400) instead of refusing to work (503).
-    app_settings = make_settings(database_url, directory).model_copy(update={"stripe_webhook_secret": "whsec_fuzz"})
-    set_settings(app_settings)
-    asyncio.run(_seed(database_url))
-    # The app owns its engine (made by its lifespan), so every connection lives on the event
-    # loop schemathesis runs the app on.
-    app = create_app(app_settings)
-    yield schemathesis.openapi.from_asgi("/openapi.json", app)
-    asgi.shutdown_lifespans()
-    set_settings(None)
+    with localstripe.localstripe_server() as stripe_url:
+        # With a webhook secret the Stripe route checks signatures (400) instead of refusing to work (503);
+        # with an API key (localstripe's), top-ups create PaymentIntents instead of answering 503.
+        app_settings = make_settings(database_url, directory).model_copy(
+            update={
+                "stripe_webhook_secret": "whsec_fuzz",
+                "stripe_api_key": localstripe.API_KEY,
+                "stripe_api_base": stripe_url,
+            }
+        )
+        set_settings(app_settings)
+        asyncio.run(_seed(database_url))
+        # The app owns its engine (made by its lifespan), so every connection lives on the event
+        # loop schemathesis runs the app on.
+        app = create_app(app_settings)
+        yield schemathesis.openapi.from_asgi("/openapi.json", app)
+        asgi.shutdown_lifespans()
+        set_settings(None)
 
 
 schema = schemathesis.pytest.from_fixture("fuzz_schema")

@@ -55,7 +55,7 @@ class TestCommands:
             for line in result.output.splitlines()
             if line.startswith("│ ") and line.split()[1] in COMMANDS
         ]
-        assert listed == ["serve", "export", "verify", "token", "simulate-provider", "demo", "db", "jobs"]
+        assert listed == ["serve", "export", "verify", "archive", "token", "simulate-provider", "demo", "db", "jobs"]
         assert "Metering: billing and usage metering for an inference router." in result.output
 
     def test_group_commands_keep_their_sub_commands(self) -> None:

@@ -31,6 +31,7 @@ class TestRegistry:
             "sync-stripe",
             "fold-usage-rollups",
             "deliver-webhooks",
+            "create-partitions",
         }
 
     def test_every_job_module_has_an_async_run_once_taking_the_database(self) -> None:

@@ -121,6 +121,8 @@ class Account:
     disabled_providers: set[str] = field(default_factory=set)
     # Orgs: user → role.
     members: dict[str, str] = field(default_factory=dict)
+    # Credit finance granted (§3, §8), in the order given.
+    grants: list[Grant] = field(default_factory=list)
 
     @property
     def terms(self) -> Plan:
@@ -130,6 +132,25 @@ class Account:
         """The credits the plan and seats entitle the account to per period (§3)."""
         terms = self.terms
         return terms.credits_nano_usd * (self.seats if terms.per_seat else 1)
+
+
+@dataclass
+class Grant:
+    """Credit granted by finance: pays after the period's plan credits, before pay-as-you-go, for any
+    billable request of a period up to ``expires`` (None: never expires), soonest expiry first."""
+
+    key: int
+    amount: int
+    expires: str | None
+    remaining: int
+    # Prepaid credits bought through Stripe (§3) are one too: they never expire.
+    prepaid: bool = False
+
+    def pays_in(self, period: str) -> bool:
+        return self.remaining > 0 and (self.expires is None or period <= self.expires)
+
+    def order(self) -> tuple[bool, str, int]:
+        return (self.expires is None, self.expires or "", self.key)
 
 
 @dataclass
@@ -226,31 +247,61 @@ class Invoice:
 
 @dataclass(frozen=True)
 class Figures:
-    """The money rule's inputs for one account period (§5.1): G, U, P, Fc, Fn."""
+    """The money rule's inputs for one account period (§5.1): G, U, P, Fc, Fn, and X, the account's
+    granted credit that pays in the period (§3)."""
 
     granted: int
     used: int
     payg: int
     in_flight_eligible: int
     in_flight_other: int
+    grants: int = 0
+
+    @property
+    def _plan_left(self) -> int:
+        return max(0, self.granted - self.used)
+
+    @property
+    def _plan_free(self) -> int:
+        """Plan credits neither used nor counted for credit-eligible requests in flight."""
+        return max(0, self._plan_left - self.in_flight_eligible)
+
+    @property
+    def _grants_free(self) -> int:
+        """Granted credit not counted for what is in flight beyond the plan's credits."""
+        spill = max(0, self.in_flight_eligible - self._plan_left)
+        return max(0, self.grants - spill - self.in_flight_other)
 
     @property
     def credits_remaining(self) -> int:
-        return max(0, self.granted - self.used - self.in_flight_eligible)
+        return self._plan_free + self._grants_free
 
     @property
     def payg_committed(self) -> int:
-        return self.payg + self.in_flight_other + max(0, self.used + self.in_flight_eligible - self.granted)
+        spill = max(0, self.in_flight_eligible - self._plan_left)
+        return self.payg + max(0, spill + self.in_flight_other - self.grants)
+
+    def credit_for(self, *, credit_eligible: bool) -> int:
+        """Credit a request to a provider of that eligibility may still use."""
+        return (self._plan_free if credit_eligible else 0) + self._grants_free
 
     def payg_part(self, estimate: int, *, credit_eligible: bool) -> int:
-        if not credit_eligible:
-            return estimate
-        return estimate - min(estimate, self.credits_remaining)
+        rest = estimate - min(estimate, self._plan_free) if credit_eligible else estimate
+        return rest - min(rest, self._grants_free)
 
     def with_hold(self, estimate: int, *, credit_eligible: bool) -> Figures:
         if credit_eligible:
-            return Figures(self.granted, self.used, self.payg, self.in_flight_eligible + estimate, self.in_flight_other)
-        return Figures(self.granted, self.used, self.payg, self.in_flight_eligible, self.in_flight_other + estimate)
+            return Figures(
+                self.granted,
+                self.used,
+                self.payg,
+                self.in_flight_eligible + estimate,
+                self.in_flight_other,
+                self.grants,
+            )
+        return Figures(
+            self.granted, self.used, self.payg, self.in_flight_eligible, self.in_flight_other + estimate, self.grants
+        )
 
     def limit_remaining(self, limit: int | None) -> int | None:
         return None if limit is None else max(0, limit - self.payg_committed)
@@ -263,11 +314,10 @@ def money_refusal(
     if estimate <= 0:
         # With e = 0, "payg_part == 0" and "fits the credits" part ways; the spec does not say which.
         raise ScenarioOutOfModel("an estimate of 0")
-    remaining = figures.credits_remaining
-    if not pays_as_you_go:
-        fits = credit_eligible and remaining > 0 and estimate <= remaining
-        return None if fits else "credits_exhausted"
     part = figures.payg_part(estimate, credit_eligible=credit_eligible)
+    if not pays_as_you_go:
+        fits = part == 0 and figures.credit_for(credit_eligible=credit_eligible) > 0
+        return None if fits else "credits_exhausted"
     if part == 0 or limit is None:
         return None
     committed = figures.payg_committed
@@ -293,7 +343,11 @@ class BillingModel:
         self.observed: dict[tuple[str, str], int] = {}
         self.closed_through: str | None = None
         self.invoices: list[Invoice] = []
+        # Finance's adjustments (§8) per (account, period posted to), carried credit included.
+        self.adjustments: dict[tuple[str, str], int] = {}
         self._hold_keys = itertools.count(1)
+        self._grant_keys = itertools.count(1)
+        self.payments: set[str] = set()
 
     # --- periods ------------------------------------------------------------------------------
 
@@ -397,6 +451,9 @@ class BillingModel:
         """The grant job: every account's credits for the current period."""
         for name in sorted(self.accounts):
             self._touch(name, period_of(now), now)
+            for grant in self.accounts[name].grants:
+                if grant.expires is not None and grant.expires < period_of(now):
+                    grant.remaining = 0  # what is left expires (§3)
 
     # --- in flight ---------------------------------------------------------------------------
 
@@ -420,7 +477,40 @@ class BillingModel:
     def figures(self, account: str, period: str) -> Figures:
         money = self.money.get((account, period)) or PeriodMoney()
         eligible, other = self.in_flight(account, period)
-        return Figures(money.granted or 0, money.used, money.payg, eligible, other)
+        return Figures(money.granted or 0, money.used, money.payg, eligible, other, self.grants_in(account, period))
+
+    def grants_in(self, account: str, period: str) -> int:
+        """What the account's grants can still pay in ``period``."""
+        return sum(grant.remaining for grant in self.accounts[account].grants if grant.pays_in(period))
+
+    def adjust(self, account: str, amount: int, corrects: str, now: datetime) -> str | None:
+        """Finance adjusts an account's bill (§8): the period it is posted to, shown on the next invoice made
+        for the account (the corrected one while it is open, else the one after the last closed); None
+        when refused (unknown account, a plan that is never invoiced, a period to come)."""
+        account_terms = self.accounts.get(account)
+        if account_terms is None or not account_terms.terms.pay_as_you_go or corrects > period_of(now):
+            return None
+        posted = corrects
+        if self.closed_through is not None and corrects <= self.closed_through:
+            posted = period_of(period_end(self.closed_through))
+        self.adjustments[(account, posted)] = self.adjustments.get((account, posted), 0) + amount
+        return posted
+
+    def top_up(self, payment: str, account: str, amount: int) -> bool:
+        """Stripe says a top-up's payment succeeded: its amount is prepaid credit, once per payment (§3, §8).
+        False for a payment already credited, or an account that does not exist."""
+        if account not in self.accounts or payment in self.payments:
+            return False
+        self.payments.add(payment)
+        self.accounts[account].grants.append(Grant(next(self._grant_keys), amount, None, amount, prepaid=True))
+        return True
+
+    def grant(self, account: str, amount: int, expires: str | None, now: datetime) -> bool:
+        """Finance grants credit (§8); False when refused (unknown account, an expiry already past)."""
+        if account not in self.accounts or (expires is not None and expires < period_of(now)):
+            return False
+        self.accounts[account].grants.append(Grant(next(self._grant_keys), amount, expires, amount))
+        return True
 
     def _mark_limit_floors(self, name: str) -> None:
         """What was already committed when the limit or plan changed: a lower limit cannot undo it."""
@@ -469,7 +559,7 @@ class BillingModel:
         if payer.status == "delinquent":
             return Decision(False, "account_delinquent", payer.name)
         terms = payer.terms
-        if not terms.pay_as_you_go:
+        if not terms.pay_as_you_go and not self.grants_in(payer.name, period_of(now)):
             allowed = [pid for pid in allowed if self.providers[pid].credit_eligible]
         limit = payer.spending_limit_nano_usd if terms.pay_as_you_go else None
         period = period_of(now)
@@ -558,7 +648,7 @@ class BillingModel:
     # --- settling (§3, §6) -----------------------------------------------------------------------
 
     def _settle(self, record: Record, cost: int, now: datetime) -> None:
-        """A cost: credits first (credit-eligible providers), then pay-as-you-go, else written off;
+        """A cost: credits first (credit-eligible providers), then grants, then pay-as-you-go, else written off;
         posted to the open period, naming its own, when the record's period is closed."""
         account = record.billing_account
         self._touch(account, record.period, now)
@@ -569,6 +659,11 @@ class BillingModel:
             from_credits = min(cost, max(0, (money.granted or 0) - money.used))
         rest = cost - from_credits
         money.used += from_credits
+        for grant in sorted(self.accounts[account].grants, key=Grant.order):
+            if rest and grant.pays_in(record.period):
+                taken = min(rest, grant.remaining)
+                grant.remaining -= taken
+                rest -= taken
         if self.accounts[account].terms.pay_as_you_go:
             money.payg += rest
         else:
@@ -618,16 +713,30 @@ class BillingModel:
         if now < end or (not force and now < end + CLOSE_GRACE) or self.is_closed(period):
             return []
         created: list[Invoice] = []
-        for closing in sorted({p for _, p in self.money if p <= period and not self.is_closed(p)}):
-            for name in sorted(a for a, p in self.money if p == closing):
-                payg = self.money[(name, closing)].payg
-                if payg <= 0:
+        while True:
+            active = {p for _, p in self.money} | {p for _, p in self.adjustments}
+            open_ones = sorted(p for p in active if p <= period and not self.is_closed(p))
+            if not open_ones:
+                break
+            closing = open_ones[0]
+            for name in sorted(
+                {a for a, p in self.money if p == closing} | {a for a, p in self.adjustments if p == closing}
+            ):
+                payg = self.money[(name, closing)].payg if (name, closing) in self.money else 0
+                # The invoice total is pay-as-you-go plus adjustments, never below zero: a credit the total
+                # cannot take is carried to the next period's invoice.
+                total = payg + self.adjustments.get((name, closing), 0)
+                if total < 0:
+                    after = period_of(period_end(closing))
+                    self.adjustments[(name, after)] = self.adjustments.get((name, after), 0) + total
+                if total <= 0:
                     continue
                 carried = self.last_invoice(name).carried_out_nano_usd if self.last_invoice(name) else 0
-                cents, remainder = divmod(payg + carried, NANO_PER_CENT)
+                cents, remainder = divmod(total + carried, NANO_PER_CENT)
                 invoice = Invoice(name, closing, payg, carried, cents, remainder)
                 self.invoices.append(invoice)
                 created.append(invoice)
+            self.closed_through = closing
         self.closed_through = period
         return created
 
@@ -680,6 +789,11 @@ class BillingModel:
             "pending_requests": len(pending),
             "pending_estimate_nano_usd": sum(record.estimate for record in pending),
             "held_nano_usd": held,
+            "credit_grants_remaining_nano_usd": sum(
+                grant.remaining for grant in account.grants if not grant.prepaid and grant.pays_in(period_of(now))
+            ),
+            "prepaid_balance_nano_usd": sum(grant.remaining for grant in account.grants if grant.prepaid),
+            "adjustments_nano_usd": self.adjustments.get((name, period), 0),
         }
 
     def requests_of(self, name: str) -> dict[tuple[str, str], dict[str, object]]:

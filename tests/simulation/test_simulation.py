@@ -115,6 +115,13 @@ BILL_TO = (None, "acme", None, "globex", "acme", "initech", "bob")
 PROVIDER_CHOICES = ("together", "fireworks", "hf", "fireworks together", "hf together", "nope", "nope fireworks")
 ROUTED = ("together", "fireworks together", "fireworks", "hf together", "hf")
 LIMITS = (None, 0, 100_000_000, 700_000_000, 1_500_000_000)
+# Credit finance grants (§8): a few requests' worth or a whole plan's; expiring this month, next, or never.
+GRANTS = (50_000_000, 1_300_000_000, 7_000_000)
+GRANT_EXPIRY = ("never", "this month", "next month")
+# Adjustments: a refund beyond a typical invoice, a small charge with sub-cent digits, a small refund.
+ADJUSTMENTS = (-1_500_000_000, 123_456_789, -40_000_001)
+# Prepaid top-ups, in cents (Stripe's unit): $0.50 and $5.
+TOP_UPS = (50, 500)
 ANSWERS = ("cost", "missing", "cost", "bad_value", "cost", "over_ceiling")
 STARTS = ("now", "last_month", "now", "last_month", "too_old", "in_the_future")
 CLOCK_MOVES = (
@@ -294,6 +301,7 @@ class BillingSimulation(RuleBasedStateMachine):
         self.comparisons = 0
         self.bad_values: dict[str, dict[str, str]] = {provider: {} for provider in COST_ENDPOINTS}
         self.auditor = as_user("sim-auditor", "platform_admin")
+        self.finance = as_user("sim-finance", "finance")
         self.directory = self.env.workdir / f"example-{self.example}"
         self.db: Database | None = None
         self.http: httpx.AsyncClient | None = None
@@ -401,6 +409,14 @@ class BillingSimulation(RuleBasedStateMachine):
             limit = model.accounts[name].spending_limit_nano_usd
             seen["account period with a write-off"] += bool(money.written_off)
             seen["account period over its limit (within the bound)"] += limit is not None and money.payg > limit
+        seen["credit grant"] += sum(len(account.grants) for account in model.accounts.values())
+        seen["adjustment"] += len(model.adjustments)
+        seen["prepaid top-up"] += sum(
+            1 for account in model.accounts.values() for grant in account.grants if grant.prepaid
+        )
+        seen["credit grant spent in part or whole"] += sum(
+            1 for account in model.accounts.values() for grant in account.grants if grant.remaining < grant.amount
+        )
         seen["invoice"] += len(model.invoices)
         seen["invoice with a carried remainder"] += sum(1 for invoice in model.invoices if invoice.carried_in_nano_usd)
         seen["period closed"] += sum(1 for period in model.periods() if model.is_closed(period))
@@ -519,6 +535,76 @@ class BillingSimulation(RuleBasedStateMachine):
         expected = self.model.put_member(org, user, change.role)
         response = self._run(self.http.put(f"/internal/v1/orgs/{org}/members/{user}", json={"role": change.role}))
         assert (response.status_code == 200) == expected, f"{change}: {response.status_code} {response.text}"
+
+    @rule(
+        account=st.sampled_from(("alice", "acme", "bob", "carol")),
+        amount=st.sampled_from(GRANTS),
+        expires=st.sampled_from(GRANT_EXPIRY),
+    )
+    @step
+    def grant_credit(self, account: str, amount: int, expires: str) -> None:
+        """Finance grants credit; it pays after the plan's credits and before pay-as-you-go (§3)."""
+        period = m.period_of(utcnow())
+        last = {"never": None, "this month": period, "next month": m.period_of(m.period_end(period))}[expires]
+        expected = self.model.grant(account, amount, last, utcnow())
+        response = self._run(
+            self.http.post(
+                f"/v1/finance/accounts/{account}/credit-grants",
+                json={"amount_nano_usd": amount, "reason": "simulated goodwill", "expires_period": last},
+                headers=self.finance,
+            )
+        )
+        assert (response.status_code == 201) == expected, f"grant to {account}: {response.status_code} {response.text}"
+
+    @rule(
+        account=st.sampled_from(("acme", "alice", "bob", "globex")),
+        amount=st.sampled_from(ADJUSTMENTS),
+        which=st.sampled_from(("this month", "last month")),
+    )
+    @step
+    def adjust(self, account: str, amount: int, which: str) -> None:
+        """Finance corrects a bill: a refund (negative) or a charge, invoiced with the next invoice made."""
+        period = m.period_of(utcnow())
+        corrects = period if which == "this month" else m.previous_period(period)
+        expected = self.model.adjust(account, amount, corrects, utcnow())
+        response = self._run(
+            self.http.post(
+                f"/v1/finance/accounts/{account}/adjustments",
+                json={"amount_nano_usd": amount, "reason": "simulated correction", "period": corrects},
+                headers=self.finance,
+            )
+        )
+        assert (response.status_code == 201) == (expected is not None), (
+            f"{account}: {response.status_code} {response.text}"
+        )
+        if expected is not None:
+            assert response.json()["period"] == expected, response.text
+
+    @rule(
+        account=st.sampled_from(("bob", "acme", "alice", "carol")),
+        cents=st.sampled_from(TOP_UPS),
+        replays=st.integers(1, 3),
+    )
+    @step
+    def prepaid_top_up(self, account: str, cents: int, replays: int) -> None:
+        """A top-up's payment succeeds: Stripe's signed ``payment_intent.succeeded``, delivered more than once."""
+        payment = f"pi_{self.example}_{next(self.event_numbers)}"
+        expected = self.model.top_up(payment, account, cents * m.NANO_PER_CENT)
+        intent = {
+            "id": payment,
+            "object": "payment_intent",
+            "amount": cents,
+            "amount_received": cents,
+            "currency": "usd",
+            "status": "succeeded",
+            "metadata": {"account": account, "amount_nano_usd": str(cents * m.NANO_PER_CENT)},
+        }
+        for _ in range(replays):
+            response = self._stripe_event("payment_intent.succeeded", intent)
+            assert response.status_code == 200, response.text
+        outcome = response.json()["outcome"]
+        if replays == 1:
+            assert (outcome == "applied") == expected, f"top-up of {account}: {response.text}"
 
     # --- the router: authorize (§5.1) ------------------------------------------------------------------
 
@@ -843,6 +929,13 @@ class BillingSimulation(RuleBasedStateMachine):
         )
         local_id = found[0]["id"]
         self.model.stripe_event(target, kind)
+        invoice_object = {"id": f"in_{local_id}", "object": "invoice", "metadata": {"invoice_id": str(local_id)}}
+        response = self._stripe_event(kind, invoice_object)
+        assert response.status_code == 200 and response.json()["outcome"] == "applied", response.text
+        self.env.seen[kind] += 1
+
+    def _stripe_event(self, kind: str, data_object: dict[str, object]) -> httpx.Response:
+        """A new Stripe event of ``kind`` about ``data_object``, signed and delivered to the webhook route."""
         number = next(self.event_numbers)
         payload = json.dumps(
             {
@@ -850,22 +943,18 @@ class BillingSimulation(RuleBasedStateMachine):
                 "object": "event",
                 "type": kind,
                 "created": 1_000_000 + number,
-                "data": {
-                    "object": {"id": f"in_{local_id}", "object": "invoice", "metadata": {"invoice_id": str(local_id)}}
-                },
+                "data": {"object": data_object},
             }
         ).encode()
         at = int(time.time())
         signature = hmac.new(WEBHOOK_SECRET.encode(), f"{at}.".encode() + payload, hashlib.sha256).hexdigest()
-        response = self._run(
+        return self._run(
             self.http.post(
                 "/webhooks/stripe",
                 content=payload,
                 headers={"Stripe-Signature": f"t={at},v1={signature}", "Content-Type": "application/json"},
             )
         )
-        assert response.status_code == 200 and response.json()["outcome"] == "applied", response.text
-        self.env.seen[kind] += 1
 
     # --- the comparison ----------------------------------------------------------------------------------
 

@@ -149,10 +149,17 @@ async def test_folding_leaves_one_row_per_key_and_the_same_series(db: Database) 
                 "SELECT count(*) FROM (SELECT DISTINCT billing_account, span, starts_at, dimension, key FROM usage_rollups) AS k"
             )
         )
+        hour_keys = await session.scalar(
+            text(
+                "SELECT count(*) FROM (SELECT DISTINCT billing_account, starts_at, dimension, key FROM usage_rollups "
+                "WHERE span = 'hour') AS k"
+            )
+        )
         not_folded = await session.scalar(select(func.count()).where(UsageRollup.folded.is_(False)))
+    # One row per key: each hour's, and each day's (the sum of its hours).
     assert await rollup_rows(db) == keys < unfolded
     assert not_folded == 0
-    assert summary == f"folded {unfolded} rows of {keys} keys into {keys}"
+    assert summary == f"folded {unfolded} rows of {hour_keys} keys into {hour_keys}"
     assert await both_ways(db) == expected
     await assert_totals_match_records(db)
 
@@ -240,6 +247,85 @@ def test_the_migration_sums_in_the_records_that_existed_before_it(postgres_sessi
 
     try:
         upgrade_sync(url, "0004_hot_update_fillfactor")
+        asyncio.run(scenario())
+    finally:
+        databases.drop_pg_database(name)
+
+
+async def day_rows(db: Database) -> dict[tuple, tuple[int, ...]]:
+    async with db.session_scope() as session:
+        rows = await session.execute(
+            text(
+                "SELECT billing_account, starts_at, dimension, key, requests, priced_requests, cost_nano_usd, "
+                "pending_requests, custom_key_requests FROM usage_rollups WHERE span = 'day'"
+            )
+        )
+        return {tuple(row[:4]): tuple(int(v) for v in row[4:]) for row in rows}
+
+
+async def folded_hours_by_day(db: Database) -> dict[tuple, tuple[int, ...]]:
+    async with db.session_scope() as session:
+        rows = await session.execute(
+            text(
+                "SELECT billing_account, date_bin(interval '1 day', starts_at, timestamptz '2000-01-01 00:00:00+00'), "
+                "dimension, key, sum(requests), sum(priced_requests), sum(cost_nano_usd), sum(pending_requests), "
+                "sum(custom_key_requests) FROM usage_rollups WHERE span = 'hour' AND folded GROUP BY 1, 2, 3, 4"
+            )
+        )
+        return {tuple(row[:4]): tuple(int(v) for v in row[4:]) for row in rows if any(row[4:])}
+
+
+async def test_a_day_is_its_daily_total_and_what_is_not_folded_into_it_yet(db: Database) -> None:
+    from metering.ledger.verify import verify
+
+    rng = random.Random(15)
+    await seed_world(db)
+    await insert_usage(db, random_usage(rng, 300, "early-"))
+    await fold_job(db)
+    assert await day_rows(db) == await folded_hours_by_day(db) != {}
+    # Late records and prices, not folded yet: the days read them beside their daily totals.
+    late = random_usage(rng, 200, "late-")
+    await insert_usage(db, late)
+    await price(db, {r["request_id"]: 77 for r in late[:50] if not r["custom_key"] and r["provider"] == "together"})
+    await assert_totals_match_records(db)
+    assert (await verify(db)).check("usage_rollups").ok
+    await fold_job(db)
+    assert await day_rows(db) == await folded_hours_by_day(db)
+    await assert_totals_match_records(db)
+    # A daily total that drifted from its hours is a breach.
+    async with db.session_scope() as session:
+        await session.execute(
+            text(
+                "UPDATE usage_rollups SET requests = requests + 1 WHERE id = (SELECT min(id) FROM usage_rollups WHERE span = 'day')"
+            )
+        )
+    check = (await verify(db)).check("usage_rollups")
+    assert check.breach_count == 1 and " day " in check.breaches[0]
+
+
+def test_the_migration_sums_the_folded_hours_into_days(postgres_session_url: str | None) -> None:
+    if postgres_session_url is None:
+        pytest.skip("PostgreSQL not reachable")
+    name = databases.create_pg_database("metering_rollup_days")
+    url = databases.pg_url(databases.PG_ADMIN_DSN, name)
+
+    async def scenario() -> None:
+        db = Database(url)
+        try:
+            await seed_world(db)
+            await insert_usage(db, random_usage(random.Random(5), 300, "old"))
+            await fold_job(db)
+            async with db.session_scope() as session:  # as the fold of the revision before left them: hours only
+                await session.execute(text("DELETE FROM usage_rollups WHERE span = 'day'"))
+            await insert_usage(db, random_usage(random.Random(6), 100, "new"))  # not folded yet
+            await asyncio.to_thread(upgrade_sync, url, "0015_usage_rollups_daily")
+            assert await day_rows(db) == await folded_hours_by_day(db) != {}
+            await assert_totals_match_records(db)
+        finally:
+            await db.dispose()
+
+    try:
+        upgrade_sync(url, "0014_monthly_partitions")
         asyncio.run(scenario())
     finally:
         databases.drop_pg_database(name)

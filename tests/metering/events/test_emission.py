@@ -61,6 +61,7 @@ class TestInvoiceCreated:
             "payg_nano_usd": 120_000_000,
             "carried_in_nano_usd": 0,
             "carried_out_nano_usd": 0,
+            "adjustments_nano_usd": 0,
         }
         assert (events[1][3]["status"], events[1][3]["amount_cents"]) == ("nothing_due", 0)
         assert (await verify(db)).ok

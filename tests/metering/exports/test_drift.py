@@ -25,7 +25,7 @@ from sqlalchemy import delete
 from metering.analytics.drift import ModelDrift, drift_service
 from metering.config import Settings
 from metering.db import Database
-from metering.models import UsageRecord
+from metering.models import UsageRecord, UsageRequestKey
 from tests.api.test_exports import _server_env
 from tests.factories.billing_data import as_user, insert_usage, seed_world
 
@@ -150,6 +150,7 @@ class TestAgainstReference:
         finally:
             async with db.session_scope() as session:
                 await session.execute(delete(UsageRecord))
+                await session.execute(delete(UsageRequestKey))  # PostgreSQL's global keys of the records
         counted = [(p, m, e, c) for p, m, e, c, priced in usages if priced and e > 0]
         assert computed == _reference(counted)
 

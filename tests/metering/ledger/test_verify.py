@@ -79,9 +79,9 @@ class TestVerify:
         if db.dialect != "postgresql":
             assert check.ok  # SQLite keeps no totals: the series reads the records themselves
             return
-        # The pending request of alice, who pays for it herself, became a custom-key one: its hour's
-        # provider and model totals (her own account keeps no member totals).
-        assert check.breach_count == 2
+        # The pending request of alice, who pays for it herself, became a custom-key one: its hour's and
+        # its day's provider and model totals (her own account keeps no member totals).
+        assert check.breach_count == 4
         assert any(
             line.startswith("alice hour ")
             and " provider together: records (requests, priced, cost, pending, custom key) "
