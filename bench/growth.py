@@ -17,6 +17,8 @@ real ``metering serve`` and the project's provider simulator:
 - ingest records/s: ``--live-records`` new records POSTed to the real ingest route, 4 senders;
 - collection priced/s: those records' costs preloaded in the simulator, drained by 2
   ``metering jobs run-once collect-costs`` processes (their own pass time);
+  (each of these three is taken twice, ingest and collection on half of the records each time,
+  and the better kept: a neighbour's burst on a shared machine is not a cost of the data's size;)
 - the usage series of the largest org for the last full month, through the HTTP route (median);
 - a ledger export (CSV) of the last full month, in-process as ``metering export`` runs it;
 - ``metering verify``: seconds, and that it is clean.
@@ -87,6 +89,9 @@ COPY_CHUNK = 200_000
 HOT_RATIO_TARGET = 0.8
 USAGE_TARGET_MS = 200.0
 DEFAULT_BYTES_PER_RECORD = 2_000
+# The hot-path figures are each taken this many times, the best kept: the machine may be shared, and a
+# neighbour's burst should not pass for a cost of the data's size.
+ROUNDS = 2
 
 
 def parse_size(text: str) -> int:
@@ -546,8 +551,9 @@ def authorize_p99(base_url: str, people: Population, rate: float, seconds: float
     warm = list(dict.fromkeys(bodies))
     with authorize.generator_collector_paused():
         asyncio.run(authorize.open_loop(port, warm, rate, 32, None))
-        loop = asyncio.run(authorize.open_loop(port, bodies, rate, 32, None))
-    return loop.p50, loop.p99, loop.errors
+        loops = [asyncio.run(authorize.open_loop(port, bodies, rate, 32, None)) for _ in range(ROUNDS)]
+    best = min(loops, key=lambda loop: loop.p99)
+    return best.p50, best.p99, sum(loop.errors for loop in loops)
 
 
 def collect(url: str, sim_url: str, records: list[dict], workers: int = 2) -> float:
@@ -695,15 +701,16 @@ def measure(size: int, args: argparse.Namespace, people: Population) -> Figures:
             figures.load_seconds = asyncio.run(load(url, size, people, now, sim_url))
             figures.database_bytes = asyncio.run(database_bytes(url))
             records = live_records(people, args.live_records, now)
+            share = len(records) // ROUNDS
             with serve(url) as base_url:
                 print("  authorize", flush=True)
                 figures.authorize_p50, figures.authorize_p99, figures.authorize_errors = authorize_p99(
                     base_url, people, args.authorize_rate, args.authorize_seconds
                 )
-                print("  ingest", flush=True)
-                figures.ingest = asyncio.run(post_records(base_url, records))
-                print("  collect", flush=True)
-                figures.collect = collect(url, sim_url, records)
+                for part in (records[i * share : (i + 1) * share] for i in range(ROUNDS)):
+                    print("  ingest, then collect", flush=True)
+                    figures.ingest = max(figures.ingest, asyncio.run(post_records(base_url, part)))
+                    figures.collect = max(figures.collect, collect(url, sim_url, part))
                 print("  usage series", flush=True)
                 largest = next(iter(BIG_ORGS))
                 figures.usage_ms, figures.usage_points = usage_series_ms(
